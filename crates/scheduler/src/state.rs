@@ -1,0 +1,81 @@
+//! Live per-backend state shared by workers, the prober and the admin endpoint.
+//! Plain atomics: a worker's pick reads them, nobody takes a lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Live state of one backend. It outlives snapshots: a backend that survives a reload
+/// (same listener, same `addr` text) keeps the same `Arc<BackendState>`.
+#[derive(Debug)]
+pub struct BackendState {
+    up: AtomicBool,
+    active: AtomicU32,
+    /// Monotonic count of real client connects that were refused or timed out.
+    passive_failures: AtomicU64,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackendState {
+    /// A backend starts up (DESIGN §4).
+    pub fn new() -> Self {
+        BackendState {
+            up: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            passive_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Only the prober (the single writer of health) calls this. Returns the previous value.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::AcqRel)
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection against this backend until the guard is dropped.
+    pub fn acquire(self: &std::sync::Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            state: std::sync::Arc::clone(self),
+        }
+    }
+
+    /// A real client connect to this backend was refused or timed out.
+    pub fn record_connect_failure(&self) {
+        self.passive_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Monotonic; the prober feeds the increase since its last look into the health machine.
+    pub fn passive_failures(&self) -> u64 {
+        self.passive_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the backend's active-connection count when dropped.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    state: std::sync::Arc<BackendState>,
+}
+
+impl ActiveGuard {
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let previous = self.state.active.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(previous > 0, "active connection count underflow");
+    }
+}
