@@ -1,1 +1,20 @@
-//! placeholder
+//! ringlb-dataplane: the per-core data plane.
+//!
+//! Owns: worker threads (one per core, pinned, each with its own tokio-uring ring), their
+//! SO_REUSEPORT listener sockets, the TCP connection path (accept → allow → limit → pick →
+//! connect with retries → relay by copy or splice) and UDP sessions, plus the counters the
+//! admin endpoint reads. Must not: take locks or use cross-thread channels per connection,
+//! depend on the prober (health arrives only through the scheduler's atomics), block a worker.
+
+mod listener;
+pub mod proxy_protocol;
+mod relay;
+pub mod stats;
+pub mod sys;
+mod tcp;
+mod udp;
+mod uring;
+pub mod worker;
+
+pub use listener::ListenerShared;
+pub use relay::EndReason;

@@ -1,1 +1,152 @@
-fn main() {}
+//! ringlb: the binary. Parses the command line, loads the configuration, starts the control
+//! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config).
+
+mod control;
+mod registry;
+mod signals;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ringlb", version, about = "Thread-per-core io_uring Layer-4 (TCP/UDP) load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start serving the listeners of a configuration file.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Data-plane threads; overrides `workers` in the file.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
+    },
+    /// Validate a configuration file: exit 0 when valid, 2 with one line per problem otherwise.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show which backend a listener's algorithm picks for a client, all backends up.
+    Explain {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        listener: String,
+        #[arg(long, value_name = "IP:PORT")]
+        client: SocketAddr,
+    },
+}
+
+/// Exit status for an invalid configuration (DESIGN §2).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, workers } => run(&config, workers.map(usize::from)),
+        Command::Explain {
+            config,
+            listener,
+            client,
+        } => explain(&config, &listener, client),
+    }
+}
+
+fn load_or_report(path: &Path) -> Option<ringlb_config::Config> {
+    match ringlb_config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for e in &errors.errors {
+                eprintln!("error: {e}");
+            }
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load_or_report(path) {
+        Some(config) => {
+            println!(
+                "{}: ok ({} listener{})",
+                path.display(),
+                config.listeners.len(),
+                if config.listeners.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EXIT_INVALID_CONFIG),
+    }
+}
+
+fn run(path: &Path, workers: Option<usize>) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    };
+    init_logging(config.log_level);
+    match control::run(config, path.to_path_buf(), workers) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `RUST_LOG` wins over the file's `log_level`.
+fn init_logging(level: log::LevelFilter) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder.format_timestamp_micros().init();
+}
+
+fn explain(path: &Path, listener: &str, client: SocketAddr) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    };
+    let Some(l) = config.listeners.iter().find(|l| l.name == listener) else {
+        let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        eprintln!("error: no listener named {listener:?}; listeners: {}", names.join(", "));
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    };
+    let specs = l.backends.iter().map(ringlb_scheduler::BackendSpec::from).collect();
+    let scheduler = ringlb_scheduler::Scheduler::new(l.algorithm, specs);
+    let snapshot = scheduler.snapshot();
+    match snapshot.pick(client.ip(), 0, &ringlb_scheduler::Tried::new()) {
+        Some(i) => {
+            let b = &snapshot.backends()[i];
+            println!(
+                "listener {} ({}): client {client} -> backend {}{}",
+                l.name,
+                l.algorithm.as_str(),
+                b.spec.label,
+                if b.spec.backup { " (backup)" } else { "" }
+            );
+            if !matches!(
+                l.algorithm,
+                ringlb_config::Algorithm::SourceHash | ringlb_config::Algorithm::Maglev
+            ) {
+                println!(
+                    "note: {} does not pin clients to backends; this is the first pick of a fresh process",
+                    l.algorithm.as_str()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("listener {}: no backend would be chosen", l.name);
+            ExitCode::from(1)
+        }
+    }
+}

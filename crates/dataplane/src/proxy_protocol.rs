@@ -1,0 +1,143 @@
+//! PROXY protocol headers (HAProxy's spec, v1 text and v2 binary) that tell a backend the
+//! real client address. Pure: builds bytes, does no I/O.
+
+use std::net::SocketAddr;
+
+/// v2 signature: \r\n\r\n\0\r\nQUIT\n
+const V2_SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
+/// Version 2, command PROXY.
+const V2_VERSION_PROXY: u8 = 0x21;
+const V2_AF_INET: u8 = 0x10;
+const V2_AF_INET6: u8 = 0x20;
+const V2_STREAM: u8 = 0x01;
+const V2_DGRAM: u8 = 0x02;
+
+/// Transport the header describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Stream,
+    Datagram,
+}
+
+/// `PROXY TCP4 src dst sport dport\r\n`. Mixed families (v4 client on a v6 listener) are
+/// expressed as TCP6 with the v4 address mapped, as the spec requires one family per line.
+pub fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (src, dst) = same_family(client, local);
+    let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+/// Binary v2 header for a stream or datagram.
+pub fn v2(client: SocketAddr, local: SocketAddr, transport: Transport) -> Vec<u8> {
+    let (src, dst) = same_family(client, local);
+    let proto = match transport {
+        Transport::Stream => V2_STREAM,
+        Transport::Datagram => V2_DGRAM,
+    };
+    let mut out = Vec::with_capacity(16 + 36);
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.push(V2_VERSION_PROXY);
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            out.push(V2_AF_INET | proto);
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&s.ip().octets());
+            out.extend_from_slice(&d.ip().octets());
+            out.extend_from_slice(&s.port().to_be_bytes());
+            out.extend_from_slice(&d.port().to_be_bytes());
+        }
+        _ => {
+            let s6 = to_v6(src);
+            let d6 = to_v6(dst);
+            out.push(V2_AF_INET6 | proto);
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&s6.0);
+            out.extend_from_slice(&d6.0);
+            out.extend_from_slice(&s6.1.to_be_bytes());
+            out.extend_from_slice(&d6.1.to_be_bytes());
+        }
+    }
+    out
+}
+
+fn to_v6(addr: SocketAddr) -> ([u8; 16], u16) {
+    match addr {
+        SocketAddr::V4(a) => (a.ip().to_ipv6_mapped().octets(), a.port()),
+        SocketAddr::V6(a) => (a.ip().octets(), a.port()),
+    }
+}
+
+/// Both addresses in one family: unmap v4-mapped v6 when both can be v4, else map to v6.
+fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (c, l) = (canon(client), canon(local));
+    if c.is_ipv4() == l.is_ipv4() {
+        return (c, l);
+    }
+    let map = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        other => other,
+    };
+    (map(c), map(l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_ipv4() {
+        let h = v1("192.0.2.1:5000".parse().unwrap(), "198.51.100.2:7000".parse().unwrap());
+        assert_eq!(h, b"PROXY TCP4 192.0.2.1 198.51.100.2 5000 7000\r\n");
+    }
+
+    #[test]
+    fn v1_ipv6() {
+        let h = v1("[::1]:5000".parse().unwrap(), "[::1]:7000".parse().unwrap());
+        assert_eq!(h, b"PROXY TCP6 ::1 ::1 5000 7000\r\n");
+    }
+
+    #[test]
+    fn v1_mixed_family_maps_to_v6() {
+        let h = v1("192.0.2.1:5000".parse().unwrap(), "[2001:db8::1]:7000".parse().unwrap());
+        assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::1 5000 7000\r\n");
+    }
+
+    #[test]
+    fn v2_ipv4_stream_layout() {
+        let h = v2(
+            "192.0.2.1:5000".parse().unwrap(),
+            "198.51.100.2:7000".parse().unwrap(),
+            Transport::Stream,
+        );
+        assert_eq!(&h[..12], &V2_SIGNATURE);
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 12);
+        assert_eq!(&h[16..20], &[192, 0, 2, 1]);
+        assert_eq!(&h[20..24], &[198, 51, 100, 2]);
+        assert_eq!(u16::from_be_bytes([h[24], h[25]]), 5000);
+        assert_eq!(u16::from_be_bytes([h[26], h[27]]), 7000);
+        assert_eq!(h.len(), 28);
+    }
+
+    #[test]
+    fn v2_ipv6_datagram_layout() {
+        let h = v2("[::1]:5000".parse().unwrap(), "[::1]:53".parse().unwrap(), Transport::Datagram);
+        assert_eq!(h[13], 0x22);
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 36);
+        assert_eq!(h.len(), 16 + 36);
+        assert_eq!(h[16 + 15], 1);
+        assert_eq!(u16::from_be_bytes([h[48], h[49]]), 5000);
+        assert_eq!(u16::from_be_bytes([h[50], h[51]]), 53);
+    }
+}

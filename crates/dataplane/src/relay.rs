@@ -1,0 +1,404 @@
+//! The relay: forwards one accepted client connection and its backend connection both ways
+//! until both sides are closed.
+//!
+//! Two halves (client→backend, backend→client) run in one task, each a small loop that owns
+//! its buffer. EOF on one side becomes shutdown(SHUT_WR) toward the other while the other
+//! direction keeps flowing. Any error (reset, broken pipe) aborts the whole link: SO_LINGER 0
+//! on both sockets so the peer sees a reset — a truncated stream is never presented as a clean
+//! end — and every op still in flight on either socket is cancelled. A watchdog in the same
+//! task enforces `idle_timeout` and the shutdown cut.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringlb_config::Forwarding;
+use socket2::Socket;
+use tokio::sync::Notify;
+
+use crate::stats::WorkerCounters;
+use crate::uring;
+
+/// Copy buffer per direction. Allocated only once the direction first has data, so idle
+/// connections hold none.
+const COPY_BUFFER: usize = 64 * 1024;
+/// `auto`: this many consecutive reads that fill the whole buffer mark a bulk stream, which
+/// then moves to splice (measured: splice wins only for bulk; see README "Forwarding").
+const AUTO_SPLICE_AFTER_FULL_READS: u32 = 4;
+/// Pipe capacity for splice; one splice moves at most this much.
+const PIPE_SIZE: usize = 256 * 1024;
+
+const POLLIN: u32 = libc::POLLIN as u32;
+const POLLOUT: u32 = libc::POLLOUT as u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed first (clean FIN), then the backend.
+    ClientClose,
+    /// The backend closed first (clean FIN), then the client.
+    BackendClose,
+    ClientReset,
+    BackendReset,
+    IdleTimeout,
+    DrainCut,
+    /// A local failure (e.g. could not create a pipe); both sides were reset.
+    LocalError,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClose => "client_close",
+            EndReason::BackendClose => "backend_close",
+            EndReason::ClientReset => "client_reset",
+            EndReason::BackendReset => "backend_reset",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::DrainCut => "drain_cut",
+            EndReason::LocalError => "local_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    ClientToBackend,
+    BackendToClient,
+}
+
+impl Dir {
+    fn reset_reason_reading(self) -> EndReason {
+        match self {
+            Dir::ClientToBackend => EndReason::ClientReset,
+            Dir::BackendToClient => EndReason::BackendReset,
+        }
+    }
+
+    fn reset_reason_writing(self) -> EndReason {
+        match self {
+            Dir::ClientToBackend => EndReason::BackendReset,
+            Dir::BackendToClient => EndReason::ClientReset,
+        }
+    }
+
+    fn eof_reason(self) -> EndReason {
+        match self {
+            Dir::ClientToBackend => EndReason::ClientClose,
+            Dir::BackendToClient => EndReason::BackendClose,
+        }
+    }
+}
+
+/// What a finished relay reports for counters and the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayReport {
+    pub bytes_client_to_backend: u64,
+    pub bytes_backend_to_client: u64,
+    pub end: EndReason,
+}
+
+/// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
+struct Link<'a> {
+    client: Rc<Socket>,
+    backend: Rc<Socket>,
+    aborted: Cell<Option<EndReason>>,
+    first_eof: Cell<Option<EndReason>>,
+    last_activity: Cell<Instant>,
+    counters: &'a WorkerCounters,
+}
+
+impl Link<'_> {
+    fn sockets(&self, dir: Dir) -> (&Rc<Socket>, &Rc<Socket>) {
+        match dir {
+            Dir::ClientToBackend => (&self.client, &self.backend),
+            Dir::BackendToClient => (&self.backend, &self.client),
+        }
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.aborted.get().is_some()
+    }
+
+    /// End the link. `reset`: SO_LINGER 0 so closing sends RST to both peers. Otherwise
+    /// (idle timeout) both get a FIN. Then cancel whatever is in flight on either socket.
+    async fn abort(&self, reason: EndReason, reset: bool) {
+        if self.is_aborted() {
+            return;
+        }
+        self.aborted.set(Some(reason));
+        for socket in [&self.client, &self.backend] {
+            if reset {
+                let _ = socket.set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        uring::cancel_all(self.client.as_raw_fd()).await;
+        uring::cancel_all(self.backend.as_raw_fd()).await;
+    }
+
+    fn touch(&self, dir: Dir, n: usize) {
+        self.last_activity.set(Instant::now());
+        match dir {
+            Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
+            Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
+        }
+    }
+
+    fn eof(&self, dir: Dir) {
+        if self.first_eof.get().is_none() {
+            self.first_eof.set(Some(dir.eof_reason()));
+        }
+        let (_, to) = self.sockets(dir);
+        // Half-close: the peer reads EOF while the other direction keeps flowing.
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+fn is_cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// Forward until both directions are done. `cut` is notified when shutdown_timeout expires.
+pub async fn relay(
+    client: Rc<Socket>,
+    backend: Rc<Socket>,
+    forwarding: Forwarding,
+    idle_timeout: Duration,
+    counters: &WorkerCounters,
+    cut: &Notify,
+) -> RelayReport {
+    let link = Link {
+        client,
+        backend,
+        aborted: Cell::new(None),
+        first_eof: Cell::new(None),
+        last_activity: Cell::new(Instant::now()),
+        counters,
+    };
+    let halves = async {
+        tokio::join!(
+            half(&link, Dir::ClientToBackend, forwarding),
+            half(&link, Dir::BackendToClient, forwarding)
+        )
+    };
+    let (up, down) = tokio::select! {
+        biased;
+        done = halves => done,
+        never = watchdog(&link, idle_timeout, cut) => match never {},
+    };
+    let end = link
+        .aborted
+        .get()
+        .or(link.first_eof.get())
+        .unwrap_or(EndReason::LocalError);
+    RelayReport {
+        bytes_client_to_backend: up,
+        bytes_backend_to_client: down,
+        end,
+    }
+}
+
+/// Enforces idle_timeout and the drain cut; never completes (the halves end the relay).
+async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Notify) -> std::convert::Infallible {
+    loop {
+        let deadline = link.last_activity.get() + idle_timeout;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if link.last_activity.get().elapsed() >= idle_timeout {
+                    link.abort(EndReason::IdleTimeout, false).await;
+                    break;
+                }
+            }
+            _ = cut.notified() => {
+                link.abort(EndReason::DrainCut, true).await;
+                break;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// One direction. Returns the bytes it forwarded.
+async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding) -> u64 {
+    let (from, _) = link.sockets(dir);
+    // Readiness gate: memory and splices are committed only once this direction has data.
+    match uring::poll(from, POLLIN).await {
+        Ok(_) => {}
+        Err(e) if is_cancelled(&e) => return 0,
+        Err(_) => {
+            link.abort(dir.reset_reason_reading(), true).await;
+            return 0;
+        }
+    }
+    let mut forwarded = 0;
+    if forwarding != Forwarding::Splice {
+        match copy_half(link, dir, forwarding == Forwarding::Auto, &mut forwarded).await {
+            CopyEnd::Done => return forwarded,
+            CopyEnd::Bulk => link.counters.splice_switches.add(1),
+        }
+    }
+    splice_half(link, dir, &mut forwarded).await;
+    forwarded
+}
+
+enum CopyEnd {
+    Done,
+    /// `auto` saw a bulk stream: continue this direction with splice.
+    Bulk,
+}
+
+async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
+    let (from, to) = link.sockets(dir);
+    let mut buf = Vec::with_capacity(COPY_BUFFER);
+    let mut full_reads = 0;
+    loop {
+        if link.is_aborted() {
+            return CopyEnd::Done;
+        }
+        let (res, returned) = uring::recv(from, buf).await;
+        buf = returned;
+        let n = match res {
+            Ok(0) => {
+                if !link.is_aborted() {
+                    link.eof(dir);
+                }
+                return CopyEnd::Done;
+            }
+            Ok(n) => n,
+            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
+            Err(_) => {
+                link.abort(dir.reset_reason_reading(), true).await;
+                return CopyEnd::Done;
+            }
+        };
+        link.touch(dir, n);
+        let (res, returned) = uring::send_all(to, buf).await;
+        buf = returned;
+        match res {
+            Ok(()) => *forwarded += n as u64,
+            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
+            Err(_) => {
+                link.abort(dir.reset_reason_writing(), true).await;
+                return CopyEnd::Done;
+            }
+        }
+        if auto {
+            full_reads = if n == buf.capacity() { full_reads + 1 } else { 0 };
+            if full_reads >= AUTO_SPLICE_AFTER_FULL_READS {
+                return CopyEnd::Bulk;
+            }
+        }
+    }
+}
+
+/// A pipe for splice; both ends closed on drop.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(io::Error::from)?;
+        // Bigger pipes mean fewer splices per byte; failure (pipe-max-size) only costs speed.
+        let _ = nix::fcntl::fcntl(
+            write.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
+        );
+        Ok(Pipe { read, write })
+    }
+}
+
+/// socket → pipe → socket. Every splice is non-blocking and issued only after a readiness
+/// poll says it can progress, so none sits parked on an io-wq thread.
+async fn splice_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
+    let (from, to) = link.sockets(dir);
+    let pipe = match Pipe::new() {
+        Ok(pipe) => Rc::new(pipe),
+        Err(e) => {
+            log::warn!("cannot create splice pipe ({e}); closing connection");
+            link.abort(EndReason::LocalError, true).await;
+            return;
+        }
+    };
+    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let keep = || (Rc::clone(from), Rc::clone(to), Rc::clone(&pipe));
+    loop {
+        if link.is_aborted() {
+            return;
+        }
+        let (res, _) = uring::splice(from_fd, pipe_w, PIPE_SIZE as u32, keep()).await;
+        let n = match res {
+            Ok(0) => {
+                if !link.is_aborted() {
+                    link.eof(dir);
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                match uring::poll(from, POLLIN).await {
+                    Ok(_) => continue,
+                    Err(e) if is_cancelled(&e) => return,
+                    Err(_) => {
+                        link.abort(dir.reset_reason_reading(), true).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) if is_cancelled(&e) => return,
+            Err(_) => {
+                link.abort(dir.reset_reason_reading(), true).await;
+                return;
+            }
+        };
+        link.touch(dir, n);
+        if !drain_pipe(link, dir, pipe_r, to_fd, n, &keep).await {
+            return;
+        }
+        *forwarded += n as u64;
+    }
+}
+
+/// Move `pending` bytes from the pipe to the destination socket. False if the link ended.
+async fn drain_pipe<K: Unpin + 'static>(
+    link: &Link<'_>,
+    dir: Dir,
+    pipe_r: RawFd,
+    to_fd: RawFd,
+    mut pending: usize,
+    keep: &impl Fn() -> K,
+) -> bool {
+    let (_, to) = link.sockets(dir);
+    while pending > 0 {
+        if link.is_aborted() {
+            return false;
+        }
+        let (res, _) = uring::splice(pipe_r, to_fd, pending as u32, keep()).await;
+        match res {
+            Ok(0) => {
+                link.abort(dir.reset_reason_writing(), true).await;
+                return false;
+            }
+            Ok(m) => pending -= m.min(pending),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => match uring::poll(to, POLLOUT).await {
+                Ok(_) => {}
+                Err(e) if is_cancelled(&e) => return false,
+                Err(_) => {
+                    link.abort(dir.reset_reason_writing(), true).await;
+                    return false;
+                }
+            },
+            Err(e) if is_cancelled(&e) => return false,
+            Err(_) => {
+                link.abort(dir.reset_reason_writing(), true).await;
+                return false;
+            }
+        }
+    }
+    true
+}
