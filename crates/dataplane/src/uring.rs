@@ -27,13 +27,13 @@ impl<D> OneshotOutputTransform for RawResult<D> {
     }
 }
 
-async fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> (i32, D) {
+pub(crate) async fn submit<D: Unpin + 'static>(data: D, sqe: squeue::Entry) -> (i32, D) {
     UnsubmittedOneshot::new(data, RawResult(PhantomData), sqe)
         .submit()
         .await
 }
 
-fn to_result(res: i32) -> io::Result<usize> {
+pub(crate) fn to_result(res: i32) -> io::Result<usize> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {

@@ -29,7 +29,165 @@
 //! }
 //! pub struct Tried;  // small set of backend indices: new(), insert(i), contains(i), len()
 //! ```
+//!
+//! Additions: [`Scheduler::for_listener`], [`Snapshot::is_candidate`],
+//! [`Snapshot::maglev_table_size`], [`Snapshot::maglev_slot_counts`],
+//! [`Backend::try_acquire`] / [`BackendState::try_acquire`] (a hard `max_connections`),
+//! [`client_hash`] (the fixed hash `source_hash` and `maglev` use).
+//!
+//! Algorithms, guarantees, tie-breaking and figures: `docs/scheduler.md`.
 
+mod hash;
+mod snapshot;
 mod state;
+mod tables;
+mod tried;
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use ringlb_config::Algorithm;
+
+pub use hash::client_hash;
+pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
 pub use state::{ActiveGuard, BackendState};
+pub use tables::{maglev_table_size, MAGLEV_DEFAULT_SIZE};
+#[doc(hidden)]
+pub use tables::maglev as maglev_raw;
+pub use tried::Tried;
+
+/// What the configuration says about one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    /// `addr` exactly as written in the config: identity across reloads, metric label,
+    /// and the maglev permutation key.
+    pub label: String,
+    /// ≥ 1 (0 is treated as 1).
+    pub weight: u32,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    /// Serves only while no primary backend is up.
+    pub backup: bool,
+}
+
+impl From<&ringlb_config::Backend> for BackendSpec {
+    fn from(b: &ringlb_config::Backend) -> Self {
+        BackendSpec {
+            addr: b.addr,
+            label: b.label.clone(),
+            weight: b.weight,
+            max_connections: b.max_connections,
+            backup: b.backup,
+        }
+    }
+}
+
+/// A backend of one snapshot: its configuration and its live state, which is shared with
+/// every other snapshot that has a backend of the same label.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub spec: BackendSpec,
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Counts a connection against this backend unless it is at `max_connections`.
+    pub fn try_acquire(&self) -> Option<ActiveGuard> {
+        self.state.try_acquire(self.spec.max_connections)
+    }
+}
+
+/// The backend selector of one listener. `Send + Sync`; workers call
+/// [`snapshot`](Self::snapshot) and pick without locks. The writers (reload, health
+/// changes) serialise among themselves on a mutex that no pick ever touches.
+#[derive(Debug)]
+pub struct Scheduler {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+}
+
+impl Scheduler {
+    pub fn new(algorithm: Algorithm, specs: Vec<BackendSpec>) -> Scheduler {
+        let backends = specs
+            .into_iter()
+            .map(|spec| Backend {
+                spec,
+                state: Arc::new(BackendState::new()),
+            })
+            .collect();
+        Scheduler {
+            current: ArcSwap::from_pointee(Snapshot::build(algorithm, backends)),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// A scheduler for a validated listener.
+    pub fn for_listener(listener: &ringlb_config::Listener) -> Scheduler {
+        Scheduler::new(
+            listener.algorithm,
+            listener.backends.iter().map(BackendSpec::from).collect(),
+        )
+    }
+
+    /// Reload: publishes a new snapshot. A backend whose `label` was already present keeps
+    /// its `Arc<BackendState>` (health, active connections, failure count); new labels start
+    /// up with zero connections. Snapshots already handed out stay valid and unchanged.
+    pub fn reconfigure(&self, algorithm: Algorithm, specs: Vec<BackendSpec>) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut carried: std::collections::HashMap<&str, &Arc<BackendState>> = old
+            .backends()
+            .iter()
+            .map(|b| (b.spec.label.as_str(), &b.state))
+            .collect();
+        let backends = specs
+            .into_iter()
+            .map(|spec| {
+                // `remove`: a label listed twice must not share one counter.
+                let state = carried
+                    .remove(spec.label.as_str())
+                    .map(Arc::clone)
+                    .unwrap_or_else(|| Arc::new(BackendState::new()));
+                Backend { spec, state }
+            })
+            .collect();
+        self.current
+            .store(Arc::new(Snapshot::build(algorithm, backends)));
+    }
+
+    /// Called after the prober flips a backend's up flag: rebuilds the tables that depend
+    /// on the up set (maglev, the round-robin ring and schedule, the random weights) and
+    /// publishes them. A no-op when the flags match the ones the current tables were built
+    /// from. Until it runs, picks still never return a down backend (live check + fallback).
+    pub fn health_changed(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        if !old.health_differs() {
+            return;
+        }
+        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec());
+        self.current.store(Arc::new(rebuilt));
+    }
+
+    /// The current snapshot. Keep it for the life of the connection (and its retries).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn shared_types_are_send_sync() {
+        assert_send_sync::<Scheduler>();
+        assert_send_sync::<Snapshot>();
+        assert_send_sync::<Backend>();
+        assert_send_sync::<Tried>();
+    }
+}

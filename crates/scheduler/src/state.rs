@@ -5,7 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Live state of one backend. It outlives snapshots: a backend that survives a reload
 /// (same listener, same `addr` text) keeps the same `Arc<BackendState>`.
+///
+/// Aligned to a cache line: workers on different cores update the counters of different
+/// backends, and two states sharing a line would bounce it between cores for nothing.
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct BackendState {
     up: AtomicBool,
     active: AtomicU32,
@@ -47,6 +51,35 @@ impl BackendState {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard {
             state: std::sync::Arc::clone(self),
+        }
+    }
+
+    /// Like [`acquire`](Self::acquire), but only while fewer than `max` connections are
+    /// active (`max == 0`: unlimited). A compare-and-swap loop, so concurrent workers can
+    /// never push the count past `max`; `pick` only reads the count, which is a soft limit
+    /// that two workers racing for the last slot may both pass.
+    pub fn try_acquire(self: &std::sync::Arc<Self>, max: u32) -> Option<ActiveGuard> {
+        if max == 0 {
+            return Some(self.acquire());
+        }
+        let mut current = self.active.load(Ordering::Relaxed);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self.active.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(ActiveGuard {
+                        state: std::sync::Arc::clone(self),
+                    })
+                }
+                Err(seen) => current = seen,
+            }
         }
     }
 

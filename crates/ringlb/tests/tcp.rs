@@ -1,0 +1,314 @@
+//! TCP end to end through a running `ringlb` process, on 127.0.0.1 ephemeral ports.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ringlb_testkit::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ringlb"))
+}
+
+/// One TCP listener named "t" on an ephemeral port; `extra` is indented listener keys.
+fn yaml(backends: &[SocketAddr], extra: &str) -> String {
+    let mut y = String::from("access_log: false\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n");
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str("    ");
+        y.push_str(line.trim_start());
+        y.push('\n');
+    }
+    y.push_str("    backends:\n");
+    for b in backends {
+        y.push_str(&format!("      - addr: {b}\n"));
+    }
+    y
+}
+
+#[test]
+fn round_robin_spreads_over_three_backends() {
+    let backends: Vec<EchoBackend> = ["b1", "b2", "b3"].iter().map(|t| EchoBackend::tagged(t)).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+    let lb = Ringlb::start(bin(), &yaml(&addrs, "algorithm: round_robin"));
+    let addr = lb.listener_addr("t");
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..60 {
+        let mut c = connect(addr);
+        let tag = read_line_tag(&mut c);
+        assert_echo(&mut c, b"ping");
+        *counts.entry(tag).or_insert(0) += 1;
+    }
+    // Each worker keeps its own cursor position only through the shared snapshot; the
+    // spread must still be even within a small margin.
+    for tag in ["b1", "b2", "b3"] {
+        let n = counts.get(tag).copied().unwrap_or(0);
+        assert!((15..=25).contains(&n), "uneven round robin: {counts:?}");
+    }
+}
+
+fn bulk_both_ways(forwarding: &str) {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let backend = SinkSourceBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], &format!("forwarding: {forwarding}")));
+    let mut c = connect(lb.listener_addr("t"));
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let started = Instant::now();
+    let ex = sink_source_exchange(&mut c, SIZE, SIZE).expect("exchange");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(ex.received, SIZE, "bytes back to the client");
+    assert_eq!(ex.received_checksum, pattern_checksum(BACKEND_SEED, SIZE), "checksum of backend→client");
+    assert!(backend.wait_records(1, Duration::from_secs(30)));
+    let rec = &backend.records()[0];
+    assert_eq!(rec.received, SIZE, "bytes at the backend");
+    assert_eq!(rec.checksum, ex.sent_checksum, "checksum of client→backend");
+    eprintln!(
+        "forwarding={forwarding}: 2 x 50 MiB in {secs:.2}s ({:.0} MiB/s each way, debug build)",
+        50.0 / secs
+    );
+}
+
+#[test]
+fn bulk_50mib_each_way_copy() {
+    bulk_both_ways("copy");
+}
+
+#[test]
+fn bulk_50mib_each_way_splice() {
+    bulk_both_ways("splice");
+}
+
+#[test]
+fn bulk_50mib_each_way_auto() {
+    bulk_both_ways("auto");
+}
+
+#[test]
+fn half_close_client_to_backend() {
+    let backend = HalfCloseBackend::echo_after_eof();
+    for mode in ["copy", "splice"] {
+        let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], &format!("forwarding: {mode}")));
+        let mut c = connect(lb.listener_addr("t"));
+        c.write_all(b"request body").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.read_to_end(&mut back).expect("reply after half-close");
+        assert_eq!(back, b"request body", "mode {mode}");
+    }
+}
+
+#[test]
+fn half_close_backend_to_client() {
+    let backend = HalfCloseBackend::send_then_shutdown(b"banner");
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "forwarding: copy"));
+    let mut c = connect(lb.listener_addr("t"));
+    let mut got = [0u8; 6];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"banner");
+    // Backend has shut its write side: the client sees EOF …
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // … and can still send to the backend.
+    c.write_all(b"still flowing").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(backend.wait_records(1, Duration::from_secs(10)));
+    assert_eq!(backend.records()[0].received, b"still flowing".to_vec());
+}
+
+#[test]
+fn client_reset_resets_backend() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], ""));
+    let mut c = connect(lb.listener_addr("t"));
+    assert_echo(&mut c, b"hello");
+    reset_close(c);
+    assert!(backend.wait_ends(1, Duration::from_secs(10)), "backend connection did not end");
+    assert_eq!(backend.ends(), vec![ConnEnd::Reset], "backend must see RST, not FIN");
+}
+
+#[test]
+fn backend_reset_resets_client() {
+    let backend = ResetBackend::after_write(b"partial");
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], ""));
+    let mut c = connect(lb.listener_addr("t"));
+    match read_until_end(&mut c, Duration::from_secs(10)) {
+        ClientEnd::Reset { .. } => {}
+        other => panic!("client must see a reset, got {other:?}"),
+    }
+}
+
+#[test]
+fn failover_past_refusing_and_blackholed_backends() {
+    let good = EchoBackend::tagged("good");
+    let blackhole = BlackholeBackend::start();
+    let refused = refused_addr();
+    let lb = Ringlb::start(
+        bin(),
+        &yaml(
+            &[refused, blackhole.addr(), good.addr()],
+            "algorithm: round_robin\nconnect_timeout: 200ms\nconnect_attempts: 3",
+        ),
+    );
+    let addr = lb.listener_addr("t");
+    let mut failures = 0;
+    for _ in 0..12 {
+        match connect_with_timeout(addr, Duration::from_secs(5)) {
+            Ok(mut c) => {
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut line = [0u8; 5];
+                if c.read_exact(&mut line).is_err() || &line != b"good\n" {
+                    failures += 1;
+                }
+            }
+            Err(_) => failures += 1,
+        }
+    }
+    assert_eq!(failures, 0, "clients must not see backend failures");
+}
+
+#[test]
+fn all_backends_down_closes_client_promptly() {
+    let lb = Ringlb::start(bin(), &yaml(&[refused_addr(), refused_addr()], "connect_attempts: 2"));
+    let mut c = connect(lb.listener_addr("t"));
+    let started = Instant::now();
+    let end = read_until_end(&mut c, Duration::from_secs(5));
+    assert!(
+        matches!(end, ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }),
+        "{end:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn idle_timeout_closes_both_legs() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "idle_timeout: 500ms"));
+    let mut c = connect(lb.listener_addr("t"));
+    assert_echo(&mut c, b"x");
+    let started = Instant::now();
+    let end = read_until_end(&mut c, Duration::from_secs(10));
+    assert!(matches!(end, ClientEnd::Eof { .. }), "{end:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "closed too early: {waited:?}");
+    assert!(backend.wait_ends(1, Duration::from_secs(5)), "backend leg not closed");
+}
+
+#[test]
+fn max_connections_rejects_beyond_limit() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "max_connections: 3"));
+    let addr = lb.listener_addr("t");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(addr);
+        assert_echo(&mut c, b"hold");
+        held.push(c);
+    }
+    let mut extra = connect(addr);
+    let end = read_until_end(&mut extra, Duration::from_secs(5));
+    assert!(matches!(end, ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }), "{end:?}");
+    drop(held);
+    // Slots come back once the held connections end.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"again").is_ok() && {
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).is_ok()
+        }
+    }));
+}
+
+#[test]
+fn allow_list_denies_other_sources() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "allow: [127.0.0.1/32]"));
+    let addr = lb.listener_addr("t");
+    let mut ok = connect_from(Ipv4Addr::new(127, 0, 0, 1), addr).unwrap();
+    assert_echo(&mut ok, b"allowed");
+    let mut denied = connect_from(Ipv4Addr::new(127, 0, 0, 2), addr).unwrap();
+    let end = read_until_end(&mut denied, Duration::from_secs(5));
+    assert!(matches!(end, ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }), "{end:?}");
+    assert_eq!(backend.accepted(), 1, "denied client must never reach a backend");
+}
+
+#[test]
+fn sigterm_drains_open_stream_then_exits_zero() {
+    let backend = EchoBackend::start();
+    let mut y = yaml(&[backend.addr()], "");
+    y.insert_str(0, "shutdown_timeout: 20s\n");
+    let mut lb = Ringlb::start(bin(), &y);
+    let addr = lb.listener_addr("t");
+    let mut c = connect(addr);
+    assert_echo(&mut c, b"before");
+    lb.signal(Signal::Term);
+    assert!(lb.wait_for_log("stopped accepting", Duration::from_secs(10)));
+    // New connections are refused once draining …
+    assert!(wait_until(Duration::from_secs(5), || connect_with_timeout(addr, Duration::from_secs(1)).is_err()));
+    // … while the established stream keeps working.
+    for i in 0..5 {
+        assert_echo(&mut c, format!("during drain {i}").as_bytes());
+    }
+    drop(c);
+    let status = lb.wait_exit(Duration::from_secs(15)).expect("ringlb exits after the last connection");
+    assert_eq!(exit_code(status), 0);
+}
+
+#[test]
+fn sigterm_cuts_after_shutdown_timeout() {
+    let backend = EchoBackend::start();
+    let mut y = yaml(&[backend.addr()], "");
+    y.insert_str(0, "shutdown_timeout: 500ms\n");
+    let mut lb = Ringlb::start(bin(), &y);
+    let mut c = connect(lb.listener_addr("t"));
+    assert_echo(&mut c, b"held");
+    lb.signal(Signal::Term);
+    let status = lb.wait_exit(Duration::from_secs(15)).expect("exit after shutdown_timeout");
+    assert_eq!(exit_code(status), 0);
+    assert!(lb.count_log("1 connection(s) still open") == 1, "cut count logged");
+    let end = read_until_end(&mut c, Duration::from_secs(5));
+    assert!(matches!(end, ClientEnd::Reset { .. }), "a cut stream must be reset: {end:?}");
+}
+
+#[test]
+fn abrupt_client_resets_leak_no_fds() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], ""));
+    let addr = lb.listener_addr("t");
+    // Warm up so lazily created fds (rings, timers) exist before the baseline.
+    for _ in 0..10 {
+        let mut c = connect(addr);
+        assert_echo(&mut c, b"w");
+    }
+    assert!(wait_until(Duration::from_secs(10), || backend.open() == 0));
+    let before = lb.fd_count();
+    for i in 0..2000 {
+        let mut c = connect(addr);
+        if i % 2 == 0 {
+            let _ = c.write_all(b"some bytes then reset");
+        }
+        reset_close(c);
+    }
+    // Still serving.
+    let mut c = connect(addr);
+    assert_echo(&mut c, b"alive");
+    drop(c);
+    let settled = wait_until(Duration::from_secs(20), || lb.fd_count() <= before);
+    assert!(settled, "fd leak: {} before, {} after", before, lb.fd_count());
+}
+
+#[test]
+fn invalid_config_exits_2_and_starts_nothing() {
+    let (code, out) = Ringlb::run_to_exit(
+        bin(),
+        "listeners:\n  - name: t\n    bind: 127.0.0.1:0\n    backends:\n      - addr: 10.0.0.1\n",
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("listeners[0].backends[0].addr"), "{out}");
+    assert!(!out.contains("listening on"), "{out}");
+}

@@ -1,0 +1,468 @@
+//! One immutable backend set with its precomputed tables, and the pick itself.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ringlb_config::Algorithm;
+
+use crate::hash::{client_hash, fmix64, rehash, scale};
+use crate::tables::{maglev, maglev_table_size, smooth_wrr, WeightedSet};
+use crate::{Backend, BackendState, Tried};
+
+/// Capacity per unit of weight that `dynamic_weight` assumes for a backend whose
+/// `max_connections` is 0: `C_i = weight_i × 100`. A weight-1 backend counts as half
+/// loaded (`w_i = 1/2`) at 100 active connections; a weight-5 one at 500.
+pub const DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT: u32 = 100;
+
+/// Alternative hashes a hashing pick tries before scanning, when its first choice is not a
+/// candidate (down, full or already tried).
+const FALLBACK_REHASHES: u64 = 8;
+
+/// Read-mostly per-backend data, packed so a pick walks one small contiguous array.
+#[derive(Debug)]
+struct Hot {
+    state: Arc<BackendState>,
+    weight: u32,
+    /// 0 = unlimited.
+    max: u32,
+    /// `dynamic_weight`'s `C_i`.
+    capacity: f64,
+}
+
+/// The round-robin cursor, alone on its cache line: every worker bumps it, and the
+/// read-only tables next to it must not be invalidated each time.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cursor(AtomicUsize);
+
+#[derive(Debug)]
+enum Table {
+    /// least_connections, dynamic_weight: live scan of the members.
+    Scan,
+    /// round_robin: the members up at build time, walked by the cursor.
+    Ring(Box<[u32]>),
+    /// weighted_round_robin: one period of the smooth schedule, walked by the cursor.
+    Schedule(Box<[u32]>),
+    /// random, power_of_two (over the up members), source_hash (over all members).
+    Weighted(WeightedSet),
+    /// maglev over the members up at build time.
+    Maglev(Box<[u32]>),
+}
+
+/// Primaries or backups.
+#[derive(Debug)]
+struct Tier {
+    /// All members in config order: the deterministic fallback scan walks these.
+    members: Box<[u32]>,
+    table: Table,
+}
+
+/// An immutable backend set published by [`Scheduler`](crate::Scheduler). Workers hold
+/// an `Arc<Snapshot>` for the life of a connection: indices into [`backends`](Self::backends)
+/// and a [`Tried`] set are only meaningful against the snapshot they came from.
+pub struct Snapshot {
+    algorithm: Algorithm,
+    backends: Vec<Backend>,
+    hot: Box<[Hot]>,
+    primary: Tier,
+    backup: Tier,
+    cursor: Cursor,
+    /// Up flags the tables were built from; `health_changed` skips a rebuild when equal.
+    built_up: Box<[bool]>,
+    maglev_size: Option<usize>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("algorithm", &self.algorithm)
+            .field("backends", &self.backends)
+            .field("maglev_size", &self.maglev_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn build(algorithm: Algorithm, backends: Vec<Backend>) -> Snapshot {
+        let hot: Box<[Hot]> = backends
+            .iter()
+            .map(|b| {
+                let weight = b.spec.weight.max(1);
+                let capacity = if b.spec.max_connections > 0 {
+                    b.spec.max_connections
+                } else {
+                    weight.saturating_mul(DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT)
+                };
+                Hot {
+                    state: Arc::clone(&b.state),
+                    weight,
+                    max: b.spec.max_connections,
+                    capacity: f64::from(capacity),
+                }
+            })
+            .collect();
+        let built_up: Box<[bool]> = backends.iter().map(|b| b.state.is_up()).collect();
+        let maglev_size =
+            (algorithm == Algorithm::Maglev).then(|| maglev_table_size(backends.len()) as usize);
+        let tier = |backup: bool| {
+            let members: Vec<u32> = (0..backends.len())
+                .filter(|&i| backends[i].spec.backup == backup)
+                .map(|i| i as u32)
+                .collect();
+            // Tables that depend on health cover the members up now; when none is, all of
+            // them (the live check in `pick` still refuses down ones until the rebuild).
+            let mut up: Vec<u32> = members
+                .iter()
+                .copied()
+                .filter(|&i| built_up[i as usize])
+                .collect();
+            if up.is_empty() {
+                up.clone_from(&members);
+            }
+            let weights = |set: &[u32]| -> Vec<u32> {
+                set.iter().map(|&i| hot[i as usize].weight).collect()
+            };
+            let table = match algorithm {
+                Algorithm::LeastConnections | Algorithm::DynamicWeight => Table::Scan,
+                Algorithm::RoundRobin => Table::Ring(up.into()),
+                Algorithm::WeightedRoundRobin => {
+                    Table::Schedule(smooth_wrr(&up, &weights(&up)).into())
+                }
+                Algorithm::Random | Algorithm::PowerOfTwo => {
+                    Table::Weighted(WeightedSet::new(&up, &weights(&up)))
+                }
+                // All members, so a down backend's clients alone move (by the fallback) and
+                // come back when it recovers; everybody else keeps their backend.
+                Algorithm::SourceHash => {
+                    Table::Weighted(WeightedSet::new(&members, &weights(&members)))
+                }
+                Algorithm::Maglev => {
+                    let labels: Vec<&str> = up
+                        .iter()
+                        .map(|&i| backends[i as usize].spec.label.as_str())
+                        .collect();
+                    let size = maglev_size.unwrap_or(0) as u64;
+                    Table::Maglev(maglev(&up, &labels, &weights(&up), size).into())
+                }
+            };
+            Tier {
+                members: members.into(),
+                table,
+            }
+        };
+        let primary = tier(false);
+        let backup = tier(true);
+        Snapshot {
+            algorithm,
+            backends,
+            hot,
+            primary,
+            backup,
+            cursor: Cursor::default(),
+            built_up,
+            maglev_size,
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Number of maglev slots, when the algorithm is maglev.
+    pub fn maglev_table_size(&self) -> Option<usize> {
+        self.maglev_size
+    }
+
+    /// Slots per backend index in the maglev table of the tier serving now (primaries if
+    /// any is up, else backups). Empty for other algorithms. For tests, `explain` and docs.
+    pub fn maglev_slot_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.backends.len()];
+        if let Some(Tier {
+            table: Table::Maglev(t),
+            ..
+        }) = self.serving_tier()
+        {
+            for &i in t.iter() {
+                if let Some(c) = counts.get_mut(i as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// True when the up flags differ from the ones the tables were built from.
+    pub(crate) fn health_differs(&self) -> bool {
+        self.backends
+            .iter()
+            .zip(self.built_up.iter())
+            .any(|(b, &was)| b.state.is_up() != was)
+    }
+
+    /// Whether backend `index` may take this connection now: up, below its
+    /// `max_connections`, not tried yet, and in the tier that is serving (backups only
+    /// while no primary is up).
+    pub fn is_candidate(&self, index: usize, tried: &Tried) -> bool {
+        let Some(b) = self.backends.get(index) else {
+            return false;
+        };
+        let serving_backups = !self.primary_up();
+        b.spec.backup == serving_backups && self.eligible(index as u32, tried)
+    }
+
+    /// Picks the backend for a new connection or UDP session; `None` when no backend is a
+    /// candidate (see [`is_candidate`](Self::is_candidate)).
+    ///
+    /// `random` is a fresh uniform `u64` from the caller's per-worker RNG (ignored by the
+    /// hashing algorithms); `client` matters only to `source_hash` and `maglev`. For a
+    /// connect retry pass the backends already tried: they are never returned.
+    #[inline]
+    pub fn pick(&self, client: IpAddr, random: u64, tried: &Tried) -> Option<usize> {
+        let tier = self.serving_tier()?;
+        let found = match self.algorithm {
+            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => {
+                self.pick_cursor(tier, tried)
+            }
+            Algorithm::Random => self.pick_random(tier, random, tried),
+            Algorithm::LeastConnections => self.pick_least(tier, random, tried),
+            Algorithm::PowerOfTwo => self.pick_two(tier, random, tried),
+            Algorithm::SourceHash | Algorithm::Maglev => {
+                self.pick_hashed(tier, client_hash(client), tried)
+            }
+            Algorithm::DynamicWeight => self.pick_dynamic(tier, random, tried),
+        };
+        found.map(|i| i as usize)
+    }
+
+    #[inline]
+    fn primary_up(&self) -> bool {
+        self.primary
+            .members
+            .iter()
+            .any(|&i| self.hot[i as usize].state.is_up())
+    }
+
+    /// Primaries while any is up (live flags, not the build-time ones), else backups.
+    #[inline]
+    fn serving_tier(&self) -> Option<&Tier> {
+        let tier = if self.primary_up() {
+            &self.primary
+        } else {
+            &self.backup
+        };
+        (!tier.members.is_empty()).then_some(tier)
+    }
+
+    /// Live check of one backend; `index` comes from this snapshot's own tables.
+    #[inline]
+    fn eligible(&self, index: u32, tried: &Tried) -> bool {
+        let h = &self.hot[index as usize];
+        !tried.contains(index as usize)
+            && h.state.is_up()
+            && (h.max == 0 || h.state.active() < h.max)
+    }
+
+    /// Active connections when eligible.
+    #[inline]
+    fn load_if_eligible(&self, index: u32, tried: &Tried) -> Option<u32> {
+        let h = &self.hot[index as usize];
+        if tried.contains(index as usize) || !h.state.is_up() {
+            return None;
+        }
+        let active = h.state.active();
+        (h.max == 0 || active < h.max).then_some(active)
+    }
+
+    /// The deterministic fallback: the first candidate among the tier's members in config
+    /// order, rotated to start at `start mod n`.
+    fn scan(&self, tier: &Tier, start: u64, tried: &Tried) -> Option<u32> {
+        let n = tier.members.len();
+        let s = start.checked_rem(n as u64)? as usize;
+        let (head, tail) = tier.members.split_at(s);
+        tail.iter()
+            .chain(head.iter())
+            .copied()
+            .find(|&i| self.eligible(i, tried))
+    }
+
+    fn pick_cursor(&self, tier: &Tier, tried: &Tried) -> Option<u32> {
+        let c = self.cursor.0.fetch_add(1, Ordering::Relaxed);
+        let ring = match &tier.table {
+            Table::Ring(r) | Table::Schedule(r) => r,
+            _ => &tier.members,
+        };
+        if let Some(&i) = c.checked_rem(ring.len()).and_then(|p| ring.get(p)) {
+            if self.eligible(i, tried) {
+                return Some(i);
+            }
+        }
+        self.scan(tier, c as u64, tried)
+    }
+
+    fn pick_random(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        if let Table::Weighted(set) = &tier.table {
+            if let Some(&i) = set.sample(random).and_then(|p| set.members.get(p)) {
+                if self.eligible(i, tried) {
+                    return Some(i);
+                }
+            }
+        }
+        self.scan(tier, random, tried)
+    }
+
+    /// Lowest `active / weight` among candidates. The walk starts at a random member and
+    /// keeps the first best it meets, so ties go to a random member, not the first one.
+    fn pick_least(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        let n = tier.members.len();
+        let s = scale(random, n as u64) as usize;
+        let (head, tail) = tier.members.split_at(s.min(n));
+        let mut best: Option<(u32, u64, u64)> = None;
+        for &i in tail.iter().chain(head.iter()) {
+            let Some(active) = self.load_if_eligible(i, tried) else {
+                continue;
+            };
+            if active == 0 {
+                // Nothing beats an idle backend, and ties keep the first one met.
+                return Some(i);
+            }
+            let (a, w) = (u64::from(active), u64::from(self.hot[i as usize].weight));
+            match best {
+                Some((_, ba, bw)) if a * bw >= ba * w => {}
+                _ => best = Some((i, a, w)),
+            }
+        }
+        best.map(|(i, _, _)| i)
+    }
+
+    /// Two candidates drawn by weight; the one with fewer active connections per unit of
+    /// weight wins, the first drawn on a tie.
+    fn pick_two(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        let Table::Weighted(set) = &tier.table else {
+            return self.scan(tier, random, tried);
+        };
+        let n = set.len();
+        let Some(pa) = set.sample(random) else {
+            return self.scan(tier, random, tried);
+        };
+        let second = fmix64(random ^ 0x5851_f42d_4c95_7f2d);
+        let pb = if n < 2 {
+            pa
+        } else if set.is_uniform() {
+            // Uniform over the other n−1 members: always two distinct candidates.
+            let p = scale(second, n as u64 - 1) as usize;
+            if p >= pa {
+                p + 1
+            } else {
+                p
+            }
+        } else {
+            match set.sample(second) {
+                Some(p) if p != pa => p,
+                _ => (pa + 1) % n,
+            }
+        };
+        let a = set.members[pa];
+        let b = set.members[pb];
+        let la = self.load_if_eligible(a, tried);
+        let lb = if pb == pa {
+            None
+        } else {
+            self.load_if_eligible(b, tried)
+        };
+        match (la, lb) {
+            (Some(x), Some(y)) => {
+                let wa = u64::from(self.hot[a as usize].weight);
+                let wb = u64::from(self.hot[b as usize].weight);
+                Some(if u64::from(y) * wa < u64::from(x) * wb {
+                    b
+                } else {
+                    a
+                })
+            }
+            (Some(_), None) => Some(a),
+            (None, Some(_)) => Some(b),
+            (None, None) => self.scan(tier, random, tried),
+        }
+    }
+
+    /// source_hash and maglev: the table entry for the client's hash; when that backend is
+    /// not a candidate, up to 8 rehashes of the key, then the rotated scan from the key. All
+    /// deterministic in (client, up set, tried): the same client fails over the same way.
+    fn pick_hashed(&self, tier: &Tier, key: u64, tried: &Tried) -> Option<u32> {
+        let lookup = |k: u64| -> Option<u32> {
+            match &tier.table {
+                Table::Weighted(set) => set.sample(k).and_then(|p| set.members.get(p)).copied(),
+                Table::Maglev(t) => t.get(scale(k, t.len() as u64) as usize).copied(),
+                _ => None,
+            }
+        };
+        if let Some(i) = lookup(key) {
+            if self.eligible(i, tried) {
+                return Some(i);
+            }
+        }
+        for k in 1..=FALLBACK_REHASHES {
+            if let Some(i) = lookup(rehash(key, k)) {
+                if self.eligible(i, tried) {
+                    return Some(i);
+                }
+            }
+        }
+        self.scan(tier, rehash(key, FALLBACK_REHASHES + 1), tried)
+    }
+
+    /// `w_i = 1 / (1 + L_i / C_i) = C_i / (C_i + L_i)` over the candidates, then one draw
+    /// with probability `w_i / Σ w_j`.
+    fn pick_dynamic(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        const STACK: usize = 64;
+        let members = &tier.members;
+        let unit = (random >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let weight = |i: u32| -> Option<f64> {
+            let active = self.load_if_eligible(i, tried)?;
+            let c = self.hot[i as usize].capacity;
+            Some(c / (c + f64::from(active)))
+        };
+        if members.len() <= STACK {
+            let mut cum = [0f64; STACK];
+            let mut total = 0.0;
+            let mut last = None;
+            for (p, &i) in members.iter().enumerate() {
+                if let Some(w) = weight(i) {
+                    total += w;
+                    last = Some(p);
+                }
+                cum[p] = total;
+            }
+            let last = last?;
+            let target = unit * total;
+            // The first position whose running sum passes the target has a non-zero weight.
+            let p = cum[..=last]
+                .iter()
+                .position(|&c| c > target)
+                .unwrap_or(last);
+            return members.get(p).copied();
+        }
+        // Large sets: no buffer; sum, then walk again with fresh loads. Counters that move
+        // between the passes only shift the draw slightly; the result is still a candidate.
+        let total: f64 = members.iter().filter_map(|&i| weight(i)).sum();
+        let target = unit * total;
+        let mut running = 0.0;
+        let mut last = None;
+        for &i in members.iter() {
+            if let Some(w) = weight(i) {
+                running += w;
+                last = Some(i);
+                if running > target {
+                    return Some(i);
+                }
+            }
+        }
+        last
+    }
+}
