@@ -83,8 +83,7 @@ pub async fn serve_tcp(
         }
     }
     // Timeout polls the accept once before looking at the (zero) deadline.
-    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
-    {
+    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
         spawn_conn(stream, &backend, &active);
     }
     drop(listener);

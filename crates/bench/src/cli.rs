@@ -294,7 +294,8 @@ impl Command {
 
     /// The backend to serve, its listen options and whether it serves TCP / UDP.
     pub fn backend(&self) -> Option<(Backend, &ServeArgs, bool, bool)> {
-        let tag = |t: &Option<String>, s: &ServeArgs| t.clone().unwrap_or_else(|| s.listen.to_string());
+        let tag =
+            |t: &Option<String>, s: &ServeArgs| t.clone().unwrap_or_else(|| s.listen.to_string());
         Some(match self {
             Command::Echo(a) => (
                 Backend {
@@ -475,8 +476,23 @@ mod tests {
     #[test]
     fn rr_sizes_durations_and_flags() {
         let cli = parse(&[
-            "rr", "--target", "127.0.0.1:1", "-c", "8", "--request", "32", "--response", "64",
-            "-d", "250ms", "-n", "1000", "--json", "--count-tags", "--threads", "2",
+            "rr",
+            "--target",
+            "127.0.0.1:1",
+            "-c",
+            "8",
+            "--request",
+            "32",
+            "--response",
+            "64",
+            "-d",
+            "250ms",
+            "-n",
+            "1000",
+            "--json",
+            "--count-tags",
+            "--threads",
+            "2",
         ])
         .unwrap();
         let (mode, load) = cli.command.load().unwrap();
@@ -500,7 +516,10 @@ mod tests {
     #[test]
     fn bad_input_is_rejected() {
         assert!(parse(&["rr"]).is_err(), "target is required");
-        assert!(parse(&["rr", "--target", "localhost"]).is_err(), "needs ip:port");
+        assert!(
+            parse(&["rr", "--target", "localhost"]).is_err(),
+            "needs ip:port"
+        );
         assert!(parse(&["rr", "--target", "127.0.0.1:1", "-d", "ten"]).is_err());
         assert!(parse(&["rr", "--target", "127.0.0.1:1", "--threads", "0"]).is_err());
         assert!(parse(&["rr", "--target", "127.0.0.1:1", "--request", "0"]).is_err());
@@ -511,8 +530,23 @@ mod tests {
     #[test]
     fn other_modes_map_to_their_options() {
         let c = parse(&["udp-rr", "--target", "127.0.0.1:1", "-f", "4"]).unwrap();
-        assert_eq!(c.command.load().unwrap().0, Mode::UdpRr { flows: 4, request: 32 });
-        let c = parse(&["bulk", "--target", "127.0.0.1:1", "-s", "4", "--direction", "recv"]).unwrap();
+        assert_eq!(
+            c.command.load().unwrap().0,
+            Mode::UdpRr {
+                flows: 4,
+                request: 32
+            }
+        );
+        let c = parse(&[
+            "bulk",
+            "--target",
+            "127.0.0.1:1",
+            "-s",
+            "4",
+            "--direction",
+            "recv",
+        ])
+        .unwrap();
         assert_eq!(
             c.command.load().unwrap().0,
             Mode::Bulk {
@@ -521,7 +555,16 @@ mod tests {
                 chunk: 65536
             }
         );
-        let c = parse(&["idle", "--target", "127.0.0.1:1", "-c", "10000", "--response", "64"]).unwrap();
+        let c = parse(&[
+            "idle",
+            "--target",
+            "127.0.0.1:1",
+            "-c",
+            "10000",
+            "--response",
+            "64",
+        ])
+        .unwrap();
         assert_eq!(
             c.command.load().unwrap().0,
             Mode::Idle {
@@ -532,7 +575,13 @@ mod tests {
             }
         );
         let c = parse(&["connect", "--target", "127.0.0.1:1", "--rate", "500"]).unwrap();
-        let (Mode::Connect { concurrency, rate, .. }, _) = c.command.load().unwrap() else {
+        let (
+            Mode::Connect {
+                concurrency, rate, ..
+            },
+            _,
+        ) = c.command.load().unwrap()
+        else {
             panic!("connect mode expected")
         };
         assert_eq!((concurrency, rate), (16, Some(500.0)));
@@ -540,7 +589,16 @@ mod tests {
 
     #[test]
     fn backends_parse_with_tags_and_protocols() {
-        let c = parse(&["echo", "--listen", "127.0.0.1:9101", "--tag", "b1", "--proto", "both"]).unwrap();
+        let c = parse(&[
+            "echo",
+            "--listen",
+            "127.0.0.1:9101",
+            "--tag",
+            "b1",
+            "--proto",
+            "both",
+        ])
+        .unwrap();
         assert!(c.command.load().is_none());
         let (b, s, tcp, udp) = c.command.backend().unwrap();
         assert_eq!(b.kind, Kind::Echo);

@@ -113,7 +113,10 @@ impl Mode {
     pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |m: String| Err(BenchError::Args(m));
         if self.width() == 0 {
-            return bad(format!("{}: needs at least one connection/stream/flow", self.name()));
+            return bad(format!(
+                "{}: needs at least one connection/stream/flow",
+                self.name()
+            ));
         }
         match *self {
             Mode::Rr {
@@ -147,7 +150,10 @@ impl Mode {
             }
             Mode::UdpRr { request, .. } => {
                 if !(8..=65507).contains(&request) {
-                    return bad("udp-rr: request must be 8..=65507 bytes (8 carry a sequence number)".into());
+                    return bad(
+                        "udp-rr: request must be 8..=65507 bytes (8 carry a sequence number)"
+                            .into(),
+                    );
                 }
             }
             Mode::Bulk { chunk, .. } => {
@@ -287,7 +293,15 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             timed(&ctx, |deadline| {
                 conns
                     .into_iter()
-                    .map(|c| tokio::task::spawn_local(rr_conn(c, ctx.clone(), p.clone(), stats.clone(), deadline)))
+                    .map(|c| {
+                        tokio::task::spawn_local(rr_conn(
+                            c,
+                            ctx.clone(),
+                            p.clone(),
+                            stats.clone(),
+                            deadline,
+                        ))
+                    })
                     .collect()
             })
             .await
@@ -302,7 +316,14 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             let p = Exchange::new(request, response, count_tags, rate, ctx.width);
             timed(&ctx, |deadline| {
                 (0..share)
-                    .map(|_| tokio::task::spawn_local(connect_loop(ctx.clone(), p.clone(), stats.clone(), deadline)))
+                    .map(|_| {
+                        tokio::task::spawn_local(connect_loop(
+                            ctx.clone(),
+                            p.clone(),
+                            stats.clone(),
+                            deadline,
+                        ))
+                    })
                     .collect()
             })
             .await
@@ -320,7 +341,16 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             timed(&ctx, |deadline| {
                 conns
                     .into_iter()
-                    .map(|c| tokio::task::spawn_local(bulk_stream(c, ctx.clone(), direction, chunk, stats.clone(), deadline)))
+                    .map(|c| {
+                        tokio::task::spawn_local(bulk_stream(
+                            c,
+                            ctx.clone(),
+                            direction,
+                            chunk,
+                            stats.clone(),
+                            deadline,
+                        ))
+                    })
                     .collect()
             })
             .await
@@ -336,7 +366,15 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             timed(&ctx, |deadline| {
                 socks
                     .into_iter()
-                    .map(|s| tokio::task::spawn_local(udp_flow(s, ctx.clone(), request, stats.clone(), deadline)))
+                    .map(|s| {
+                        tokio::task::spawn_local(udp_flow(
+                            s,
+                            ctx.clone(),
+                            request,
+                            stats.clone(),
+                            deadline,
+                        ))
+                    })
                     .collect()
             })
             .await
@@ -387,7 +425,15 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
                 }
                 conns
                     .into_iter()
-                    .map(|c| tokio::task::spawn_local(idle_conn(c, ctx.clone(), p.clone(), stats.clone(), deadline)))
+                    .map(|c| {
+                        tokio::task::spawn_local(idle_conn(
+                            c,
+                            ctx.clone(),
+                            p.clone(),
+                            stats.clone(),
+                            deadline,
+                        ))
+                    })
                     .collect()
             })
             .await
@@ -426,7 +472,13 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(request: usize, response: usize, count_tags: bool, rate: Option<f64>, width: usize) -> Self {
+    fn new(
+        request: usize,
+        response: usize,
+        count_tags: bool,
+        rate: Option<f64>,
+        width: usize,
+    ) -> Self {
         Exchange {
             request: Rc::new(pattern(request)),
             response: Rc::new(pattern(response)),
@@ -496,7 +548,10 @@ async fn ask_tag(s: &mut TcpStream) -> Result<String, Failed> {
         }
         have += n;
     }
-    let line = buf[..have].split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = buf[..have]
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
     let tag = String::from_utf8_lossy(line).into_owned();
     // A plain echo server that knows nothing of tags sends the query back.
     Ok(if line == &TAG_QUERY[..TAG_QUERY.len() - 1] {
@@ -518,7 +573,13 @@ async fn pace(interval: Option<Duration>, next: &mut Instant, deadline: Instant)
     true
 }
 
-async fn rr_conn(mut conn: Option<TcpStream>, ctx: Ctx, p: Exchange, stats: Shared, deadline: Instant) {
+async fn rr_conn(
+    mut conn: Option<TcpStream>,
+    ctx: Ctx,
+    p: Exchange,
+    stats: Shared,
+    deadline: Instant,
+) {
     let mut got = vec![0u8; p.response.len()];
     let mut next = Instant::now();
     while Instant::now() < deadline {
@@ -649,7 +710,9 @@ async fn udp_flow(s: UdpSocket, ctx: Ctx, request: usize, stats: Shared, deadlin
         };
         let err = match tokio::time::timeout(ctx.cfg.timeout, round).await {
             Ok(Ok(n)) if buf[..n] == req[..] => {
-                stats.borrow_mut().record_ok(t0.elapsed(), 2 * request as u64);
+                stats
+                    .borrow_mut()
+                    .record_ok(t0.elapsed(), 2 * request as u64);
                 continue;
             }
             Ok(Ok(_)) => Failed {
@@ -724,9 +787,21 @@ mod tests {
     fn validation_rejects_what_cannot_run() {
         assert!(rr(32, 64).validate().is_ok());
         assert!(rr(0, 64).validate().is_err());
-        assert!(Mode::UdpRr { flows: 1, request: 4 }.validate().is_err());
-        assert!(Mode::UdpRr { flows: 0, request: 32 }.validate().is_err());
-        let Mode::Rr { connections, .. } = rr(1, 1) else { unreachable!() };
+        assert!(Mode::UdpRr {
+            flows: 1,
+            request: 4
+        }
+        .validate()
+        .is_err());
+        assert!(Mode::UdpRr {
+            flows: 0,
+            request: 32
+        }
+        .validate()
+        .is_err());
+        let Mode::Rr { connections, .. } = rr(1, 1) else {
+            unreachable!()
+        };
         assert_eq!(connections, 1);
         let rate0 = Mode::Connect {
             concurrency: 1,

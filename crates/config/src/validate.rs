@@ -234,27 +234,21 @@ fn listener(errs: &mut Errors, seen: &mut Seen, i: usize, rl: &RawListener) -> O
     // Keys that only one protocol uses: reject them on the other rather than ignore them,
     // since an operator who wrote them expects them to act.
     if proto_known {
-        let (other, keys): (&str, [(&str, bool); 4]) = match protocol {
-            Protocol::Udp => (
-                "tcp",
-                [
-                    ("connect_timeout", rl.connect_timeout.is_some()),
-                    ("connect_attempts", rl.connect_attempts.is_some()),
-                    ("idle_timeout", rl.idle_timeout.is_some()),
-                    ("forwarding", rl.forwarding.is_some()),
-                ],
-            ),
-            Protocol::Tcp => (
-                "udp",
-                [
-                    ("session_timeout", rl.session_timeout.is_some()),
-                    ("max_sessions", rl.max_sessions.is_some()),
-                    ("", false),
-                    ("", false),
-                ],
-            ),
+        let tcp_only = [
+            ("connect_timeout", rl.connect_timeout.is_some()),
+            ("connect_attempts", rl.connect_attempts.is_some()),
+            ("idle_timeout", rl.idle_timeout.is_some()),
+            ("forwarding", rl.forwarding.is_some()),
+        ];
+        let udp_only = [
+            ("session_timeout", rl.session_timeout.is_some()),
+            ("max_sessions", rl.max_sessions.is_some()),
+        ];
+        let (other, keys): (&str, &[(&str, bool)]) = match protocol {
+            Protocol::Udp => ("tcp", &tcp_only),
+            Protocol::Tcp => ("udp", &udp_only),
         };
-        for (key, present) in keys {
+        for &(key, present) in keys {
             if present {
                 errs.push(
                     p(key),

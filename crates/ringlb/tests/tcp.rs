@@ -312,3 +312,59 @@ fn invalid_config_exits_2_and_starts_nothing() {
     assert!(out.contains("listeners[0].backends[0].addr"), "{out}");
     assert!(!out.contains("listening on"), "{out}");
 }
+
+/// Lower the running ringlb's RLIMIT_NOFILE so accept hits EMFILE, hold connections until it
+/// does, and check it backs off instead of spinning, logs, and recovers.
+#[test]
+fn fd_exhaustion_backs_off_without_spinning() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], ""));
+    let addr = lb.listener_addr("t");
+    let pid = lb.pid() as libc::pid_t;
+    let baseline = lb.fd_count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: baseline + 20,
+        rlim_max: baseline + 20,
+    };
+    // SAFETY: prlimit on our own child with a valid rlimit struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = connect_with_timeout(addr, Duration::from_secs(2)) {
+            held.push(c);
+        }
+    }
+    assert!(
+        lb.wait_for_log("accept failed", Duration::from_secs(10)),
+        "EMFILE on accept must be logged"
+    );
+    let cpu_before = proc_cpu_ticks(lb.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_used = proc_cpu_ticks(lb.pid()) - cpu_before;
+    // 2 s of wall time; a spinning accept loop would burn ~200 ticks.
+    assert!(cpu_used < 40, "accept loop spins under EMFILE: {cpu_used} ticks in 2 s");
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            connect_with_timeout(addr, Duration::from_secs(2))
+                .map(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                    c.write_all(b"back").is_ok() && {
+                        let mut b = [0u8; 4];
+                        c.read_exact(&mut b).is_ok()
+                    }
+                })
+                .unwrap_or(false)
+        }),
+        "ringlb must serve again once fds are free"
+    );
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

@@ -53,8 +53,6 @@ pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
 pub use state::{ActiveGuard, BackendState};
 pub use tables::{maglev_table_size, MAGLEV_DEFAULT_SIZE};
-#[doc(hidden)]
-pub use tables::maglev as maglev_raw;
 pub use tried::Tried;
 
 /// What the configuration says about one backend.
@@ -118,7 +116,7 @@ impl Scheduler {
             })
             .collect();
         Scheduler {
-            current: ArcSwap::from_pointee(Snapshot::build(algorithm, backends)),
+            current: ArcSwap::from_pointee(Snapshot::build(algorithm, backends, None)),
             writer: Mutex::new(()),
         }
     }
@@ -154,7 +152,7 @@ impl Scheduler {
             })
             .collect();
         self.current
-            .store(Arc::new(Snapshot::build(algorithm, backends)));
+            .store(Arc::new(Snapshot::build(algorithm, backends, None)));
     }
 
     /// Called after the prober flips a backend's up flag: rebuilds the tables that depend
@@ -167,7 +165,7 @@ impl Scheduler {
         if !old.health_differs() {
             return;
         }
-        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec());
+        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec(), Some(&old));
         self.current.store(Arc::new(rebuilt));
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ringlb_config::Algorithm;
 
 use crate::hash::{client_hash, fmix64, rehash, scale};
-use crate::tables::{maglev, maglev_table_size, smooth_wrr, WeightedSet};
+use crate::tables::{maglev, maglev_restrict, maglev_table_size, smooth_wrr, WeightedSet};
 use crate::{Backend, BackendState, Tried};
 
 /// Capacity per unit of weight that `dynamic_weight` assumes for a backend whose
@@ -47,8 +47,9 @@ enum Table {
     Schedule(Box<[u32]>),
     /// random, power_of_two (over the up members), source_hash (over all members).
     Weighted(WeightedSet),
-    /// maglev over the members up at build time.
-    Maglev(Box<[u32]>),
+    /// maglev: `base` over all members (a function of the configured set only, reused by
+    /// health rebuilds), `table` derived from it for the members up at build time.
+    Maglev { base: Arc<[u32]>, table: Box<[u32]> },
 }
 
 /// Primaries or backups.
@@ -85,7 +86,13 @@ impl fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn build(algorithm: Algorithm, backends: Vec<Backend>) -> Snapshot {
+    /// `same_set`: a snapshot with exactly these backends (a health rebuild), whose
+    /// health-independent tables are reused.
+    pub(crate) fn build(
+        algorithm: Algorithm,
+        backends: Vec<Backend>,
+        same_set: Option<&Snapshot>,
+    ) -> Snapshot {
         let hot: Box<[Hot]> = backends
             .iter()
             .map(|b| {
@@ -139,12 +146,26 @@ impl Snapshot {
                     Table::Weighted(WeightedSet::new(&members, &weights(&members)))
                 }
                 Algorithm::Maglev => {
-                    let labels: Vec<&str> = up
+                    let labels: Vec<&str> = members
                         .iter()
                         .map(|&i| backends[i as usize].spec.label.as_str())
                         .collect();
-                    let size = maglev_size.unwrap_or(0) as u64;
-                    Table::Maglev(maglev(&up, &labels, &weights(&up), size).into())
+                    let w = weights(&members);
+                    let reused = same_set.and_then(|s| {
+                        let old = if backup { &s.backup } else { &s.primary };
+                        match &old.table {
+                            Table::Maglev { base, .. } if s.algorithm == algorithm => {
+                                Some(Arc::clone(base))
+                            }
+                            _ => None,
+                        }
+                    });
+                    let base = reused.unwrap_or_else(|| {
+                        let size = maglev_size.unwrap_or(0) as u64;
+                        maglev(&members, &labels, &w, size).into()
+                    });
+                    let table = maglev_restrict(&base, &members, &labels, &w, &built_up).into();
+                    Table::Maglev { base, table }
                 }
             };
             Tier {
@@ -184,7 +205,7 @@ impl Snapshot {
     pub fn maglev_slot_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.backends.len()];
         if let Some(Tier {
-            table: Table::Maglev(t),
+            table: Table::Maglev { table: t, .. },
             ..
         }) = self.serving_tier()
         {
@@ -398,7 +419,7 @@ impl Snapshot {
         let lookup = |k: u64| -> Option<u32> {
             match &tier.table {
                 Table::Weighted(set) => set.sample(k).and_then(|p| set.members.get(p)).copied(),
-                Table::Maglev(t) => t.get(scale(k, t.len() as u64) as usize).copied(),
+                Table::Maglev { table: t, .. } => t.get(scale(k, t.len() as u64) as usize).copied(),
                 _ => None,
             }
         };

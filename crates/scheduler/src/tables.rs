@@ -70,7 +70,7 @@ pub(crate) fn smooth_wrr(members: &[u32], weights: &[u32]) -> Vec<u32> {
 /// round each member adds its weight to a credit and, while the credit reaches the largest
 /// weight, claims its next free preferred slot (Katran's weighted variant). At equal
 /// weights every member claims once per round, so slot counts differ by at most one.
-pub fn maglev(members: &[u32], labels: &[&str], weights: &[u32], size: u64) -> Vec<u32> {
+pub(crate) fn maglev(members: &[u32], labels: &[&str], weights: &[u32], size: u64) -> Vec<u32> {
     debug_assert_eq!(members.len(), labels.len(), "one label per member");
     debug_assert_eq!(members.len(), weights.len(), "one weight per member");
     const EMPTY: u32 = u32::MAX;
@@ -117,6 +117,104 @@ pub fn maglev(members: &[u32], labels: &[&str], weights: &[u32], size: u64) -> V
             }
         }
     }
+}
+
+/// The maglev table for the up members, derived from the table of all members (`base`):
+/// slots held by an up member stay where they are; each slot of a down member is handed
+/// to an up member. Handing-out goes least-filled first (fewest slots per unit of weight,
+/// then lowest position), and each taker claims the next free orphan slot along its own
+/// permutation. So a health change moves exactly the down backends' clients, balance
+/// stays within one slot at equal weights, and the result is a pure function of
+/// (configured set, up set): every ringlb instance computes the same table, and a
+/// recovered backend gets back exactly its old slots.
+pub(crate) fn maglev_restrict(
+    base: &[u32],
+    members: &[u32],
+    labels: &[&str],
+    weights: &[u32],
+    up: &[bool],
+) -> Vec<u32> {
+    use std::cmp::Ordering;
+    use std::collections::BinaryHeap;
+    const ORPHAN: u32 = u32::MAX;
+
+    #[derive(PartialEq, Eq)]
+    struct Taker {
+        slots: u64,
+        weight: u64,
+        pos: usize,
+    }
+    impl Ord for Taker {
+        // Max-heap: the greatest is the one with the lowest (slots + 1) / weight.
+        fn cmp(&self, other: &Self) -> Ordering {
+            let mine = u128::from(self.slots + 1) * u128::from(other.weight);
+            let theirs = u128::from(other.slots + 1) * u128::from(self.weight);
+            theirs.cmp(&mine).then_with(|| other.pos.cmp(&self.pos))
+        }
+    }
+    impl PartialOrd for Taker {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    let size = base.len() as u64;
+    let is_up = |backend: u32| up.get(backend as usize).copied().unwrap_or(false);
+    if size < 2 || !members.iter().any(|&m| is_up(m)) {
+        return base.to_vec();
+    }
+    let mut table = base.to_vec();
+    let mut slots = vec![0u64; members.len()];
+    let position: std::collections::HashMap<u32, usize> =
+        members.iter().enumerate().map(|(p, &m)| (m, p)).collect();
+    let mut orphans = 0usize;
+    for entry in table.iter_mut() {
+        match position.get(entry) {
+            Some(&p) if is_up(*entry) => slots[p] += 1,
+            _ => {
+                *entry = ORPHAN;
+                orphans += 1;
+            }
+        }
+    }
+    let mut next = Vec::with_capacity(members.len());
+    let mut skip = Vec::with_capacity(members.len());
+    for label in labels {
+        next.push(name_hash(label.as_bytes(), NAME_BASIS_OFFSET) % size);
+        skip.push(name_hash(label.as_bytes(), NAME_BASIS_SKIP) % (size - 1) + 1);
+    }
+    let mut heap: BinaryHeap<Taker> = members
+        .iter()
+        .enumerate()
+        .filter(|&(_, &m)| is_up(m))
+        .map(|(pos, _)| Taker {
+            slots: slots[pos],
+            weight: u64::from(weights[pos].max(1)),
+            pos,
+        })
+        .collect();
+    while orphans > 0 {
+        let Some(mut taker) = heap.pop() else { break };
+        let k = taker.pos;
+        // Every permutation visits every slot, so an orphan is found while one is left.
+        let mut p = next[k];
+        while table[p as usize] != ORPHAN {
+            p += skip[k];
+            if p >= size {
+                p -= size;
+            }
+        }
+        table[p as usize] = members[k];
+        p += skip[k];
+        if p >= size {
+            p -= size;
+        }
+        next[k] = p;
+        orphans -= 1;
+        taker.slots += 1;
+        heap.push(taker);
+    }
+    table
 }
 
 /// Members with cumulative weights, for weighted sampling by one uniform `u64`.
