@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn v1_ipv4() {
-        let h = v1("192.0.2.1:5000".parse().unwrap(), "198.51.100.2:7000".parse().unwrap());
+        let h = v1(
+            "192.0.2.1:5000".parse().unwrap(),
+            "198.51.100.2:7000".parse().unwrap(),
+        );
         assert_eq!(h, b"PROXY TCP4 192.0.2.1 198.51.100.2 5000 7000\r\n");
     }
 
@@ -108,7 +111,10 @@ mod tests {
 
     #[test]
     fn v1_mixed_family_maps_to_v6() {
-        let h = v1("192.0.2.1:5000".parse().unwrap(), "[2001:db8::1]:7000".parse().unwrap());
+        let h = v1(
+            "192.0.2.1:5000".parse().unwrap(),
+            "[2001:db8::1]:7000".parse().unwrap(),
+        );
         assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::1 5000 7000\r\n");
     }
 
@@ -132,7 +138,11 @@ mod tests {
 
     #[test]
     fn v2_ipv6_datagram_layout() {
-        let h = v2("[::1]:5000".parse().unwrap(), "[::1]:53".parse().unwrap(), Transport::Datagram);
+        let h = v2(
+            "[::1]:5000".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+            Transport::Datagram,
+        );
         assert_eq!(h[13], 0x22);
         assert_eq!(u16::from_be_bytes([h[14], h[15]]), 36);
         assert_eq!(h.len(), 16 + 36);

@@ -201,7 +201,11 @@ pub async fn relay(
 }
 
 /// Enforces idle_timeout and the drain cut; never completes (the halves end the relay).
-async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Notify) -> std::convert::Infallible {
+async fn watchdog(
+    link: &Link<'_>,
+    idle_timeout: Duration,
+    cut: &Notify,
+) -> std::convert::Infallible {
     loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
@@ -253,11 +257,13 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
     let (from, to) = link.sockets(dir);
     let mut buf = Vec::with_capacity(COPY_BUFFER);
     let mut full_reads = 0;
+    // The readiness gate just said data is there: try the recv at once.
+    let mut drained = false;
     loop {
         if link.is_aborted() {
             return CopyEnd::Done;
         }
-        let (res, returned) = uring::recv(from, buf).await;
+        let (res, returned) = uring::recv(from, buf, drained).await;
         buf = returned;
         let n = match res {
             Ok(0) => {
@@ -274,6 +280,8 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
             }
         };
         link.touch(dir, n);
+        // A short read emptied the socket; a full one probably left more behind.
+        drained = n < buf.capacity();
         let (res, returned) = uring::send_all(to, buf).await;
         buf = returned;
         match res {
@@ -285,7 +293,11 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
             }
         }
         if auto {
-            full_reads = if n == buf.capacity() { full_reads + 1 } else { 0 };
+            full_reads = if n == buf.capacity() {
+                full_reads + 1
+            } else {
+                0
+            };
             if full_reads >= AUTO_SPLICE_AFTER_FULL_READS {
                 return CopyEnd::Bulk;
             }
@@ -301,8 +313,9 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(io::Error::from)?;
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(io::Error::from)?;
         // Bigger pipes mean fewer splices per byte; failure (pipe-max-size) only costs speed.
         let _ = nix::fcntl::fcntl(
             write.as_raw_fd(),
@@ -385,14 +398,16 @@ async fn drain_pipe<K: Unpin + 'static>(
                 return false;
             }
             Ok(m) => pending -= m.min(pending),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => match uring::poll(to, POLLOUT).await {
-                Ok(_) => {}
-                Err(e) if is_cancelled(&e) => return false,
-                Err(_) => {
-                    link.abort(dir.reset_reason_writing(), true).await;
-                    return false;
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                match uring::poll(to, POLLOUT).await {
+                    Ok(_) => {}
+                    Err(e) if is_cancelled(&e) => return false,
+                    Err(_) => {
+                        link.abort(dir.reset_reason_writing(), true).await;
+                        return false;
+                    }
                 }
-            },
+            }
             Err(e) if is_cancelled(&e) => return false,
             Err(_) => {
                 link.abort(dir.reset_reason_writing(), true).await;

@@ -78,7 +78,11 @@ impl LocalListener {
     }
 }
 
-pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, acceptor: Rc<TcpAcceptor>) {
+pub(crate) async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    local: Rc<LocalListener>,
+    acceptor: Rc<TcpAcceptor>,
+) {
     let name = &local.shared.name;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_resource_log: Option<Instant> = None;
@@ -87,7 +91,9 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, ac
         match uring::accept(&acceptor.socket).await {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let Some(peer) = peer.as_socket() else { continue };
+                let Some(peer) = peer.as_socket() else {
+                    continue;
+                };
                 let ctx2 = Rc::clone(&ctx);
                 let local2 = Rc::clone(&local);
                 tokio_uring::spawn(async move { serve(ctx2, local2, client, peer).await });
@@ -100,7 +106,8 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, ac
                     c.denied(DenyReason::Resources).add(1);
                 }
                 let now = Instant::now();
-                if last_resource_log.is_none_or(|t| now.duration_since(t) >= RESOURCE_LOG_INTERVAL) {
+                if last_resource_log.is_none_or(|t| now.duration_since(t) >= RESOURCE_LOG_INTERVAL)
+                {
                     log::error!(
                         "listener {name}: accept failed: {e}; backing off {backoff:?} ({suppressed} similar errors not logged)"
                     );
@@ -113,7 +120,11 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, ac
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
             // The client gave up before we accepted it: nothing to do.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EINTR)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED) | Some(libc::EINTR)
+                ) => {}
             Err(e) => {
                 log::warn!("listener {name}: accept failed: {e}");
                 tokio::time::sleep(ACCEPT_BACKOFF_MIN).await;
@@ -166,7 +177,8 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     counters.connections.add(1);
     let _ = client.set_nodelay(true);
 
-    let Some((backend, label, _active)) = connect_backend(&local, &settings, peer, &ctx).await else {
+    let Some((backend, label, _active)) = connect_backend(&local, &settings, peer, &ctx).await
+    else {
         counters.denied(DenyReason::NoBackend).add(1);
         access_denied(shared, &peer, DenyReason::NoBackend);
         return reject(client);
@@ -197,7 +209,11 @@ fn proxy_header(mode: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> O
     match mode {
         ProxyProtocol::None => None,
         ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local)),
-        ProxyProtocol::V2 => Some(proxy_protocol::v2(client, local, proxy_protocol::Transport::Stream)),
+        ProxyProtocol::V2 => Some(proxy_protocol::v2(
+            client,
+            local,
+            proxy_protocol::Transport::Stream,
+        )),
     }
 }
 
@@ -265,12 +281,15 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Socket, ConnectE
                 // Cancel the pending connect so the socket is really gone, then report.
                 uring::cancel_all(socket.as_raw_fd()).await;
                 let _ = attempt.await;
-                Err(ConnectError::Backend(format!("timed out after {timeout:?}")))
+                Err(ConnectError::Backend(format!(
+                    "timed out after {timeout:?}"
+                )))
             }
         }
     };
     outcome?;
-    Rc::try_unwrap(socket).map_err(|_| ConnectError::Local(io::Error::other("connect socket still shared")))
+    Rc::try_unwrap(socket)
+        .map_err(|_| ConnectError::Local(io::Error::other("connect socket still shared")))
 }
 
 fn access_denied(shared: &ListenerShared, peer: &SocketAddr, reason: DenyReason) {
@@ -284,7 +303,13 @@ fn access_denied(shared: &ListenerShared, peer: &SocketAddr, reason: DenyReason)
     }
 }
 
-fn access_finished(shared: &ListenerShared, peer: &SocketAddr, backend: &str, started: Instant, report: &RelayReport) {
+fn access_finished(
+    shared: &ListenerShared,
+    peer: &SocketAddr,
+    backend: &str,
+    started: Instant,
+    report: &RelayReport,
+) {
     if shared.access_log.load(std::sync::atomic::Ordering::Relaxed) {
         log::info!(
             target: "ringlb::access",

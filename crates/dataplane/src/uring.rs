@@ -45,10 +45,33 @@ fn fd(socket: &Socket) -> types::Fd {
     types::Fd(socket.as_raw_fd())
 }
 
+/// IORING_RECVSEND_POLL_FIRST: arm the poll before trying the recv.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// Set the SQE's `ioprio` field, which io-uring 0.6 does not expose for Recv.
+fn with_ioprio(entry: squeue::Entry, ioprio: u16) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`, whose
+    // `ioprio` is the u16 at byte offset 2; every bit pattern of those bytes is valid.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
 /// recv into the spare capacity of `buf` (its length is set to what arrived).
-pub async fn recv(socket: &Rc<Socket>, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+/// `expect_empty`: the socket was just drained, so skip the recv attempt that would fail
+/// with EAGAIN and wait for readiness first (saves a failed tcp_recvmsg per message in
+/// request/response traffic).
+pub async fn recv(
+    socket: &Rc<Socket>,
+    mut buf: Vec<u8>,
+    expect_empty: bool,
+) -> (io::Result<usize>, Vec<u8>) {
     buf.clear();
-    let sqe = opcode::Recv::new(fd(socket), buf.as_mut_ptr(), buf.capacity() as u32).build();
+    let mut sqe = opcode::Recv::new(fd(socket), buf.as_mut_ptr(), buf.capacity() as u32).build();
+    if expect_empty {
+        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
+    }
     let (res, (_socket, mut buf)) = submit((Rc::clone(socket), buf), sqe).await;
     let res = to_result(res);
     if let Ok(n) = res {
@@ -59,7 +82,11 @@ pub async fn recv(socket: &Rc<Socket>, mut buf: Vec<u8>) -> (io::Result<usize>, 
 }
 
 /// send `buf[offset..]` once (may be partial); MSG_NOSIGNAL so a reset peer is an error, not SIGPIPE.
-pub async fn send(socket: &Rc<Socket>, buf: Vec<u8>, offset: usize) -> (io::Result<usize>, Vec<u8>) {
+pub async fn send(
+    socket: &Rc<Socket>,
+    buf: Vec<u8>,
+    offset: usize,
+) -> (io::Result<usize>, Vec<u8>) {
     let remaining = &buf[offset.min(buf.len())..];
     let sqe = opcode::Send::new(fd(socket), remaining.as_ptr(), remaining.len() as u32)
         .flags(libc::MSG_NOSIGNAL)

@@ -78,7 +78,11 @@ impl WorkerHandle {
 }
 
 /// Start worker `id`, pinned to `cpu` when given. It reports `Started` or `Failed` first.
-pub fn spawn(id: usize, cpu: Option<usize>, events: Sender<WorkerEvent>) -> io::Result<WorkerHandle> {
+pub fn spawn(
+    id: usize,
+    cpu: Option<usize>,
+    events: Sender<WorkerEvent>,
+) -> io::Result<WorkerHandle> {
     let (commands, inbox) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name(format!("ringlb-w{id}"))
@@ -90,7 +94,12 @@ pub fn spawn(id: usize, cpu: Option<usize>, events: Sender<WorkerEvent>) -> io::
     })
 }
 
-fn run(id: usize, cpu: Option<usize>, inbox: mpsc::UnboundedReceiver<Command>, events: Sender<WorkerEvent>) {
+fn run(
+    id: usize,
+    cpu: Option<usize>,
+    inbox: mpsc::UnboundedReceiver<Command>,
+    events: Sender<WorkerEvent>,
+) {
     if let Some(cpu) = cpu {
         if let Err(e) = sys::pin_current_thread(cpu) {
             log::warn!("worker {id}: cannot pin to CPU {cpu}: {e}; running unpinned");
@@ -141,7 +150,11 @@ pub(crate) struct WorkerCtx {
 
 impl WorkerCtx {
     fn new(id: usize, events: Sender<WorkerEvent>) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         WorkerCtx {
             id,
             live: Cell::new(0),
@@ -217,8 +230,16 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
                     socket: Rc::new(socket),
                     stopped: std::cell::Cell::new(false),
                 });
-                tokio_uring::spawn(publish_loop(ctx.id, Rc::clone(&local), Rc::clone(&acceptor)));
-                tokio_uring::spawn(tcp::accept_loop(Rc::clone(&ctx), local, Rc::clone(&acceptor)));
+                tokio_uring::spawn(publish_loop(
+                    ctx.id,
+                    Rc::clone(&local),
+                    Rc::clone(&acceptor),
+                ));
+                tokio_uring::spawn(tcp::accept_loop(
+                    Rc::clone(&ctx),
+                    local,
+                    Rc::clone(&acceptor),
+                ));
                 if let Some(old) = serving.insert(name, Serving::Tcp(acceptor)) {
                     old.stop().await;
                 }
@@ -231,7 +252,9 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
                             old.stop().await;
                         }
                     }
-                    Err(e) => log::error!("worker {}: cannot start udp listener {name}: {e}", ctx.id),
+                    Err(e) => {
+                        log::error!("worker {}: cannot start udp listener {name}: {e}", ctx.id)
+                    }
                 }
             }
             Command::Remove { name } => {

@@ -40,3 +40,66 @@ pub fn spawn(addr: SocketAddr, registry: Arc<Registry>) -> Result<AdminServer, A
     log::info!("admin listening on http://{}", server.local_addr());
     Ok(server)
 }
+
+/// Registries built in-process for the rendering tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ringlb_config::{Algorithm, Backend, Forwarding, Listener, Protocol, ProxyProtocol};
+    use ringlb_dataplane::ListenerShared;
+    use ringlb_scheduler::Scheduler;
+
+    use crate::registry::Registry;
+
+    /// A listener bound (nominally) to 127.0.0.1:4000 with `workers` counter slots.
+    pub fn listener(
+        name: &str,
+        protocol: Protocol,
+        backends: &[&str],
+        workers: usize,
+    ) -> Arc<ListenerShared> {
+        let settings = Listener {
+            name: name.to_string(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol,
+            algorithm: Algorithm::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            connect_attempts: 1,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 100,
+            allow: Vec::new(),
+            proxy_protocol: ProxyProtocol::None,
+            forwarding: Forwarding::Copy,
+            session_timeout: Duration::from_secs(30),
+            max_sessions: 100,
+            health_check: None,
+            backends: backends
+                .iter()
+                .map(|b| Backend {
+                    addr: b.parse().unwrap(),
+                    label: b.to_string(),
+                    weight: 1,
+                    max_connections: 0,
+                    backup: false,
+                })
+                .collect(),
+        };
+        let scheduler = Arc::new(Scheduler::for_listener(&settings));
+        Arc::new(ListenerShared::new(
+            settings,
+            "127.0.0.1:4000".parse().unwrap(),
+            scheduler,
+            workers,
+            false,
+        ))
+    }
+
+    pub fn registry_with(mut listeners: Vec<Arc<ListenerShared>>) -> Registry {
+        listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        let registry = Registry::default();
+        registry.listeners.store(Arc::new(listeners));
+        registry
+    }
+}

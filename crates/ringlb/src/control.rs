@@ -97,10 +97,11 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         } else {
             Some(cpus[id % cpus.len()])
         };
-        let handle = worker::spawn(id, cpu, event_tx.clone()).map_err(|source| RunError::Thread {
-            what: "a worker thread",
-            source,
-        })?;
+        let handle =
+            worker::spawn(id, cpu, event_tx.clone()).map_err(|source| RunError::Thread {
+                what: "a worker thread",
+                source,
+            })?;
         workers.push(handle);
     }
     await_started(&event_rx, worker_count)?;
@@ -147,7 +148,9 @@ fn await_started(events: &Receiver<WorkerEvent>, count: usize) -> Result<(), Run
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Ok(WorkerEvent::Started { .. }) => started += 1,
-            Ok(WorkerEvent::Failed { worker, error }) => return Err(RunError::Worker { worker, error }),
+            Ok(WorkerEvent::Failed { worker, error }) => {
+                return Err(RunError::Worker { worker, error })
+            }
             Ok(_) => {}
             Err(_) => return Err(RunError::WorkerTimeout(WORKER_START_TIMEOUT)),
         }
@@ -160,7 +163,12 @@ fn specs(listener: &Listener) -> Vec<BackendSpec> {
 }
 
 impl ControlPlane {
-    fn start_listener(&mut self, listener: Listener, sockets: Vec<socket2::Socket>, addr: SocketAddr) {
+    fn start_listener(
+        &mut self,
+        listener: Listener,
+        sockets: Vec<socket2::Socket>,
+        addr: SocketAddr,
+    ) {
         let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(&listener)));
         let shared = Arc::new(ListenerShared::new(
             listener.clone(),
@@ -176,7 +184,11 @@ impl ControlPlane {
                 Protocol::Udp => Command::AddUdp { listener, socket },
             };
             if !worker.send(command) {
-                log::error!("worker {} is gone; listener {} runs without it", worker.id, shared.name);
+                log::error!(
+                    "worker {} is gone; listener {} runs without it",
+                    worker.id,
+                    shared.name
+                );
             }
         }
         log::info!(
@@ -208,8 +220,11 @@ impl ControlPlane {
     }
 
     fn publish_registry(&self) {
-        let mut list: Vec<Arc<ListenerShared>> =
-            self.listeners.values().map(|r| Arc::clone(&r.shared)).collect();
+        let mut list: Vec<Arc<ListenerShared>> = self
+            .listeners
+            .values()
+            .map(|r| Arc::clone(&r.shared))
+            .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         self.registry.listeners.store(Arc::new(list));
     }
@@ -312,10 +327,15 @@ impl ControlPlane {
         };
         let mut summary = Vec::new();
         if new.workers != self.config.workers {
-            log::warn!("reload: `workers` changes need a restart; keeping {} workers", self.workers.len());
+            log::warn!(
+                "reload: `workers` changes need a restart; keeping {} workers",
+                self.workers.len()
+            );
         }
         if new.admin != self.config.admin {
-            log::warn!("reload: `admin` changes need a restart; keeping the current admin endpoint");
+            log::warn!(
+                "reload: `admin` changes need a restart; keeping the current admin endpoint"
+            );
         }
         if new.log_level != self.config.log_level && !self.log_level_from_env {
             log::set_max_level(new.log_level);
@@ -332,7 +352,9 @@ impl ControlPlane {
         }
         for listener in &new.listeners {
             match self.listeners.get(&listener.name) {
-                Some(running) if running.bind == listener.bind && running.protocol == listener.protocol => {
+                Some(running)
+                    if running.bind == listener.bind && running.protocol == listener.protocol =>
+                {
                     let before = running.shared.settings.load_full();
                     if let Some(diff) = describe_change(&before, listener) {
                         changed.push(format!("{} ({diff})", listener.name));
@@ -342,7 +364,10 @@ impl ControlPlane {
                         .scheduler
                         .reconfigure(listener.algorithm, specs(listener));
                     running.shared.settings.store(Arc::new(listener.clone()));
-                    running.shared.access_log.store(new.access_log, Ordering::Relaxed);
+                    running
+                        .shared
+                        .access_log
+                        .store(new.access_log, Ordering::Relaxed);
                 }
                 existing => {
                     // New listener, or its socket identity changed: bind first, so a port
@@ -361,14 +386,19 @@ impl ControlPlane {
                             self.start_listener(listener.clone(), sockets, addr);
                             added.push(listener.name.clone());
                         }
-                        Err(e) => log::error!("reload: listener {}: {e}; not started", listener.name),
+                        Err(e) => {
+                            log::error!("reload: listener {}: {e}; not started", listener.name)
+                        }
                     }
                 }
             }
         }
         let access_log = new.access_log;
         for running in self.listeners.values() {
-            running.shared.access_log.store(access_log, Ordering::Relaxed);
+            running
+                .shared
+                .access_log
+                .store(access_log, Ordering::Relaxed);
         }
         let keep_admin = self.config.admin;
         let keep_workers = self.config.workers;
@@ -447,7 +477,10 @@ impl ControlPlane {
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    log::error!("{} worker(s) did not finish in time", self.workers.len() - finished);
+                    log::error!(
+                        "{} worker(s) did not finish in time",
+                        self.workers.len() - finished
+                    );
                     break;
                 }
             }
@@ -469,17 +502,35 @@ impl ControlPlane {
 /// One-line description of what a reload changes in a listener, or None if nothing.
 fn describe_change(before: &Listener, after: &Listener) -> Option<String> {
     let mut parts = Vec::new();
-    let old: HashMap<&str, &ringlb_config::Backend> =
-        before.backends.iter().map(|b| (b.label.as_str(), b)).collect();
-    let new: HashMap<&str, &ringlb_config::Backend> =
-        after.backends.iter().map(|b| (b.label.as_str(), b)).collect();
-    let mut added: Vec<&str> = new.keys().filter(|k| !old.contains_key(*k)).copied().collect();
-    let mut removed: Vec<&str> = old.keys().filter(|k| !new.contains_key(*k)).copied().collect();
+    let old: HashMap<&str, &ringlb_config::Backend> = before
+        .backends
+        .iter()
+        .map(|b| (b.label.as_str(), b))
+        .collect();
+    let new: HashMap<&str, &ringlb_config::Backend> = after
+        .backends
+        .iter()
+        .map(|b| (b.label.as_str(), b))
+        .collect();
+    let mut added: Vec<&str> = new
+        .keys()
+        .filter(|k| !old.contains_key(*k))
+        .copied()
+        .collect();
+    let mut removed: Vec<&str> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .copied()
+        .collect();
     let mut reweighted: Vec<String> = new
         .iter()
         .filter_map(|(k, b)| {
             old.get(k)
-                .filter(|o| o.weight != b.weight || o.backup != b.backup || o.max_connections != b.max_connections)
+                .filter(|o| {
+                    o.weight != b.weight
+                        || o.backup != b.backup
+                        || o.max_connections != b.max_connections
+                })
                 .map(|o| format!("{k} weight {}→{}", o.weight, b.weight))
         })
         .collect();

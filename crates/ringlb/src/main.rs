@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringlb", version, about = "Thread-per-core io_uring Layer-4 (TCP/UDP) load balancer")]
+#[command(
+    name = "ringlb",
+    version,
+    about = "Thread-per-core io_uring Layer-4 (TCP/UDP) load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,10 +121,17 @@ fn explain(path: &Path, listener: &str, client: SocketAddr) -> ExitCode {
     };
     let Some(l) = config.listeners.iter().find(|l| l.name == listener) else {
         let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-        eprintln!("error: no listener named {listener:?}; listeners: {}", names.join(", "));
+        eprintln!(
+            "error: no listener named {listener:?}; listeners: {}",
+            names.join(", ")
+        );
         return ExitCode::from(EXIT_INVALID_CONFIG);
     };
-    let specs = l.backends.iter().map(ringlb_scheduler::BackendSpec::from).collect();
+    let specs = l
+        .backends
+        .iter()
+        .map(ringlb_scheduler::BackendSpec::from)
+        .collect();
     let scheduler = ringlb_scheduler::Scheduler::new(l.algorithm, specs);
     let snapshot = scheduler.snapshot();
     match snapshot.pick(client.ip(), 0, &ringlb_scheduler::Tried::new()) {

@@ -19,18 +19,48 @@ fn deny_io_uring_setup() -> std::io::Result<()> {
     let nr = libc::SYS_io_uring_setup as u32;
     let filter = [
         // A = syscall number
-        libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
-        libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: nr },
-        libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::EPERM as u32 },
-        libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
     ];
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
     // SAFETY: plain prctl calls with a valid, live filter program.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const _ as libc::c_ulong,
+            0,
+            0,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -63,9 +93,16 @@ fn io_uring_blocked_exits_1_with_cause_before_binding() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("io_uring"), "{stderr}");
-    assert!(stderr.contains("remedy"), "the message must say what to do: {stderr}");
+    assert!(
+        stderr.contains("remedy"),
+        "the message must say what to do: {stderr}"
+    );
     assert!(!stderr.contains("listening on"), "{stderr}");
-    assert_eq!(stderr.lines().filter(|l| l.contains("ERROR")).count(), 1, "one message: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "one message: {stderr}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -75,7 +112,9 @@ fn port_in_use_exits_1_naming_the_address() {
     let addr = taken.local_addr().unwrap();
     let (code, out) = Ringlb::run_to_exit(
         bin(),
-        &format!("listeners:\n  - name: t\n    bind: {addr}\n    backends:\n      - addr: 127.0.0.1:1\n"),
+        &format!(
+            "listeners:\n  - name: t\n    bind: {addr}\n    backends:\n      - addr: 127.0.0.1:1\n"
+        ),
         &[],
         Duration::from_secs(10),
     );
@@ -95,7 +134,10 @@ fn check_accepts_every_example_config() {
             checked += 1;
         }
     }
-    assert!(checked >= 3, "expected the example configs, found {checked}");
+    assert!(
+        checked >= 3,
+        "expected the example configs, found {checked}"
+    );
 }
 
 #[test]
@@ -107,7 +149,10 @@ fn check_reports_every_problem_with_exit_2() {
     assert_eq!(code, 2, "{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 2, "{out}");
-    assert!(out.contains("error: listeners[0].backends[0].addr: invalid socket address \"10.0.0.1\""), "{out}");
+    assert!(
+        out.contains("error: listeners[0].backends[0].addr: invalid socket address \"10.0.0.1\""),
+        "{out}"
+    );
     assert!(out.contains("listeners[0].backends[0].weight"), "{out}");
 }
 
@@ -116,9 +161,14 @@ fn sigint_also_shuts_down_cleanly() {
     let backend = EchoBackend::start();
     let mut lb = Ringlb::start(
         bin(),
-        &format!("listeners:\n  - name: t\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {}\n", backend.addr()),
+        &format!(
+            "listeners:\n  - name: t\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {}\n",
+            backend.addr()
+        ),
     );
     lb.signal(Signal::Int);
-    let status = lb.wait_exit(Duration::from_secs(15)).expect("exit on SIGINT");
+    let status = lb
+        .wait_exit(Duration::from_secs(15))
+        .expect("exit on SIGINT");
     assert_eq!(exit_code(status), 0);
 }

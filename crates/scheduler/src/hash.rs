@@ -117,8 +117,14 @@ mod tests {
         let v4 = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
         let mapped = IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
         assert_eq!(client_hash(v4), client_hash(mapped));
-        assert_ne!(client_hash(v4), client_hash(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 4))));
-        assert_ne!(client_hash(v4), client_hash(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_ne!(
+            client_hash(v4),
+            client_hash(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 4)))
+        );
+        assert_ne!(
+            client_hash(v4),
+            client_hash(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
         // Pinned value: a change here changes every client's backend on upgrade.
         assert_eq!(client_hash(v4), FIXED_10_1_2_3);
     }

@@ -29,6 +29,7 @@ struct Hot {
     max: u32,
     /// `dynamic_weight`'s `C_i`.
     capacity: f64,
+    capacity_int: u64,
 }
 
 /// The round-robin cursor, alone on its cache line: every worker bumps it, and the
@@ -107,6 +108,7 @@ impl Snapshot {
                     weight,
                     max: b.spec.max_connections,
                     capacity: f64::from(capacity),
+                    capacity_int: u64::from(capacity),
                 }
             })
             .collect();
@@ -128,9 +130,8 @@ impl Snapshot {
             if up.is_empty() {
                 up.clone_from(&members);
             }
-            let weights = |set: &[u32]| -> Vec<u32> {
-                set.iter().map(|&i| hot[i as usize].weight).collect()
-            };
+            let weights =
+                |set: &[u32]| -> Vec<u32> { set.iter().map(|&i| hot[i as usize].weight).collect() };
             let table = match algorithm {
                 Algorithm::LeastConnections | Algorithm::DynamicWeight => Table::Scan,
                 Algorithm::RoundRobin => Table::Ring(up.into()),
@@ -247,9 +248,7 @@ impl Snapshot {
     pub fn pick(&self, client: IpAddr, random: u64, tried: &Tried) -> Option<usize> {
         let tier = self.serving_tier()?;
         let found = match self.algorithm {
-            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => {
-                self.pick_cursor(tier, tried)
-            }
+            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => self.pick_cursor(tier, tried),
             Algorithm::Random => self.pick_random(tier, random, tried),
             Algorithm::LeastConnections => self.pick_least(tier, random, tried),
             Algorithm::PowerOfTwo => self.pick_two(tier, random, tried),
@@ -343,22 +342,26 @@ impl Snapshot {
         let n = tier.members.len();
         let s = scale(random, n as u64) as usize;
         let (head, tail) = tier.members.split_at(s.min(n));
-        let mut best: Option<(u32, u64, u64)> = None;
+        // Branch-light loop: the running best is updated with selects, not jumps, because
+        // which backend is least loaded is unpredictable. The sentinel 2^32 / 1 loses to
+        // any real count, and no product overflows (both factors < 2^32).
+        let (mut best, mut best_a, mut best_w) = (u32::MAX, 1u64 << 32, 1u64);
         for &i in tail.iter().chain(head.iter()) {
-            let Some(active) = self.load_if_eligible(i, tried) else {
-                continue;
-            };
-            if active == 0 {
+            let h = &self.hot[i as usize];
+            let active = h.state.active();
+            let ok =
+                h.state.is_up() & !tried.contains(i as usize) & ((h.max == 0) | (active < h.max));
+            if ok & (active == 0) {
                 // Nothing beats an idle backend, and ties keep the first one met.
                 return Some(i);
             }
-            let (a, w) = (u64::from(active), u64::from(self.hot[i as usize].weight));
-            match best {
-                Some((_, ba, bw)) if a * bw >= ba * w => {}
-                _ => best = Some((i, a, w)),
-            }
+            let (a, w) = (u64::from(active), u64::from(h.weight));
+            let better = ok & (a * best_w < best_a * w);
+            best = if better { i } else { best };
+            best_a = if better { a } else { best_a };
+            best_w = if better { w } else { best_w };
         }
-        best.map(|(i, _, _)| i)
+        (best != u32::MAX).then_some(best)
     }
 
     /// Two candidates drawn by weight; the one with fewer active connections per unit of
@@ -438,9 +441,38 @@ impl Snapshot {
         self.scan(tier, rehash(key, FALLBACK_REHASHES + 1), tried)
     }
 
-    /// `w_i = 1 / (1 + L_i / C_i) = C_i / (C_i + L_i)` over the candidates, then one draw
-    /// with probability `w_i / Σ w_j`.
+    /// `w_i = 1 / (1 + L_i / C_i) = C_i / (C_i + L_i)` over the candidates, and a draw with
+    /// probability `S_i = w_i / Σ w_j`.
+    ///
+    /// Rejection sampling first: draw a member uniformly, accept it with probability `w_i`
+    /// (0 for a non-candidate). An accepted draw has exactly the distribution `S_i`, and
+    /// since every candidate below its `max_connections` has `w_i > 1/2`, it usually takes
+    /// one or two draws whatever the number of backends. After `DYNAMIC_DRAWS` rejections
+    /// the exact cumulative draw below runs instead; it has the same distribution, so the
+    /// mixture is still exactly `S_i`.
     fn pick_dynamic(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        const DYNAMIC_DRAWS: u64 = 8;
+        let members = &tier.members;
+        let n = members.len() as u64;
+        for k in 0..DYNAMIC_DRAWS {
+            let r = if k == 0 { random } else { rehash(random, k) };
+            // High 32 bits choose the member, low 32 bits decide the acceptance.
+            let Some(&i) = members.get(scale(r & 0xffff_ffff_0000_0000, n) as usize) else {
+                break;
+            };
+            let Some(active) = self.load_if_eligible(i, tried) else {
+                continue;
+            };
+            // Accept with probability C / (C + L): u32 draw × (C + L) < C × 2^32.
+            let c = self.hot[i as usize].capacity_int;
+            if u128::from(r as u32) * u128::from(c + u64::from(active)) < u128::from(c) << 32 {
+                return Some(i);
+            }
+        }
+        self.pick_dynamic_exact(tier, rehash(random, DYNAMIC_DRAWS), tried)
+    }
+
+    fn pick_dynamic_exact(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
         const STACK: usize = 64;
         let members = &tier.members;
         let unit = (random >> 11) as f64 * (1.0 / (1u64 << 53) as f64);

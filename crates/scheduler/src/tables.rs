@@ -14,7 +14,9 @@ pub const MAGLEV_DEFAULT_SIZE: u64 = 65_537;
 /// configured count only, never on the up set, so a health flip does not change `M` (which
 /// would remap every client).
 pub fn maglev_table_size(backends: usize) -> u64 {
-    let wanted = (backends as u64).saturating_mul(100).max(MAGLEV_DEFAULT_SIZE);
+    let wanted = (backends as u64)
+        .saturating_mul(100)
+        .max(MAGLEV_DEFAULT_SIZE);
     crate::hash::next_prime(wanted)
 }
 
@@ -276,12 +278,18 @@ mod tests {
 
     #[test]
     fn nginx_sequence_for_5_1_1() {
-        assert_eq!(smooth_wrr(&[0, 1, 2], &[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            smooth_wrr(&[0, 1, 2], &[5, 1, 1]),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
     }
 
     #[test]
     fn schedule_reduced_by_gcd_and_capped() {
-        assert_eq!(smooth_wrr(&[0, 1, 2], &[10, 2, 2]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            smooth_wrr(&[0, 1, 2], &[10, 2, 2]),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
         let big = smooth_wrr(&[0, 1], &[u32::MAX, 1]);
         assert!(big.len() as u64 <= MAX_SCHEDULE + 2);
         assert!(big.contains(&1));

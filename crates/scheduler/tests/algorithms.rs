@@ -32,7 +32,9 @@ fn counts(snap: &Snapshot, n: usize, seed: u64) -> Vec<u64> {
 }
 
 fn hold(snap: &Snapshot, index: usize, n: usize) -> Vec<ActiveGuard> {
-    (0..n).map(|_| snap.backends()[index].state.acquire()).collect()
+    (0..n)
+        .map(|_| snap.backends()[index].state.acquire())
+        .collect()
 }
 
 #[test]
@@ -82,7 +84,12 @@ fn wrr_keeps_every_prefix_close_to_its_share() {
     // Smoothness: after any number t of picks, each backend has been picked within one of
     // t × w_i / W times. A burst schedule (the heavy backend's whole weight first) breaks
     // this at once: after 10 picks of weights 10,1,1 it has 10 vs 8.33.
-    for weights in [vec![10u32, 1, 1], vec![5, 1, 1], vec![7, 3, 2, 1], vec![1, 1, 1]] {
+    for weights in [
+        vec![10u32, 1, 1],
+        vec![5, 1, 1],
+        vec![7, 3, 2, 1],
+        vec![1, 1, 1],
+    ] {
         let s = Scheduler::new(Algorithm::WeightedRoundRobin, weighted(&weights));
         let snap = s.snapshot();
         let total: u32 = weights.iter().sum();
@@ -180,7 +187,11 @@ fn power_of_two_follows_weights_when_idle_and_load_when_busy() {
 #[test]
 fn dynamic_weight_shares_follow_the_formula() {
     // Capacities 100 (explicit), 300 (explicit), weight 2 → 2 × 100 = 200 (derived).
-    let specs = vec![spec(0, 1, 100, false), spec(1, 1, 300, false), spec(2, 2, 0, false)];
+    let specs = vec![
+        spec(0, 1, 100, false),
+        spec(1, 1, 300, false),
+        spec(2, 2, 0, false),
+    ];
     let s = Scheduler::new(Algorithm::DynamicWeight, specs);
     let snap = s.snapshot();
     // Idle: w_i = 1 everywhere, equal shares.
@@ -203,7 +214,10 @@ fn dynamic_weight_large_sets_use_the_formula_too() {
     let c = counts(&snap, 200_000, 16);
     let expected0 = 0.25 / (79.0 + 0.25);
     let share0 = c[0] as f64 / 200_000.0;
-    assert!((share0 - expected0).abs() < 0.0015, "{share0} vs {expected0}");
+    assert!(
+        (share0 - expected0).abs() < 0.0015,
+        "{share0} vs {expected0}"
+    );
     assert!(c.iter().skip(1).all(|&x| x > 1500), "{c:?}");
 }
 
@@ -242,7 +256,11 @@ fn hashing_is_stable_across_snapshots_and_schedulers() {
         assert_eq!(moved(&before, &s.snapshot(), 20_000), 0, "{alg:?} reload");
         // A separate scheduler (another process, after a restart) maps the same way.
         let other = Scheduler::new(alg, equal(7));
-        assert_eq!(moved(&before, &other.snapshot(), 20_000), 0, "{alg:?} restart");
+        assert_eq!(
+            moved(&before, &other.snapshot(), 20_000),
+            0,
+            "{alg:?} restart"
+        );
     }
 }
 
@@ -316,25 +334,30 @@ fn maglev_honours_weights() {
     let m = 65_537.0;
     for (i, w) in [1.0, 2.0, 3.0, 4.0].iter().enumerate() {
         let share = slots[i] as f64 / m;
-        assert!((share - w / 10.0).abs() < 0.002, "backend {i}: {share} ({slots:?})");
+        assert!(
+            (share - w / 10.0).abs() < 0.002,
+            "backend {i}: {share} ({slots:?})"
+        );
     }
     assert_shares(&counts(&snap, 100_000, 18), &[0.1, 0.2, 0.3, 0.4], 0.01);
 }
 
-/// Fraction of `keys` random clients whose backend label differs between the snapshots.
-fn remapped(before: &Snapshot, after: &Snapshot, keys: usize, seed: u64, gone: &str) -> f64 {
+/// Backend label of each of `keys` random clients.
+fn mapping(snap: &Snapshot, keys: usize, seed: u64) -> Vec<String> {
     let mut rng = Rng(seed);
-    let mut changed = 0;
-    for _ in 0..keys {
-        let client = rng.ip();
-        let x = &before.backends()[before.pick(client, 0, &Tried::new()).unwrap()].spec;
-        let y = &after.backends()[after.pick(client, 0, &Tried::new()).unwrap()].spec;
-        assert_ne!(y.label, gone);
-        if x.label != y.label {
-            changed += 1;
-        }
-    }
-    changed as f64 / keys as f64
+    (0..keys)
+        .map(|_| {
+            let i = snap.pick(rng.ip(), 0, &Tried::new()).unwrap();
+            snap.backends()[i].spec.label.clone()
+        })
+        .collect()
+}
+
+/// Fraction of clients whose backend differs; none may be on `gone` afterwards.
+fn remapped(before: &[String], after: &[String], gone: &str) -> f64 {
+    assert!(after.iter().all(|l| l != gone), "{gone} still picked");
+    let changed = before.iter().zip(after).filter(|(x, y)| x != y).count();
+    changed as f64 / before.len() as f64
 }
 
 #[test]
@@ -345,11 +368,12 @@ fn maglev_removing_one_backend_by_reload_remaps_about_one_nth() {
     const KEYS: usize = 100_000;
     for n in [3u32, 5, 10, 20, 30, 50, 100] {
         let s = Scheduler::new(Algorithm::Maglev, equal(n));
-        let before = s.snapshot();
+        let before = mapping(&s.snapshot(), KEYS, u64::from(n));
         let mut specs = equal(n);
         let removed = specs.remove((n / 2) as usize);
         s.reconfigure(Algorithm::Maglev, specs);
-        let fraction = remapped(&before, &s.snapshot(), KEYS, u64::from(n), &removed.label);
+        let after = mapping(&s.snapshot(), KEYS, u64::from(n));
+        let fraction = remapped(&before, &after, &removed.label);
         let bound = 1.2 / f64::from(n);
         println!(
             "maglev reload removes 1 of {n}: {fraction:.4} of {KEYS} keys remapped \
@@ -370,13 +394,18 @@ fn maglev_backend_going_down_remaps_exactly_its_clients() {
     for n in [3u32, 10, 100, 400] {
         let s = Scheduler::new(Algorithm::Maglev, equal(n));
         let before = s.snapshot();
+        let base = mapping(&before, KEYS, 99);
         let down = (n / 2) as usize;
+        let gone = before.backends()[down].spec.label.clone();
         before.backends()[down].state.set_up(false);
         s.health_changed();
         let after = s.snapshot();
-        let gone = before.backends()[down].spec.label.clone();
-        let fraction = remapped(&before, &after, KEYS, 99, &gone);
-        let own = f64::from(before.maglev_slot_counts()[down] as u32) / 65_537.0;
+        let moved_to = mapping(&after, KEYS, 99);
+        let fraction = remapped(&base, &moved_to, &gone);
+        for (b, a) in base.iter().zip(&moved_to) {
+            assert!(b == a || *b == gone, "{n}: a client of {b} moved to {a}");
+        }
+        let own = before.maglev_slot_counts()[down] as f64 / 65_537.0;
         println!(
             "maglev 1 of {n} down: {fraction:.4} of {KEYS} keys remapped = {:.3}/N \
              (its table share {own:.4})",

@@ -46,8 +46,12 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub(super) fn spawn(addr: SocketAddr, registry: Arc<Registry>) -> Result<AdminServer, AdminError> {
-        let listener = TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
+    pub(super) fn spawn(
+        addr: SocketAddr,
+        registry: Arc<Registry>,
+    ) -> Result<AdminServer, AdminError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -86,7 +90,19 @@ impl AdminServer {
         self.stopping.store(true, Ordering::Release);
         // On Linux, shutting down a listening socket wakes a blocked accept() (EINVAL).
         if let Err(e) = socket2::SockRef::from(&*self.listener).shutdown(Shutdown::Read) {
-            log::warn!("admin endpoint: cannot shut down {}: {e}", self.local);
+            // Otherwise wake it with a connection of our own; it sees `stopping` and ends.
+            log::debug!(
+                "admin endpoint: cannot shut down {}: {e}; waking it by connecting",
+                self.local
+            );
+            let mut wake = self.local;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match wake {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         }
         if thread.join().is_err() {
             log::error!("admin endpoint: accept thread panicked");
@@ -122,7 +138,9 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Reg
                 match e.kind() {
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
                     _ => {
-                        log::warn!("admin endpoint: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                        log::warn!(
+                            "admin endpoint: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}"
+                        );
                         std::thread::sleep(ACCEPT_BACKOFF);
                     }
                 }
@@ -151,13 +169,27 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Reg
     }
 }
 
-/// Over the connection limit: a short 503 without waiting for anything. A fresh socket's
-/// send buffer is empty, so a non-blocking write of a few bytes does not fail in practice;
-/// if it does, the client just sees a close.
-fn refuse_busy(stream: TcpStream) {
-    let _ = stream.set_nonblocking(true);
+/// Over the connection limit: a short 503 without waiting for anything (the accept thread
+/// must never block on a client). A fresh socket's send buffer is empty, so a non-blocking
+/// write of a few bytes does not fail in practice. Whatever part of the request already
+/// arrived is discarded so the close is a FIN; a request still in flight makes it a RST,
+/// which an overloaded endpoint accepts.
+fn refuse_busy(mut stream: TcpStream) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
     let response = Response::text(503, "Service Unavailable", "admin endpoint busy\n");
-    let _ = (&stream).write_all(&response.to_bytes());
+    if stream.write_all(&response.to_bytes()).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    for _ in 0..MAX_REQUEST_BYTES / sink.len() {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
 }
 
 /// A response, always sent with `Connection: close`.
@@ -205,7 +237,10 @@ impl Response {
 /// What the request head said, or why it could not be read.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Head {
-    Request { method: String, path: String },
+    Request {
+        method: String,
+        path: String,
+    },
     /// The client closed or reset before sending a whole request head: nothing to answer.
     Gone,
     Timeout,
@@ -247,7 +282,12 @@ pub(super) fn read_head(stream: &mut impl ReadTimeout, deadline: Instant) -> Hea
             Ok(0) => return Head::Gone,
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Head::Timeout
             }
             Err(_) => return Head::Gone,
@@ -376,13 +416,20 @@ mod tests {
     }
 
     fn head(chunks: Vec<Option<&[u8]>>) -> Head {
-        read_head(&mut Script::new(chunks), Instant::now() + Duration::from_secs(5))
+        read_head(
+            &mut Script::new(chunks),
+            Instant::now() + Duration::from_secs(5),
+        )
     }
 
     #[test]
     fn request_head_split_over_reads_is_assembled() {
         assert_eq!(
-            head(vec![Some(b"GET /met"), Some(b"rics HTTP/1.1\r\nHost: x\r\n"), Some(b"\r\n")]),
+            head(vec![
+                Some(b"GET /met"),
+                Some(b"rics HTTP/1.1\r\nHost: x\r\n"),
+                Some(b"\r\n")
+            ]),
             Head::Request {
                 method: "GET".into(),
                 path: "/metrics".into()
@@ -392,7 +439,10 @@ mod tests {
 
     #[test]
     fn half_a_request_then_silence_is_a_timeout() {
-        assert_eq!(head(vec![Some(b"GET /metrics HTTP/1.1\r\n"), None]), Head::Timeout);
+        assert_eq!(
+            head(vec![Some(b"GET /metrics HTTP/1.1\r\n"), None]),
+            Head::Timeout
+        );
     }
 
     #[test]
@@ -404,11 +454,19 @@ mod tests {
     fn oversized_and_malformed_heads_are_refused() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_BYTES));
         assert_eq!(head(vec![Some(big.as_bytes())]), Head::TooLarge);
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("H{i}: v\r\n")).collect();
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("H{i}: v\r\n"))
+            .collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(head(vec![Some(req.as_bytes())]), Head::TooLarge);
-        assert_eq!(head(vec![Some(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")]), Head::Malformed);
-        assert_eq!(head(vec![Some(b"GET /metrics HTTP/9.9\r\n\r\n")]), Head::Malformed);
+        assert_eq!(
+            head(vec![Some(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")]),
+            Head::Malformed
+        );
+        assert_eq!(
+            head(vec![Some(b"GET /metrics HTTP/9.9\r\n\r\n")]),
+            Head::Malformed
+        );
     }
 
     #[test]
@@ -442,19 +500,28 @@ mod tests {
     }
 
     fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        try_get(addr, path).unwrap()
+    }
+
+    /// Like `get`, but a reset (a refusal racing the request) is an error, not a panic.
+    fn try_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
+        s.read_to_string(&mut raw)?;
         let code = raw[9..12].parse().unwrap();
         let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
-        (code, body)
+        Ok((code, body))
     }
 
     #[test]
     fn serves_limits_and_stops() {
-        let server = AdminServer::spawn("127.0.0.1:0".parse().unwrap(), Arc::new(Registry::default())).unwrap();
+        let server = AdminServer::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+        )
+        .unwrap();
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let (code, body) = get(addr, "/status");
@@ -472,24 +539,40 @@ mod tests {
         // The slots are taken asynchronously; the next connection must get 503 soon.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (code, _) = get(addr, "/metrics");
-            if code == 503 {
-                break;
+            match try_get(addr, "/metrics") {
+                Ok((503, _)) => break,
+                Ok((code, _)) => assert_eq!(code, 200),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+                    break;
+                }
             }
-            assert_eq!(code, 200);
-            assert!(Instant::now() < deadline, "never refused beyond {MAX_CONNECTIONS} connections");
+            assert!(
+                Instant::now() < deadline,
+                "never refused beyond {MAX_CONNECTIONS} connections"
+            );
         }
         drop(holders);
         let deadline = Instant::now() + Duration::from_secs(10);
         while get(addr, "/metrics").0 != 200 {
-            assert!(Instant::now() < deadline, "slots not released after the clients closed");
+            assert!(
+                Instant::now() < deadline,
+                "slots not released after the clients closed"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
 
         let started = Instant::now();
         server.stop();
-        assert!(started.elapsed() < Duration::from_secs(2), "stop took {:?}", started.elapsed());
-        assert!(TcpStream::connect(addr).is_err(), "still accepting after stop");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "stop took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still accepting after stop"
+        );
     }
 
     #[test]

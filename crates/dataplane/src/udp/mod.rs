@@ -1,0 +1,714 @@
+//! UDP load balancing on the worker's ring: one receive loop per listener per worker on
+//! its own SO_REUSEPORT socket, a worker-local session table (no sharing, no locks), one
+//! connected upstream socket per session, and a periodic expiry sweep.
+//!
+//! Client → backend: recvmsg on the listener socket (65,536-byte buffer, MSG_TRUNC
+//! detection) → session lookup (or admission: allow-list, `max_sessions`, pick) → send on
+//! the session's connected upstream socket. Backend → client: the upstream loop waits for
+//! readiness (poll, no buffer held while idle), receives with a pooled buffer and answers
+//! with sendmsg on the listener socket, so the client sees the listener's address (with
+//! IP_PKTINFO on a wildcard bind: the very address it sent to). Details: docs/udp.md.
+
+mod ops;
+mod table;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringlb_config::{Listener, ProxyProtocol};
+use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::listener::ListenerShared;
+use crate::proxy_protocol::{self, Transport};
+use crate::stats::{DenyReason, WorkerCounters};
+use crate::uring;
+use crate::worker::{LiveGuard, WorkerCtx};
+
+use ops::{Dgram, HEADROOM, MAX_DATAGRAM};
+use table::{Activity, Flow, SessionTable};
+
+/// Receive buffer asked for on the listener socket (the kernel caps it at
+/// net.core.rmem_max): room for a burst while the worker is busy elsewhere.
+const LISTENER_RCVBUF: usize = 4 << 20;
+/// Idle datagram buffers kept per listener and worker for the reply direction.
+const POOL_MAX: usize = 32;
+/// While a stopped listener drains, a session ends after this much silence (or its own
+/// `session_timeout`, if shorter): the replies still in flight get through, and shutdown
+/// does not wait a full timeout for clients that can no longer be told apart from gone.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// At most one log line per reason per listener and worker in this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause after an unexpected receive error so a persistent one cannot spin the worker.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Backends tried when the picked one is at its `max_connections`.
+const PICK_ATTEMPTS: usize = 3;
+
+/// One UDP listener on one worker.
+pub(crate) struct UdpListener {
+    local: Rc<Local>,
+}
+
+impl UdpListener {
+    /// Start serving `socket` (this worker's bound SO_REUSEPORT socket for `listener`).
+    pub(crate) fn start(
+        ctx: Rc<WorkerCtx>,
+        listener: Arc<ListenerShared>,
+        socket: Socket,
+    ) -> io::Result<Rc<Self>> {
+        if listener.workers.get(ctx.id).is_none() {
+            return Err(io::Error::other(format!(
+                "listener {} has no counters for worker {}",
+                listener.name, ctx.id
+            )));
+        }
+        let bound = listener.bound;
+        let pktinfo = bound.ip().is_unspecified();
+        if pktinfo {
+            ops::enable_pktinfo(&socket, bound.is_ipv6())?;
+        }
+        if let Err(e) = socket.set_recv_buffer_size(LISTENER_RCVBUF) {
+            log::debug!("listener {}: cannot raise SO_RCVBUF: {e}", listener.name);
+        }
+        let local = Rc::new(Local {
+            worker: ctx.id,
+            ctx,
+            shared: listener,
+            socket: Rc::new(socket),
+            pktinfo,
+            table: RefCell::new(SessionTable::new()),
+            epoch: Instant::now(),
+            now_ms: Cell::new(0),
+            draining: Cell::new(false),
+            finished: Cell::new(false),
+            wake: tokio::sync::Notify::new(),
+            pool: RefCell::new(Vec::new()),
+            fallback: WorkerCounters::default(),
+            log_limit: RateLog::default(),
+            log_no_backend: RateLog::default(),
+            log_resources: RateLog::default(),
+        });
+        tokio_uring::spawn(receive_loop(Rc::clone(&local)));
+        tokio_uring::spawn(sweep_loop(Rc::clone(&local)));
+        Ok(Rc::new(UdpListener { local }))
+    }
+
+    /// Stop admitting new clients. Established sessions keep flowing both ways until they
+    /// are quiet for `min(session_timeout, 1 s)` or the shutdown cut; then the receive loop
+    /// ends and its pending recvmsg is cancelled. Returns at once (the worker's command loop
+    /// must not block); with no session left the receive op is cancelled before returning.
+    pub(crate) async fn stop(&self) {
+        let local = &self.local;
+        local.draining.set(true);
+        let sessions = local.table.borrow().len();
+        log::debug!(
+            "listener {}: worker {} stops admitting; {sessions} session(s) drain",
+            local.shared.name,
+            local.worker
+        );
+        if sessions == 0 {
+            local.finish().await;
+        } else {
+            local.wake.notify_one();
+        }
+    }
+}
+
+/// This worker's state for one UDP listener.
+struct Local {
+    ctx: Rc<WorkerCtx>,
+    worker: usize,
+    shared: Arc<ListenerShared>,
+    socket: Rc<Socket>,
+    /// Wildcard bind: learn each datagram's destination and answer from it.
+    pktinfo: bool,
+    table: RefCell<SessionTable<Session>>,
+    /// Origin of the coarse clock.
+    epoch: Instant,
+    /// Coarse clock (ms since `epoch`), advanced by the sweep; datagrams stamp it.
+    now_ms: Cell<u64>,
+    draining: Cell<bool>,
+    finished: Cell<bool>,
+    /// Wakes the sweep early (stop).
+    wake: tokio::sync::Notify,
+    /// Boxed: a `Dgram` holds pointers into itself, and ops move it by its box.
+    #[allow(clippy::vec_box)]
+    pool: RefCell<Vec<Box<Dgram>>>,
+    /// Used only if the worker has no counter slot (checked at start; never expected).
+    fallback: WorkerCounters,
+    log_limit: RateLog,
+    log_no_backend: RateLog,
+    log_resources: RateLog,
+}
+
+impl Local {
+    fn counters(&self) -> &WorkerCounters {
+        self.shared
+            .workers
+            .get(self.worker)
+            .unwrap_or(&self.fallback)
+    }
+
+    fn take_dgram(&self) -> Box<Dgram> {
+        self.pool.borrow_mut().pop().unwrap_or_else(Dgram::new)
+    }
+
+    fn put_dgram(&self, d: Box<Dgram>) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(d);
+        }
+    }
+
+    /// End receiving: no session is left or the worker is cutting.
+    async fn finish(&self) {
+        if self.finished.replace(true) {
+            return;
+        }
+        self.wake.notify_one();
+        uring::cancel_all(self.socket.as_raw_fd()).await;
+    }
+
+    fn end_session(&self, session: &Rc<Session>, end: End) {
+        if session.closed.replace(true) {
+            return;
+        }
+        if end == End::Expired {
+            self.counters().udp_sessions_expired.add(1);
+        }
+        let leg = session.leg.borrow();
+        access_log(&self.shared, session.client, &leg, end);
+        cancel_socket(Rc::clone(&leg.socket));
+    }
+
+    fn end_all(&self, end: End) {
+        let all = self.table.borrow_mut().drain();
+        for (_, session) in all {
+            self.end_session(&session, end);
+        }
+    }
+
+    /// A client datagram of `len` bytes sits at `d.buf[HEADROOM..]`: forward it.
+    async fn on_client_datagram(
+        self: &Rc<Self>,
+        d: Box<Dgram>,
+        len: usize,
+        client: SocketAddr,
+        dst: Option<IpAddr>,
+    ) -> Box<Dgram> {
+        let flow = Flow {
+            client,
+            local: dst.filter(|_| self.pktinfo),
+        };
+        let existing = self.table.borrow().get(&flow);
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                if self.draining.get() {
+                    return d;
+                }
+                match self.create_session(flow) {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        self.refuse(client, reason);
+                        return d;
+                    }
+                }
+            }
+        };
+        session.last.set(self.now_ms.get());
+        if session.refused.get() || !session.leg.borrow().state.is_up() {
+            let exclude = session.refused.replace(false);
+            self.move_session(&session, exclude);
+        }
+        let mut d = d;
+        let start = match &session.header {
+            Some(h) => {
+                let start = HEADROOM - h.len();
+                d.buf[start..HEADROOM].copy_from_slice(h);
+                start
+            }
+            None => HEADROOM,
+        };
+        self.send_upstream(&session, d, start, len).await
+    }
+
+    /// Send `d.buf[start..HEADROOM + len]`; on ECONNREFUSED (the backend's port is closed:
+    /// nothing was sent) count a passive failure and retry once on another backend.
+    async fn send_upstream(
+        self: &Rc<Self>,
+        session: &Rc<Session>,
+        d: Box<Dgram>,
+        start: usize,
+        len: usize,
+    ) -> Box<Dgram> {
+        let end = HEADROOM + len;
+        let mut d = d;
+        for attempt in 0..2 {
+            let socket = Rc::clone(&session.leg.borrow().socket);
+            let (res, back) = ops::send(&socket, d, start, end).await;
+            d = back;
+            match res {
+                Ok(_) => {
+                    let c = self.counters();
+                    c.udp_datagrams_in.add(1);
+                    c.bytes_in.add(len as u64);
+                    session.add_in(len);
+                    return d;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && attempt == 0 => {
+                    session.leg.borrow().state.record_connect_failure();
+                    if !self.move_session(session, true) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::debug!(
+                        "listener {}: datagram from {} to {} dropped: {e}",
+                        self.shared.name,
+                        session.client,
+                        session.leg.borrow().label
+                    );
+                    break;
+                }
+            }
+        }
+        self.counters().udp_drops_send_error.add(1);
+        d
+    }
+
+    /// New client: allow-list → listener-wide `max_sessions` → pick → connected socket.
+    fn create_session(self: &Rc<Self>, flow: Flow) -> Result<Rc<Session>, DenyReason> {
+        let client = flow.client;
+        let settings = self.shared.settings.load();
+        if !is_allowed(&settings, &client) {
+            return Err(DenyReason::NotAllowed);
+        }
+        if !self.shared.try_admit(settings.max_sessions) {
+            return Err(DenyReason::Limit);
+        }
+        let leg = match self.open_leg(client, &Tried::new()) {
+            Ok(leg) => leg,
+            Err(reason) => {
+                self.shared.release();
+                return Err(reason);
+            }
+        };
+        let local_addr = SocketAddr::new(
+            flow.local.unwrap_or(self.shared.bound.ip()),
+            self.shared.bound.port(),
+        );
+        let header = match settings.proxy_protocol {
+            ProxyProtocol::V2 => Some(proxy_protocol::v2(client, local_addr, Transport::Datagram)),
+            // v1 cannot describe a datagram; config validation rejects it on udp.
+            ProxyProtocol::V1 | ProxyProtocol::None => None,
+        };
+        let socket = Rc::clone(&leg.socket);
+        let session = Rc::new(Session {
+            client,
+            reply_from: flow.local,
+            header: header.filter(|h| h.len() <= HEADROOM),
+            leg: RefCell::new(leg),
+            last: Cell::new(self.now_ms.get()),
+            closed: Cell::new(false),
+            refused: Cell::new(false),
+            shared: Arc::clone(&self.shared),
+            worker: self.worker,
+            _live: self.ctx.enter(),
+        });
+        self.table.borrow_mut().insert(flow, Rc::clone(&session));
+        let c = self.counters();
+        c.udp_sessions_created.add(1);
+        c.udp_sessions_active.add(1);
+        tokio_uring::spawn(upstream_loop(Rc::clone(self), Rc::clone(&session), socket));
+        Ok(session)
+    }
+
+    /// Pick a backend (never one in `tried`) and open a socket connected to it.
+    fn open_leg(&self, client: SocketAddr, tried: &Tried) -> Result<Leg, DenyReason> {
+        let snapshot = self.shared.scheduler.snapshot();
+        let mut tried = tried.clone();
+        for _ in 0..PICK_ATTEMPTS {
+            let index = snapshot
+                .pick(client.ip().to_canonical(), self.ctx.random(), &tried)
+                .ok_or(DenyReason::NoBackend)?;
+            tried.insert(index);
+            let backend = snapshot
+                .backends()
+                .get(index)
+                .ok_or(DenyReason::NoBackend)?;
+            // Two workers may race for a backend's last slot: try_acquire is the hard check.
+            let Some(active) = backend.try_acquire() else {
+                continue;
+            };
+            let socket = connected_socket(backend.spec.addr).map_err(|e| {
+                self.log_resources.note(&self.shared.name, || {
+                    format!(
+                        "cannot open a udp socket toward {}: {e}",
+                        backend.spec.label
+                    )
+                });
+                DenyReason::Resources
+            })?;
+            return Ok(Leg {
+                socket: Rc::new(socket),
+                label: backend.spec.label.clone(),
+                state: Arc::clone(&backend.state),
+                _active: active,
+                started: Instant::now(),
+                bytes_in: Cell::new(0),
+                bytes_out: Cell::new(0),
+            });
+        }
+        Err(DenyReason::NoBackend)
+    }
+
+    /// Move a session whose backend is down or refused to another candidate. With
+    /// `exclude_current`, the current backend is not picked again. Returns false when no
+    /// other backend is available (the session stays where it is).
+    fn move_session(self: &Rc<Self>, session: &Rc<Session>, exclude_current: bool) -> bool {
+        let mut tried = Tried::new();
+        if exclude_current {
+            let snapshot = self.shared.scheduler.snapshot();
+            let current = &session.leg.borrow().state;
+            if let Some(i) = snapshot
+                .backends()
+                .iter()
+                .position(|b| Arc::ptr_eq(&b.state, current))
+            {
+                tried.insert(i);
+            }
+        }
+        let Ok(leg) = self.open_leg(session.client, &tried) else {
+            return false;
+        };
+        let socket = Rc::clone(&leg.socket);
+        let old = session.leg.replace(leg);
+        access_log(&self.shared, session.client, &old, End::Moved);
+        log::debug!(
+            "listener {}: session {} moved from {} to {}",
+            self.shared.name,
+            session.client,
+            old.label,
+            session.leg.borrow().label
+        );
+        cancel_socket(Rc::clone(&old.socket));
+        drop(old);
+        tokio_uring::spawn(upstream_loop(Rc::clone(self), Rc::clone(session), socket));
+        true
+    }
+
+    fn refuse(&self, client: SocketAddr, reason: DenyReason) {
+        self.counters().denied(reason).add(1);
+        let name = &self.shared.name;
+        match reason {
+            DenyReason::Limit => self.log_limit.note(name, || {
+                format!(
+                    "session table full (max_sessions={}): datagrams from new clients refused",
+                    self.shared.settings.load().max_sessions
+                )
+            }),
+            DenyReason::NoBackend => self.log_no_backend.note(name, || {
+                "no backend available: datagrams from new clients refused".to_string()
+            }),
+            // Logged where the socket failed; allow-list refusals are counted only.
+            DenyReason::Resources | DenyReason::NotAllowed => {
+                log::debug!(
+                    "listener {name}: datagram from {client} refused: {}",
+                    reason.as_str()
+                )
+            }
+        }
+    }
+}
+
+/// Why a session (or one backend leg of it) ended; the access log's `end=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Silent for `session_timeout` (or the drain quiet time).
+    Expired,
+    /// Its backend went down or refused; the session continues on another one.
+    Moved,
+    /// Shutdown cut.
+    Cut,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Expired => "expired",
+            End::Moved => "moved",
+            End::Cut => "cut",
+        }
+    }
+}
+
+/// One client's session on this worker.
+struct Session {
+    client: SocketAddr,
+    /// Source address for replies (wildcard listeners only): where the client sent to.
+    reply_from: Option<IpAddr>,
+    /// PROXY v2 header put in front of every datagram to the backend.
+    header: Option<Vec<u8>>,
+    leg: RefCell<Leg>,
+    /// Coarse clock at the last datagram either way.
+    last: Cell<u64>,
+    closed: Cell<bool>,
+    /// The backend answered with ICMP port unreachable: move on the next datagram.
+    refused: Cell<bool>,
+    shared: Arc<ListenerShared>,
+    worker: usize,
+    _live: LiveGuard,
+}
+
+impl Session {
+    fn add_in(&self, n: usize) {
+        let leg = self.leg.borrow();
+        leg.bytes_in.set(leg.bytes_in.get() + n as u64);
+    }
+
+    fn add_out(&self, n: usize) {
+        let leg = self.leg.borrow();
+        leg.bytes_out.set(leg.bytes_out.get() + n as u64);
+    }
+
+    fn is_current(&self, socket: &Rc<Socket>) -> bool {
+        !self.closed.get() && Rc::ptr_eq(&self.leg.borrow().socket, socket)
+    }
+}
+
+impl Activity for Session {
+    fn last_active_ms(&self) -> u64 {
+        self.last.get()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.release();
+        if let Some(c) = self.shared.workers.get(self.worker) {
+            c.udp_sessions_active.sub(1);
+        }
+    }
+}
+
+/// A session's current backend: its connected socket and the slot it holds there.
+struct Leg {
+    socket: Rc<Socket>,
+    label: String,
+    state: Arc<BackendState>,
+    _active: ActiveGuard,
+    started: Instant,
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+}
+
+/// At most one line per `LOG_INTERVAL`, saying how many were not logged in between.
+#[derive(Default)]
+struct RateLog {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl RateLog {
+    fn note(&self, listener: &str, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return;
+        }
+        let suppressed = self.suppressed.replace(0);
+        self.last.set(Some(now));
+        log::warn!(
+            "listener {listener}: {} ({suppressed} more since the last such line)",
+            message()
+        );
+    }
+}
+
+fn is_allowed(settings: &Listener, peer: &SocketAddr) -> bool {
+    if settings.allow.is_empty() {
+        return true;
+    }
+    let ip = peer.ip().to_canonical();
+    settings.allow.iter().any(|net| net.contains(&ip))
+}
+
+fn connected_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A UDP connect only sets the default peer and the local port: it does not block.
+    socket.connect(&SockAddr::from(addr))?;
+    Ok(socket)
+}
+
+/// Cancel whatever is pending on a socket we are done with; the op keeps it open meanwhile.
+fn cancel_socket(socket: Rc<Socket>) {
+    tokio_uring::spawn(async move {
+        uring::cancel_all(socket.as_raw_fd()).await;
+        drop(socket);
+    });
+}
+
+fn access_log(shared: &ListenerShared, client: SocketAddr, leg: &Leg, end: End) {
+    if shared.access_log.load(Ordering::Relaxed) {
+        log::info!(
+            target: "ringlb::access",
+            "listener={} client={client} backend={} duration_ms={} bytes_in={} bytes_out={} end={}",
+            shared.name,
+            leg.label,
+            leg.started.elapsed().as_millis(),
+            leg.bytes_in.get(),
+            leg.bytes_out.get(),
+            end.as_str()
+        );
+    }
+}
+
+/// Client → backend: one recvmsg at a time on the listener socket, buffer reused.
+async fn receive_loop(local: Rc<Local>) {
+    let mut d = Dgram::new();
+    while !local.finished.get() {
+        let (res, back) = ops::recvmsg(&local.socket, d, MAX_DATAGRAM).await;
+        d = back;
+        match res {
+            Ok(meta) if meta.truncated => {
+                local.counters().udp_drops_truncated.add(1);
+                log::debug!(
+                    "listener {}: {}-byte datagram from {:?} truncated: dropped",
+                    local.shared.name,
+                    meta.len,
+                    meta.source
+                );
+            }
+            Ok(meta) => {
+                let Some(client) = meta.source else { continue };
+                d = local
+                    .on_client_datagram(d, meta.len, client, meta.destination)
+                    .await;
+            }
+            Err(_) if local.finished.get() => break,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(e) => {
+                log::warn!("listener {}: recvmsg failed: {e}", local.shared.name);
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+    }
+    log::debug!(
+        "listener {}: worker {} stopped receiving",
+        local.shared.name,
+        local.worker
+    );
+}
+
+/// Backend → client for one leg: wait for readiness (no buffer held while idle), then
+/// drain what is queued with pooled buffers, answering from the listener socket.
+async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket>) {
+    'outer: while session.is_current(&socket) {
+        if let Err(e) = uring::poll(&socket, libc::POLLIN as u32).await {
+            if e.raw_os_error() != Some(libc::ECANCELED) {
+                log::debug!("listener {}: upstream poll failed: {e}", local.shared.name);
+            }
+            break;
+        }
+        let mut d = local.take_dgram();
+        loop {
+            if !session.is_current(&socket) {
+                local.put_dgram(d);
+                break 'outer;
+            }
+            let (res, back) = ops::recv_dontwait(&socket, d).await;
+            d = back;
+            match res {
+                Ok(n) if n > MAX_DATAGRAM => {
+                    local.counters().udp_drops_truncated.add(1);
+                }
+                Ok(n) => {
+                    session.last.set(local.now_ms.get());
+                    let (res, back) =
+                        ops::sendmsg_to(&local.socket, d, n, session.client, session.reply_from)
+                            .await;
+                    d = back;
+                    let c = local.counters();
+                    match res {
+                        Ok(_) => {
+                            c.udp_datagrams_out.add(1);
+                            c.bytes_out.add(n as u64);
+                            session.add_out(n);
+                        }
+                        Err(e) => {
+                            c.udp_drops_send_error.add(1);
+                            log::debug!(
+                                "listener {}: reply to {} dropped: {e}",
+                                local.shared.name,
+                                session.client
+                            );
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    // ICMP port unreachable: the backend's port is closed. A passive
+                    // failure for the prober; the session moves on its next datagram.
+                    session.leg.borrow().state.record_connect_failure();
+                    session.refused.set(true);
+                }
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::ECANCELED) {
+                        log::debug!("listener {}: upstream recv failed: {e}", local.shared.name);
+                    }
+                    local.put_dgram(d);
+                    break 'outer;
+                }
+            }
+        }
+        local.put_dgram(d);
+    }
+}
+
+/// Expiry sweep, drain and cut for one listener on this worker.
+async fn sweep_loop(local: Rc<Local>) {
+    let cut = local.ctx.cut.notified();
+    tokio::pin!(cut);
+    cut.as_mut().enable();
+    loop {
+        let mut timeout = local.shared.settings.load().session_timeout;
+        if local.draining.get() {
+            timeout = timeout.min(DRAIN_QUIET);
+        }
+        let interval = table::sweep_interval(timeout);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = local.wake.notified() => {}
+            _ = &mut cut => {
+                local.end_all(End::Cut);
+                local.finish().await;
+                return;
+            }
+        }
+        if local.finished.get() {
+            local.end_all(End::Cut);
+            return;
+        }
+        let now = local.epoch.elapsed().as_millis() as u64;
+        local.now_ms.set(now);
+        let expired = local.table.borrow_mut().expire(now, timeout, interval);
+        for (_, session) in expired {
+            local.end_session(&session, End::Expired);
+        }
+        if local.draining.get() && local.table.borrow().is_empty() {
+            local.finish().await;
+            return;
+        }
+    }
+}

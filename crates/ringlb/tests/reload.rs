@@ -1,0 +1,770 @@
+//! Hitless SIGHUP reload through a running `ringlb`: under continuous load (new connections
+//! from several threads plus long-lived echo connections) while 50 reloads alternate two
+//! valid configs; rejected reloads; removed and re-bound listeners; health state carried
+//! over. Every figure the load test measures is printed (run with `--nocapture`).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringlb_testkit::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ringlb"))
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The log line after `mark` that contains `needle` (waiting for it), with the logger's
+/// `[timestamp LEVEL target] ` prefix removed.
+fn line_after(lb: &Ringlb, mark: usize, needle: &str) -> String {
+    assert!(
+        lb.wait_for_log_after(mark, needle, WAIT),
+        "no log line with {needle:?} after line {mark}; log:\n{}",
+        lb.logs()[mark..].join("\n")
+    );
+    let logs = lb.logs();
+    let line = logs[mark..]
+        .iter()
+        .find(|l| l.contains(needle))
+        .expect("line seen by wait_for_log_after");
+    strip_prefix(line).to_string()
+}
+
+fn strip_prefix(line: &str) -> &str {
+    match (line.starts_with('['), line.find("] ")) {
+        (true, Some(i)) => &line[i + 2..],
+        _ => line,
+    }
+}
+
+/// Reloads `yaml` and returns the `reload applied: …` summary line.
+fn reload_ok(lb: &mut Ringlb, yaml: &str) -> String {
+    let mark = lb.reload(yaml);
+    let line = line_after(lb, mark, "reload ");
+    assert!(
+        line.starts_with("reload applied: "),
+        "reload not applied: {line}\n{}",
+        lb.logs()[mark..].join("\n")
+    );
+    line
+}
+
+/// Connects, writes `payload`, reads it back; any failure is an error, never a panic.
+fn echo_once(addr: SocketAddr, payload: &[u8]) -> Result<(), Failure> {
+    let mut c =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(Failure::Connect)?;
+    c.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(Failure::Other)?;
+    c.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(Failure::Other)?;
+    echo_on(&mut c, payload)
+}
+
+fn echo_on(c: &mut TcpStream, payload: &[u8]) -> Result<(), Failure> {
+    c.write_all(payload).map_err(Failure::from_io)?;
+    let mut back = vec![0u8; payload.len()];
+    let mut got = 0;
+    while got < back.len() {
+        match c.read(&mut back[got..]) {
+            Ok(0) => {
+                return Err(Failure::ShortRead {
+                    got,
+                    want: payload.len(),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::from_io(e)),
+        }
+    }
+    if back != payload {
+        return Err(Failure::Mismatch);
+    }
+    Ok(())
+}
+
+/// Why one connection of the load failed.
+enum Failure {
+    Connect(io::Error),
+    Reset(io::Error),
+    ShortRead { got: usize, want: usize },
+    Timeout,
+    Mismatch,
+    Other(io::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::Reset(e) => write!(f, "reset: {e}"),
+            Failure::ShortRead { got, want } => {
+                write!(f, "short read: {got} of {want} bytes, then EOF")
+            }
+            Failure::Timeout => write!(f, "no echo within {IO_TIMEOUT:?}"),
+            Failure::Mismatch => write!(f, "echo differs from what was sent"),
+            Failure::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Failure {
+    fn from_io(e: io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Failure::Reset(e),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Other(e),
+        }
+    }
+}
+
+/// Counters of the connection loop, shared by its threads.
+#[derive(Default)]
+struct LoadStats {
+    ok: AtomicU64,
+    connect: AtomicU64,
+    reset: AtomicU64,
+    short_read: AtomicU64,
+    timeout: AtomicU64,
+    mismatch: AtomicU64,
+    other: AtomicU64,
+    /// The first few failures, verbatim, for the failure message.
+    samples: Mutex<Vec<String>>,
+}
+
+impl LoadStats {
+    fn record(&self, r: Result<(), Failure>) {
+        let counter = match &r {
+            Ok(()) => &self.ok,
+            Err(Failure::Connect(_)) => &self.connect,
+            Err(Failure::Reset(_)) => &self.reset,
+            Err(Failure::ShortRead { .. }) => &self.short_read,
+            Err(Failure::Timeout) => &self.timeout,
+            Err(Failure::Mismatch) => &self.mismatch,
+            Err(Failure::Other(_)) => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Err(f) = r {
+            let mut s = self.samples.lock().unwrap();
+            if s.len() < 20 {
+                s.push(f.to_string());
+            }
+        }
+    }
+
+    fn failed(&self) -> u64 {
+        [
+            &self.connect,
+            &self.reset,
+            &self.short_read,
+            &self.timeout,
+            &self.mismatch,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    fn attempts(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.failed()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} connections: {} ok, {} failed (connect {}, reset {}, short read {}, timeout {}, mismatch {}, other {}); first failures: {:?}",
+            self.attempts(),
+            self.ok.load(Ordering::Relaxed),
+            self.failed(),
+            self.connect.load(Ordering::Relaxed),
+            self.reset.load(Ordering::Relaxed),
+            self.short_read.load(Ordering::Relaxed),
+            self.timeout.load(Ordering::Relaxed),
+            self.mismatch.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+            self.samples.lock().unwrap()
+        )
+    }
+}
+
+/// Client threads making new connections to `addr` until `stop`: connect, send, read
+/// back, close.
+fn start_load(
+    addr: SocketAddr,
+    threads: usize,
+    stats: Arc<LoadStats>,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|t| {
+            let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+            thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || {
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let payload = format!("thread {t} connection {seq}\n");
+                        stats.record(echo_once(addr, payload.as_bytes()));
+                        seq += 1;
+                    }
+                })
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Connections opened by client requests, not by health checks (which send nothing).
+fn client_conns(b: &EchoBackend) -> usize {
+    b.conns().iter().filter(|c| c.bytes_in > 0).count()
+}
+
+/// Config A: `main` by weighted round robin over b1 (1) and b2 (3).
+fn config_a(b1: SocketAddr, b2: SocketAddr) -> String {
+    format!(
+        "access_log: false\n\
+         listeners:\n\
+         \x20 - name: main\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   algorithm: weighted_round_robin\n\
+         \x20   health_check: {{interval: 200ms, timeout: 200ms}}\n\
+         \x20   backends:\n\
+         \x20     - {{addr: {b1}, weight: 1}}\n\
+         \x20     - {{addr: {b2}, weight: 3}}\n"
+    )
+}
+
+/// Config B: `main` by least connections over b1 (3), b2 (1), b3 (2), plus listener `extra`.
+fn config_b(b1: SocketAddr, b2: SocketAddr, b3: SocketAddr) -> String {
+    format!(
+        "access_log: false\n\
+         listeners:\n\
+         \x20 - name: main\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   algorithm: least_connections\n\
+         \x20   health_check: {{interval: 200ms, timeout: 200ms}}\n\
+         \x20   backends:\n\
+         \x20     - {{addr: {b1}, weight: 3}}\n\
+         \x20     - {{addr: {b2}, weight: 1}}\n\
+         \x20     - {{addr: {b3}, weight: 2}}\n\
+         \x20 - name: extra\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   backends:\n\
+         \x20     - addr: {b1}\n"
+    )
+}
+
+const RELOADS: u64 = 50;
+const LONG_LIVED: usize = 100;
+/// Long-lived connections on `extra`, the listener every other reload removes.
+const LONG_LIVED_EXTRA: usize = 10;
+const MIN_CONNECTIONS: u64 = 20_000;
+const LOAD_THREADS: usize = 4;
+const LOAD_DEADLINE: Duration = Duration::from_secs(300);
+
+#[test]
+fn fifty_reloads_under_load_fail_no_connection() {
+    let (b1, b2, b3) = (
+        EchoBackend::start(),
+        EchoBackend::start(),
+        EchoBackend::start(),
+    );
+    let (a1, a2, a3) = (b1.addr(), b2.addr(), b3.addr());
+    let yaml_a = config_a(a1, a2);
+    let yaml_b = config_b(a1, a2, a3);
+    let mut lb = Ringlb::start(bin(), &yaml_b);
+    let main = lb.listener_addr("main");
+
+    // Long-lived connections, opened while b3 and `extra` exist so that some of them sit
+    // on the backend and the listener that odd reloads remove.
+    let mut long_lived: Vec<(String, TcpStream)> = Vec::new();
+    for i in 0..LONG_LIVED {
+        let mut c = connect(main);
+        assert!(
+            echo_on(&mut c, format!("long {i} hello\n").as_bytes()).is_ok(),
+            "long-lived echo"
+        );
+        long_lived.push((format!("main#{i}"), c));
+    }
+    let extra = lb.listener_addr("extra");
+    for i in 0..LONG_LIVED_EXTRA {
+        let mut c = connect(extra);
+        assert!(
+            echo_on(&mut c, format!("extra {i} hello\n").as_bytes()).is_ok(),
+            "long-lived echo"
+        );
+        long_lived.push((format!("extra#{i}"), c));
+    }
+    let on_b3 = b3.open();
+    assert!(
+        on_b3 > 0,
+        "least_connections put no long-lived connection on b3"
+    );
+
+    let stats = Arc::new(LoadStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads = start_load(main, LOAD_THREADS, Arc::clone(&stats), Arc::clone(&stop));
+    // Spread the reloads evenly over the connections: reload i once i/50 of the minimum
+    // has been made.
+    let step = MIN_CONNECTIONS / RELOADS;
+    let wait_for = |n: u64| {
+        let ok = wait_until(LOAD_DEADLINE.saturating_sub(started.elapsed()), || {
+            stats.attempts() >= n
+        });
+        if !ok {
+            stop.store(true, Ordering::Relaxed);
+            panic!("load too slow: wanted {n} connections; {}", stats.summary());
+        }
+    };
+    let mut applied = 0;
+    let mut rejected = 0;
+    let mut probes = 0;
+    for i in 1..=RELOADS {
+        wait_for(i * step);
+        if i == RELOADS / 2 {
+            // A broken file in the middle: rejected, and the load does not notice.
+            let mark =
+                lb.reload("listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    backends: []\n");
+            let line = line_after(&lb, mark, "reload ");
+            assert!(line.starts_with("reload rejected: "), "{line}");
+            line_after(&lb, mark, "error: listeners[0].backends");
+            rejected += 1;
+        }
+        let odd = i % 2 == 1;
+        let summary = reload_ok(&mut lb, if odd { &yaml_a } else { &yaml_b });
+        applied += 1;
+        let expected: Vec<String> = if odd {
+            vec![
+                "added [] removed [extra] changed [main (".into(),
+                format!("backends removed {a3}"),
+                format!("{a1} weight 3→1"),
+                format!("{a2} weight 1→3"),
+                "algorithm least_connections→weighted_round_robin".into(),
+            ]
+        } else {
+            vec![
+                "added [extra] removed [] changed [main (".into(),
+                format!("backends added {a3}"),
+                format!("{a1} weight 1→3"),
+                format!("{a2} weight 3→1"),
+                "algorithm weighted_round_robin→least_connections".into(),
+            ]
+        };
+        for e in &expected {
+            assert!(
+                summary.contains(e.as_str()),
+                "reload {i}: summary {summary:?} lacks {e:?}"
+            );
+        }
+        // A couple of long-lived connections echo after every reload (all of them at the end).
+        for k in 0..2 {
+            let idx = (2 * i as usize + k) % long_lived.len();
+            let (name, c) = &mut long_lived[idx];
+            if let Err(f) = echo_on(c, format!("after reload {i}\n").as_bytes()) {
+                stop.store(true, Ordering::Relaxed);
+                panic!("long-lived {name} broke after reload {i}: {f}");
+            }
+            probes += 1;
+        }
+    }
+    wait_for(MIN_CONNECTIONS + step);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+
+    let mut long_failed = Vec::new();
+    for (name, c) in &mut long_lived {
+        if let Err(f) = echo_on(c, b"still there?\n") {
+            long_failed.push(format!("{name}: {f}"));
+        }
+    }
+    let attempts = stats.attempts();
+    println!(
+        "reload under load: {applied} reloads applied + {rejected} rejected in {:.1}s; {}; {:.0} connections/s over {LOAD_THREADS} threads; \
+         long-lived: {} of {} still echo ({} on main, {} on the removed-and-re-added `extra`, {on_b3} on b3 which odd reloads remove), {probes} echo probes between reloads; \
+         client connections per backend: b1 {} b2 {} b3 {}",
+        elapsed.as_secs_f64(),
+        stats.summary(),
+        attempts as f64 / elapsed.as_secs_f64(),
+        long_lived.len() - long_failed.len(),
+        long_lived.len(),
+        LONG_LIVED,
+        LONG_LIVED_EXTRA,
+        client_conns(&b1),
+        client_conns(&b2),
+        client_conns(&b3),
+    );
+    assert_eq!(stats.failed(), 0, "{}", stats.summary());
+    assert!(attempts >= MIN_CONNECTIONS, "{attempts} connections");
+    assert!(
+        long_failed.is_empty(),
+        "long-lived connections broken: {long_failed:?}"
+    );
+    assert_eq!(lb.count_log("reload applied"), RELOADS as usize);
+    assert_eq!(lb.count_log("reload rejected"), 1);
+    // b3 served new connections during the B phases, beyond its long-lived ones.
+    assert!(
+        client_conns(&b3) > on_b3,
+        "b3 never got new connections: {}",
+        client_conns(&b3)
+    );
+    assert_eq!(
+        lb.count_log("backend down"),
+        0,
+        "a reload flapped health: {:?}",
+        lb.logs()
+    );
+    assert_eq!(
+        b1.open() + b2.open() + b3.open(),
+        long_lived.len(),
+        "only the long-lived remain open"
+    );
+}
+
+/// One listener `t` with backends tagged in `tags`, round robin.
+fn tagged_yaml(backends: &[&EchoBackend]) -> String {
+    let mut y = String::from(
+        "access_log: false\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n    backends:\n",
+    );
+    for b in backends {
+        y.push_str(&format!("      - addr: {}\n", b.addr()));
+    }
+    y
+}
+
+fn tag_of(addr: SocketAddr) -> String {
+    let mut c = connect(addr);
+    let tag = read_line_tag(&mut c);
+    assert_echo(&mut c, b"ping");
+    tag
+}
+
+#[test]
+fn invalid_reload_is_rejected_with_check_messages_and_old_config_serves() {
+    let (b1, b2) = (EchoBackend::tagged("b1"), EchoBackend::tagged("b2"));
+    let mut lb = Ringlb::start(bin(), &tagged_yaml(&[&b1]));
+    let addr = lb.listener_addr("t");
+    let mut held = connect(addr);
+    assert_eq!(read_line_tag(&mut held), "b1");
+
+    // Moves to b2 but with two mistakes: nothing of it may apply.
+    let broken = format!(
+        "access_log: false\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n    algorithm: fastest\n    backends:\n      - addr: {}\n      - addr: 10.0.0.1\n",
+        b2.addr()
+    );
+    let (code, check) = Ringlb::check(bin(), &broken);
+    assert_eq!(code, 2, "{check}");
+    let check_lines: Vec<&str> = check.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(check_lines.len(), 2, "{check}");
+
+    for (what, yaml) in [
+        ("two problems", broken.as_str()),
+        ("a syntax error", "listeners: [\n"),
+    ] {
+        let mark = lb.reload(yaml);
+        let rejected = line_after(&lb, mark, "reload ");
+        assert!(
+            rejected.starts_with("reload rejected: "),
+            "{what}: {rejected}"
+        );
+        assert!(
+            rejected.contains("still serving the previous configuration"),
+            "{rejected}"
+        );
+        assert!(lb.wait_for_log_after(mark, "error: ", WAIT));
+        if what == "two problems" {
+            assert!(rejected.contains("has 2 problem(s)"), "{rejected}");
+            // The same messages `ringlb check` prints, in the same order.
+            assert!(wait_until(WAIT, || lb.logs()[mark..]
+                .iter()
+                .filter(|l| l.contains("] error: "))
+                .count()
+                >= 2));
+            let logged: Vec<String> = lb.logs()[mark..]
+                .iter()
+                .filter(|l| l.contains("] error: "))
+                .map(|l| strip_prefix(l).to_string())
+                .collect();
+            assert_eq!(
+                logged, check_lines,
+                "reload errors must be the `check` messages"
+            );
+        }
+        // Still serving, with the old configuration: b1 only, and the held connection lives.
+        for _ in 0..4 {
+            assert_eq!(
+                tag_of(addr),
+                "b1",
+                "{what}: the rejected config must not apply"
+            );
+        }
+        assert_echo(&mut held, what.as_bytes());
+    }
+    assert_eq!(lb.count_log("reload applied"), 0);
+
+    // A valid file afterwards applies normally.
+    let summary = reload_ok(&mut lb, &tagged_yaml(&[&b2]));
+    assert!(
+        summary.contains(&format!("backends added {}", b2.addr())),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("backends removed {}", b1.addr())),
+        "{summary}"
+    );
+    for _ in 0..4 {
+        assert_eq!(tag_of(addr), "b2");
+    }
+    // The connection to the removed backend stays until it ends.
+    assert_echo(&mut held, b"b1 was removed, this connection was not");
+}
+
+/// Waits until a connect to `addr` is refused; returns how long that took.
+fn wait_refused(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let refused = wait_until(WAIT, || {
+        matches!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+        )
+    });
+    assert!(
+        refused,
+        "{addr} still accepts connections {WAIT:?} after the reload"
+    );
+    started.elapsed()
+}
+
+#[test]
+fn removed_listener_stops_accepting_and_drains() {
+    let (b1, b2) = (EchoBackend::tagged("keep"), EchoBackend::tagged("gone"));
+    let both = format!(
+        "access_log: false\nlisteners:\n  - name: keep\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {}\n  - name: gone\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {}\n",
+        b1.addr(),
+        b2.addr()
+    );
+    let only_keep = format!(
+        "access_log: false\nlisteners:\n  - name: keep\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {}\n",
+        b1.addr()
+    );
+    let mut lb = Ringlb::start(bin(), &both);
+    let (keep, gone) = (lb.listener_addr("keep"), lb.listener_addr("gone"));
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = connect(gone);
+            assert_eq!(read_line_tag(&mut c), "gone");
+            c
+        })
+        .collect();
+
+    let summary = reload_ok(&mut lb, &only_keep);
+    assert!(
+        summary.contains("added [] removed [gone] changed []"),
+        "{summary}"
+    );
+    let took = wait_refused(gone);
+    println!("removed listener refuses new connections {took:?} after the reload summary");
+    for _ in 0..20 {
+        let e = TcpStream::connect_timeout(&gone, Duration::from_secs(1))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+    // Established connections keep working and end cleanly when the client ends them.
+    for (i, c) in held.iter_mut().enumerate() {
+        for round in 0..3 {
+            assert_echo(c, format!("draining {i} round {round}").as_bytes());
+        }
+    }
+    assert_eq!(tag_of(keep), "keep");
+    for c in held.drain(..) {
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut c = c;
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .expect("clean end of a drained connection");
+        assert!(rest.is_empty());
+    }
+    assert!(b2.wait_ends(3, WAIT));
+    assert_eq!(
+        b2.ends(),
+        vec![ConnEnd::Eof; 3],
+        "drained connections end with FIN, not RST"
+    );
+
+    // Adding it back binds a fresh socket that serves.
+    let summary = reload_ok(&mut lb, &both);
+    assert!(summary.contains("added [gone] removed []"), "{summary}");
+    assert_eq!(tag_of(lb.listener_addr("gone")), "gone");
+}
+
+#[test]
+fn changed_bind_rebinds_the_listener() {
+    let backend = EchoBackend::tagged("mv");
+    // A port that was free a moment ago, so the first bind is an explicit address.
+    let first_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = |bind: &str| {
+        format!(
+            "access_log: false\nlisteners:\n  - name: mv\n    bind: {bind}\n    backends:\n      - addr: {}\n",
+            backend.addr()
+        )
+    };
+    let mut lb = Ringlb::start(bin(), &at(&format!("127.0.0.1:{first_port}")));
+    let old = lb.listener_addr("mv");
+    assert_eq!(old.port(), first_port);
+    let mut held = connect(old);
+    assert_eq!(read_line_tag(&mut held), "mv");
+
+    let summary = reload_ok(&mut lb, &at("127.0.0.1:0"));
+    assert!(
+        summary.contains("added [mv] removed [mv (rebound)]"),
+        "{summary}"
+    );
+    let new = lb.listener_addr("mv");
+    assert_ne!(new, old, "a changed bind must re-bind");
+    assert_eq!(tag_of(new), "mv");
+    let took = wait_refused(old);
+    println!(
+        "old address of a re-bound listener refuses new connections {took:?} after the reload"
+    );
+    assert_echo(
+        &mut held,
+        b"the old socket's connection survives the re-bind",
+    );
+}
+
+#[test]
+fn health_state_of_surviving_backends_carries_over() {
+    let alive = EchoBackend::tagged("alive");
+    let dead = refused_addr();
+    let yaml = |alive_weight: u32, extra: Option<&EchoBackend>| {
+        let mut y = format!(
+            "access_log: true\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n    algorithm: weighted_round_robin\n    connect_attempts: 1\n    \
+             health_check: {{interval: 1s, timeout: 500ms, rise: 2, fall: 1}}\n    backends:\n      - {{addr: {}, weight: {alive_weight}}}\n      - {{addr: {dead}, weight: 1}}\n",
+            alive.addr()
+        );
+        if let Some(b) = extra {
+            y.push_str(&format!("      - {{addr: {}, weight: 1}}\n", b.addr()));
+        }
+        y
+    };
+    let mut lb = Ringlb::start(bin(), &yaml(1, None));
+    assert!(
+        lb.wait_for_log(&format!("backend down: listener=t backend={dead}"), WAIT),
+        "the dead backend never went down"
+    );
+    let addr = lb.listener_addr("t");
+    // Reweight and add a backend. Were the dead backend's state reset to `up` (the initial
+    // state), the very next connections would be sent to it and, with connect_attempts 1,
+    // be reset (denied_no_backend) until a check or a passive failure marks it down again.
+    let added = EchoBackend::tagged("added");
+    let summary = reload_ok(&mut lb, &yaml(2, Some(&added)));
+    assert!(
+        summary.contains(&format!("{} weight 1→2", alive.addr())),
+        "{summary}"
+    );
+    let mark = lb.log_mark();
+    let mut tags = Vec::new();
+    for _ in 0..12 {
+        let c = connect_with_timeout(addr, WAIT);
+        let mut c = c.expect("connect");
+        let mut line = String::new();
+        let mut b = [0u8; 1];
+        // Read the tag byte by byte; a reset here means the dead backend was picked.
+        loop {
+            match c.read(&mut b) {
+                Ok(1) if b[0] == b'\n' => break,
+                Ok(1) => line.push(b[0] as char),
+                other => panic!("connection after the reload failed ({other:?}): the dead backend came back up; log:\n{}", lb.logs().join("\n")),
+            }
+        }
+        tags.push(line);
+    }
+    assert!(!lb.logs()[mark..]
+        .iter()
+        .any(|l| l.contains("end=denied_no_backend")));
+    assert!(
+        tags.iter().all(|t| t == "alive" || t == "added"),
+        "{tags:?}"
+    );
+    assert!(
+        tags.iter().any(|t| t == "added"),
+        "a backend added by reload starts up: {tags:?}"
+    );
+    assert_eq!(
+        lb.count_log(&format!("backend up: listener=t backend={dead}")),
+        0
+    );
+}
+
+/// Renaming a listener while keeping its address (remove `old`, add `new` on the same
+/// port in one reload) must not refuse or reset a single new connection: the new sockets
+/// join the port before the old ones leave.
+///
+/// Fails today (about 2–3 resets per rename with 2 client threads): the removed listener's
+/// SO_REUSEPORT sockets stay open for up to a second after they stop accepting (the
+/// per-listener publish loop in crates/dataplane/src/worker.rs holds the acceptor until its
+/// next 1 s tick), the kernel keeps hashing new connections to them, and closing them
+/// resets what queued there. Run with `--ignored` once fixed.
+#[test]
+#[ignore = "known ringlb bug: a removed listener's sockets linger in the SO_REUSEPORT group and reset queued connections"]
+fn renamed_listener_on_the_same_port_refuses_nothing() {
+    let backend = EchoBackend::start();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let named = |name: &str| {
+        format!(
+            "access_log: false\nlisteners:\n  - name: {name}\n    bind: 127.0.0.1:{port}\n    backends:\n      - addr: {}\n",
+            backend.addr()
+        )
+    };
+    let mut lb = Ringlb::start(bin(), &named("old"));
+    let addr = lb.listener_addr("old");
+    let stats = Arc::new(LoadStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = start_load(addr, 2, Arc::clone(&stats), Arc::clone(&stop));
+    let mut reloads = 0;
+    for round in 0..6 {
+        let before = stats.attempts();
+        assert!(
+            wait_until(WAIT, || stats.attempts() >= before + 300),
+            "load stalled: {}",
+            stats.summary()
+        );
+        let name = if round % 2 == 0 { "new" } else { "old" };
+        let summary = reload_ok(&mut lb, &named(name));
+        assert!(summary.contains(&format!("added [{name}]")), "{summary}");
+        reloads += 1;
+    }
+    let before = stats.attempts();
+    assert!(
+        wait_until(WAIT, || stats.attempts() >= before + 1000),
+        "load stalled: {}",
+        stats.summary()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!(
+        "rename on the same port: {reloads} reloads; {}",
+        stats.summary()
+    );
+    assert_eq!(stats.failed(), 0, "{}", stats.summary());
+}
