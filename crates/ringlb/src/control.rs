@@ -29,6 +29,8 @@ const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error("{0}")]
+    Admin(#[from] crate::admin::AdminError),
+    #[error("{0}")]
     Uring(#[from] UringUnavailable),
     #[error("{0}")]
     Bind(#[from] BindError),
@@ -88,6 +90,12 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         )?;
         bound.push((listener.clone(), sockets, addr));
     }
+    // Also before any thread: an admin port in use fails the start as cleanly.
+    let registry = Arc::new(Registry::default());
+    let admin = match config.admin {
+        Some(addr) => Some(crate::admin::spawn(addr, Arc::clone(&registry))?),
+        None => None,
+    };
 
     let (event_tx, event_rx) = crossbeam_channel::unbounded();
     let mut workers = Vec::with_capacity(worker_count);
@@ -120,7 +128,7 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         listeners: HashMap::new(),
         prober: None,
         transitions: transition_tx,
-        registry: Arc::new(Registry::default()),
+        registry,
         log_level_from_env: std::env::var_os("RUST_LOG").is_some(),
         config,
     };
@@ -138,6 +146,10 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         plane.listeners.len()
     );
     plane.serve(signals, transition_rx);
+    // Served through the drain; stopped once the workers are gone.
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     Ok(())
 }
 

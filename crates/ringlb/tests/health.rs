@@ -1336,10 +1336,16 @@ fn namespace_backend_link_down_is_detected_as_timeout() {
     );
 
     let mark = lb.log_mark();
-    let cut_at = SystemTime::now();
-    ns.exec(&["link", "set", &ns.inside_if, "down"])
-        .expect("link down");
-    let cut_done = SystemTime::now();
+    // Cut between client connections: a connection already relaying to the backend would
+    // stall on the dead link until it comes back (established connections are left alone
+    // by design), which is not what failover is about.
+    let (cut_at, cut_done) = {
+        let _paused = load.pause();
+        let at = SystemTime::now();
+        ns.exec(&["link", "set", &ns.inside_if, "down"])
+            .expect("link down");
+        (at, SystemTime::now())
+    };
     let down = wait_flip(&lb, mark, remote_addr, false, WAIT);
     let detect = since(cut_at, down.at);
     eprintln!(

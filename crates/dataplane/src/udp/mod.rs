@@ -47,6 +47,9 @@ const DRAIN_QUIET: Duration = Duration::from_secs(1);
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after an unexpected receive error so a persistent one cannot spin the worker.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Client → backend sends running beside the receive loop, per listener and worker. Beyond
+/// it the loop sends inline, so a backend that stops draining cannot pile up buffers.
+const SENDS_IN_FLIGHT_MAX: usize = 32;
 /// Backends tried when the picked one is at its `max_connections`.
 const PICK_ATTEMPTS: usize = 3;
 
@@ -89,6 +92,7 @@ impl UdpListener {
             finished: Cell::new(false),
             wake: tokio::sync::Notify::new(),
             pool: RefCell::new(Vec::new()),
+            sends_in_flight: Cell::new(0),
             fallback: WorkerCounters::default(),
             log_limit: RateLog::default(),
             log_no_backend: RateLog::default(),
@@ -140,6 +144,7 @@ struct Local {
     /// Boxed: a `Dgram` holds pointers into itself, and ops move it by its box.
     #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<Dgram>>>,
+    sends_in_flight: Cell<usize>,
     /// Used only if the worker has no counter slot (checked at start; never expected).
     fallback: WorkerCounters,
     log_limit: RateLog,
@@ -195,13 +200,15 @@ impl Local {
     }
 
     /// A client datagram of `len` bytes sits at `d.buf[HEADROOM..]`: forward it.
-    async fn on_client_datagram(
+    /// A client datagram of `len` bytes sits at `d.buf[HEADROOM..]`: find or create its
+    /// session, move it off a down or refusing backend, and write the PROXY header in front.
+    /// Returns the session and where the datagram to send starts; `None`: drop it.
+    fn route(
         self: &Rc<Self>,
-        d: Box<Dgram>,
-        len: usize,
+        d: &mut Dgram,
         client: SocketAddr,
         dst: Option<IpAddr>,
-    ) -> Box<Dgram> {
+    ) -> Option<(Rc<Session>, usize)> {
         let flow = Flow {
             client,
             local: dst.filter(|_| self.pktinfo),
@@ -209,25 +216,21 @@ impl Local {
         let existing = self.table.borrow().get(&flow);
         let session = match existing {
             Some(s) => s,
-            None => {
-                if self.draining.get() {
-                    return d;
+            // A draining listener only serves the sessions it has.
+            None if self.draining.get() => return None,
+            None => match self.create_session(flow) {
+                Ok(s) => s,
+                Err(reason) => {
+                    self.refuse(client, reason);
+                    return None;
                 }
-                match self.create_session(flow) {
-                    Ok(s) => s,
-                    Err(reason) => {
-                        self.refuse(client, reason);
-                        return d;
-                    }
-                }
-            }
+            },
         };
         session.last.set(self.now_ms.get());
         if session.refused.get() || !session.leg.borrow().state.is_up() {
             let exclude = session.refused.replace(false);
             self.move_session(&session, exclude);
         }
-        let mut d = d;
         let start = match &session.header {
             Some(h) => {
                 let start = HEADROOM - h.len();
@@ -236,7 +239,7 @@ impl Local {
             }
             None => HEADROOM,
         };
-        self.send_upstream(&session, d, start, len).await
+        Some((session, start))
     }
 
     /// Send `d.buf[start..HEADROOM + len]`; on ECONNREFUSED (the backend's port is closed:
@@ -592,9 +595,24 @@ async fn receive_loop(local: Rc<Local>) {
             }
             Ok(meta) => {
                 let Some(client) = meta.source else { continue };
-                d = local
-                    .on_client_datagram(d, meta.len, client, meta.destination)
-                    .await;
+                let Some((session, start)) = local.route(&mut d, client, meta.destination) else {
+                    continue;
+                };
+                if local.sends_in_flight.get() < SENDS_IN_FLIGHT_MAX {
+                    // Send from a task of its own and receive the next datagram at once: the
+                    // send and the next recvmsg go to the kernel in one submission.
+                    local.sends_in_flight.set(local.sends_in_flight.get() + 1);
+                    let next = local.take_dgram();
+                    let local2 = Rc::clone(&local);
+                    tokio_uring::spawn(async move {
+                        let d = local2.send_upstream(&session, d, start, meta.len).await;
+                        local2.put_dgram(d);
+                        local2.sends_in_flight.set(local2.sends_in_flight.get() - 1);
+                    });
+                    d = next;
+                } else {
+                    d = local.send_upstream(&session, d, start, meta.len).await;
+                }
             }
             Err(_) if local.finished.get() => break,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
