@@ -177,11 +177,13 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     counters.connections.add(1);
     let _ = client.set_nodelay(true);
 
-    let Some((backend, label, _active)) = connect_backend(&local, &settings, peer, &ctx).await
-    else {
-        counters.denied(DenyReason::NoBackend).add(1);
-        access_denied(shared, &peer, DenyReason::NoBackend);
-        return reject(client);
+    let (backend, label, _active) = match connect_backend(&local, &settings, peer, &ctx).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            counters.denied(reason).add(1);
+            access_denied(shared, &peer, reason);
+            return reject(client);
+        }
     };
     let client = Rc::new(client);
     let backend = Rc::new(backend);
@@ -219,24 +221,33 @@ fn proxy_header(mode: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> O
 
 /// Pick and connect, retrying on other backends until `connect_attempts` distinct backends
 /// were tried. Nothing has been forwarded yet, so a retry is always safe here.
+/// The error says why the client is turned away.
 async fn connect_backend(
     local: &LocalListener,
     settings: &Listener,
     peer: SocketAddr,
     ctx: &WorkerCtx,
-) -> Option<(Socket, String, ActiveGuard)> {
+) -> Result<(Socket, String, ActiveGuard), DenyReason> {
     let snapshot = local.shared.scheduler.snapshot();
     let mut tried = Tried::new();
-    for _ in 0..settings.connect_attempts {
-        let index = snapshot.pick(peer.ip().to_canonical(), ctx.random(), &tried)?;
+    let mut attempts = 0;
+    while attempts < settings.connect_attempts {
+        let index = snapshot
+            .pick(peer.ip().to_canonical(), ctx.random(), &tried)
+            .ok_or(DenyReason::NoBackend)?;
         tried.insert(index);
-        let backend = snapshot.backends().get(index)?;
-        let active = backend.state.acquire();
+        let backend = snapshot.backends().get(index).ok_or(DenyReason::NoBackend)?;
+        // The pick saw a free slot, but another worker may have taken the last one since:
+        // the CAS makes `max_connections` exact. A full backend costs no attempt.
+        let Some(active) = backend.try_acquire() else {
+            continue;
+        };
+        attempts += 1;
         let started = Instant::now();
         match connect(backend.spec.addr, settings.connect_timeout).await {
             Ok(socket) => {
                 local.record_connect(started.elapsed());
-                return Some((socket, backend.spec.label.clone(), active));
+                return Ok((socket, backend.spec.label.clone(), active));
             }
             Err(ConnectError::Backend(why)) => {
                 backend.state.record_connect_failure();
@@ -244,7 +255,7 @@ async fn connect_backend(
                     "listener {}: connect to {} failed: {why}; {} attempt(s) left",
                     local.shared.name,
                     backend.spec.label,
-                    settings.connect_attempts.saturating_sub(tried.len() as u32)
+                    settings.connect_attempts.saturating_sub(attempts)
                 );
             }
             Err(ConnectError::Local(e)) => {
@@ -253,11 +264,11 @@ async fn connect_backend(
                     local.shared.name,
                     backend.spec.label
                 );
-                return None;
+                return Err(DenyReason::Resources);
             }
         }
     }
-    None
+    Err(DenyReason::NoBackend)
 }
 
 enum ConnectError {

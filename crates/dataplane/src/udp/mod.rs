@@ -8,6 +8,9 @@
 //! readiness (poll, no buffer held while idle), receives with a pooled buffer and answers
 //! with sendmsg on the listener socket, so the client sees the listener's address (with
 //! IP_PKTINFO on a wildcard bind: the very address it sent to). Details: docs/udp.md.
+//!
+//! Must not: share a session table between workers, evict an established session to make
+//! room, hold a receive buffer per idle session, or forward a truncated datagram.
 
 mod ops;
 mod table;
@@ -677,9 +680,12 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     // ICMP port unreachable: the backend's port is closed. A passive
-                    // failure for the prober; the session moves on its next datagram.
-                    session.leg.borrow().state.record_connect_failure();
-                    session.refused.set(true);
+                    // failure for the prober; the session moves on its next datagram
+                    // (unless it has already moved off this socket's backend).
+                    if session.is_current(&socket) {
+                        session.leg.borrow().state.record_connect_failure();
+                        session.refused.set(true);
+                    }
                 }
                 Err(e) => {
                     if e.raw_os_error() != Some(libc::ECANCELED) {
