@@ -236,7 +236,10 @@ async fn connect_backend(
             .pick(peer.ip().to_canonical(), ctx.random(), &tried)
             .ok_or(DenyReason::NoBackend)?;
         tried.insert(index);
-        let backend = snapshot.backends().get(index).ok_or(DenyReason::NoBackend)?;
+        let backend = snapshot
+            .backends()
+            .get(index)
+            .ok_or(DenyReason::NoBackend)?;
         // The pick saw a free slot, but another worker may have taken the last one since:
         // the CAS makes `max_connections` exact. A full backend costs no attempt.
         let Some(active) = backend.try_acquire() else {

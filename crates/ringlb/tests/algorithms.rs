@@ -18,7 +18,10 @@ struct Setup {
 
 /// Three tagged backends b1..b3 with per-backend extra keys (e.g. "weight: 3").
 fn setup(algorithm: &str, backend_extra: [&str; 3]) -> Setup {
-    let backends: Vec<EchoBackend> = ["b1", "b2", "b3"].iter().map(|t| EchoBackend::tagged(t)).collect();
+    let backends: Vec<EchoBackend> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|t| EchoBackend::tagged(t))
+        .collect();
     let mut y = format!(
         "access_log: false\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n    algorithm: {algorithm}\n    backends:\n"
     );
@@ -29,7 +32,10 @@ fn setup(algorithm: &str, backend_extra: [&str; 3]) -> Setup {
         }
     }
     let lb = Ringlb::start(bin(), &y);
-    Setup { _backends: backends, lb }
+    Setup {
+        _backends: backends,
+        lb,
+    }
 }
 
 fn tag_of(mut c: TcpStream) -> (String, TcpStream) {
@@ -66,7 +72,10 @@ fn count(m: &HashMap<String, usize>, tag: &str) -> usize {
 
 #[test]
 fn weighted_round_robin_follows_weights() {
-    let s = setup("weighted_round_robin", ["weight: 3", "weight: 1", "weight: 1"]);
+    let s = setup(
+        "weighted_round_robin",
+        ["weight: 3", "weight: 1", "weight: 1"],
+    );
     let counts = spread(s.lb.listener_addr("t"), 50, Ipv4Addr::LOCALHOST);
     eprintln!("weighted_round_robin 3:1:1 over 50 connections: {counts:?}");
     assert!((26..=34).contains(&count(&counts, "b1")), "{counts:?}");
@@ -79,8 +88,14 @@ fn random_reaches_every_backend_by_weight() {
     let s = setup("random", ["weight: 4", "weight: 1", "weight: 1"]);
     let counts = spread(s.lb.listener_addr("t"), 120, Ipv4Addr::LOCALHOST);
     eprintln!("random 4:1:1 over 120 connections: {counts:?}");
-    assert!(count(&counts, "b1") > count(&counts, "b2") + count(&counts, "b3") / 2, "{counts:?}");
-    assert!(count(&counts, "b2") > 0 && count(&counts, "b3") > 0, "{counts:?}");
+    assert!(
+        count(&counts, "b1") > count(&counts, "b2") + count(&counts, "b3") / 2,
+        "{counts:?}"
+    );
+    assert!(
+        count(&counts, "b2") > 0 && count(&counts, "b3") > 0,
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -107,8 +122,15 @@ fn power_of_two_steers_away_from_loaded_backends() {
     let (counts, _held) = hold(s.lb.listener_addr("t"), 30);
     eprintln!("power_of_two, 30 held: {counts:?}");
     let max = counts.values().max().copied().unwrap_or(0);
-    let min = ["b1", "b2", "b3"].iter().map(|t| count(&counts, t)).min().unwrap_or(0);
-    assert!(max - min <= 5, "p2c must keep held connections close: {counts:?}");
+    let min = ["b1", "b2", "b3"]
+        .iter()
+        .map(|t| count(&counts, t))
+        .min()
+        .unwrap_or(0);
+    assert!(
+        max - min <= 5,
+        "p2c must keep held connections close: {counts:?}"
+    );
 }
 
 #[test]
@@ -118,11 +140,19 @@ fn dynamic_weight_fills_by_capacity() {
     // together minus 4 every time; a capacity-blind spread would give each about 7.
     let s = setup(
         "dynamic_weight",
-        ["max_connections: 5", "max_connections: 5", "max_connections: 100"],
+        [
+            "max_connections: 5",
+            "max_connections: 5",
+            "max_connections: 100",
+        ],
     );
     let (counts, _held) = hold(s.lb.listener_addr("t"), 20);
     eprintln!("dynamic_weight capacities 5/5/100, 20 held: {counts:?}");
-    let (b1, b2, b3) = (count(&counts, "b1"), count(&counts, "b2"), count(&counts, "b3"));
+    let (b1, b2, b3) = (
+        count(&counts, "b1"),
+        count(&counts, "b2"),
+        count(&counts, "b3"),
+    );
     assert!(b3 + 4 >= b1 + b2 && b3 > b1.max(b2), "{counts:?}");
 }
 
@@ -131,13 +161,21 @@ fn sticky(algorithm: &str) {
     let addr = s.lb.listener_addr("t");
     // Same client IP, new source port each time: always the same backend.
     let same = spread(addr, 20, Ipv4Addr::new(127, 0, 0, 1));
-    assert_eq!(same.len(), 1, "{algorithm}: one client IP must stick to one backend: {same:?}");
+    assert_eq!(
+        same.len(),
+        1,
+        "{algorithm}: one client IP must stick to one backend: {same:?}"
+    );
     // Many client IPs: spread over the backends; each one sticky and as `explain` says.
     let mut seen = HashMap::new();
     for last in 2..=40u8 {
         let ip = Ipv4Addr::new(127, 0, 0, last);
         let first = spread(addr, 3, ip);
-        assert_eq!(first.len(), 1, "{algorithm}: {ip} moved between backends: {first:?}");
+        assert_eq!(
+            first.len(),
+            1,
+            "{algorithm}: {ip} moved between backends: {first:?}"
+        );
         let tag = first.keys().next().cloned().unwrap_or_default();
         *seen.entry(tag.clone()).or_insert(0) += 1;
         let out = Command::new(bin())
@@ -155,7 +193,10 @@ fn sticky(algorithm: &str) {
         );
     }
     eprintln!("{algorithm}: 39 client IPs spread as {seen:?}");
-    assert!(seen.len() >= 2, "{algorithm}: clients must spread: {seen:?}");
+    assert!(
+        seen.len() >= 2,
+        "{algorithm}: clients must spread: {seen:?}"
+    );
 }
 
 #[test]
