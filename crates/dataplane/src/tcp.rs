@@ -31,6 +31,9 @@ const RESOURCE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct TcpAcceptor {
     pub(crate) socket: Rc<Socket>,
     pub(crate) stopped: Cell<bool>,
+    /// The listener new connections belong to; replaced when a reload renames the
+    /// listener on the same bind, so the socket (and its queued SYNs) carries over.
+    pub(crate) local: RefCell<Rc<LocalListener>>,
 }
 
 impl TcpAcceptor {
@@ -78,17 +81,15 @@ impl LocalListener {
     }
 }
 
-pub(crate) async fn accept_loop(
-    ctx: Rc<WorkerCtx>,
-    local: Rc<LocalListener>,
-    acceptor: Rc<TcpAcceptor>,
-) {
-    let name = &local.shared.name;
+pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, acceptor: Rc<TcpAcceptor>) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_resource_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     while !acceptor.stopped.get() {
-        match uring::accept(&acceptor.socket).await {
+        let result = uring::accept(&acceptor.socket).await;
+        let local = Rc::clone(&acceptor.local.borrow());
+        let name = &local.shared.name;
+        match result {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let Some(peer) = peer.as_socket() else {
@@ -131,7 +132,11 @@ pub(crate) async fn accept_loop(
             }
         }
     }
-    log::debug!("listener {name}: worker {} stopped accepting", ctx.id);
+    log::debug!(
+        "listener {}: worker {} stopped accepting",
+        acceptor.local.borrow().shared.name,
+        ctx.id
+    );
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -187,7 +192,13 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     };
     let client = Rc::new(client);
     let backend = Rc::new(backend);
-    if let Some(header) = proxy_header(settings.proxy_protocol, peer, shared.bound) {
+    // The address this client actually reached (a wildcard bind has many).
+    let local_addr = client
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(shared.bound);
+    if let Some(header) = proxy_header(settings.proxy_protocol, peer, local_addr) {
         let (res, _) = uring::send_all(&backend, header).await;
         if res.is_err() {
             let _ = backend.set_linger(Some(Duration::ZERO));

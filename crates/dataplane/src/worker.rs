@@ -2,10 +2,10 @@
 //! loops of its share of every listener (its own SO_REUSEPORT socket) and every connection
 //! those accept; nothing it owns is touched by another thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -43,6 +43,12 @@ pub enum Command {
     },
     /// Stop accepting on a listener (removed by a reload); its connections drain.
     Remove { name: String },
+    /// A reload renamed a TCP listener on the same bind: keep the socket (and the
+    /// connections queued on it), account new connections to `listener`.
+    Rename {
+        old: String,
+        listener: Arc<ListenerShared>,
+    },
     /// Shutdown, phase 1: stop accepting everywhere; report `Drained` when no connection is left.
     Drain,
     /// Shutdown, phase 2: reset whatever is left, report `Finished`, exit.
@@ -225,21 +231,13 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
         match command {
             Command::AddTcp { listener, socket } => {
                 let name = listener.name.clone();
-                let local = Rc::new(LocalListener::new(listener));
                 let acceptor = Rc::new(TcpAcceptor {
                     socket: Rc::new(socket),
                     stopped: std::cell::Cell::new(false),
+                    local: RefCell::new(Rc::new(LocalListener::new(listener))),
                 });
-                tokio_uring::spawn(publish_loop(
-                    ctx.id,
-                    Rc::clone(&local),
-                    Rc::clone(&acceptor),
-                ));
-                tokio_uring::spawn(tcp::accept_loop(
-                    Rc::clone(&ctx),
-                    local,
-                    Rc::clone(&acceptor),
-                ));
+                tokio_uring::spawn(publish_loop(ctx.id, Rc::downgrade(&acceptor)));
+                tokio_uring::spawn(tcp::accept_loop(Rc::clone(&ctx), Rc::clone(&acceptor)));
                 if let Some(old) = serving.insert(name, Serving::Tcp(acceptor)) {
                     old.stop().await;
                 }
@@ -257,6 +255,24 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
                     }
                 }
             }
+            Command::Rename { old, listener } => match serving.remove(&old) {
+                Some(Serving::Tcp(acceptor)) => {
+                    let name = listener.name.clone();
+                    let previous = acceptor
+                        .local
+                        .replace(Rc::new(LocalListener::new(listener)));
+                    previous.publish(ctx.id);
+                    serving.insert(name, Serving::Tcp(acceptor));
+                }
+                Some(other) => {
+                    log::error!(
+                        "worker {}: listener {old} cannot be renamed in place",
+                        ctx.id
+                    );
+                    other.stop().await;
+                }
+                None => {}
+            },
             Command::Remove { name } => {
                 if let Some(old) = serving.remove(&name) {
                     old.stop().await;
@@ -284,9 +300,16 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
 }
 
 /// Publishes this worker's latency histogram for one listener until the listener stops.
-async fn publish_loop(worker: usize, local: Rc<LocalListener>, acceptor: Rc<TcpAcceptor>) {
-    while !acceptor.stopped.get() {
+/// Holds the acceptor weakly so a stopped listener's socket closes at once.
+async fn publish_loop(worker: usize, acceptor: Weak<TcpAcceptor>) {
+    loop {
         tokio::time::sleep(PUBLISH_INTERVAL).await;
-        local.publish(worker);
+        let Some(acceptor) = acceptor.upgrade() else {
+            return;
+        };
+        if acceptor.stopped.get() {
+            return;
+        }
+        acceptor.local.borrow().publish(worker);
     }
 }

@@ -221,6 +221,43 @@ impl ControlPlane {
         );
     }
 
+    /// Move a TCP listener's sockets to a new name (see `reload`).
+    fn rename_listener(&mut self, old: &str, listener: Listener) {
+        let Some(running) = self.listeners.remove(old) else {
+            return;
+        };
+        let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(&listener)));
+        let shared = Arc::new(ListenerShared::new(
+            listener.clone(),
+            running.shared.bound,
+            scheduler,
+            self.workers.len(),
+            self.config.access_log,
+        ));
+        for worker in &self.workers {
+            worker.send(Command::Rename {
+                old: old.to_string(),
+                listener: Arc::clone(&shared),
+            });
+        }
+        log::info!(
+            "listener \"{}\" listening on {} (tcp, {} workers, {}, {} backend(s)), renamed from \"{old}\"",
+            listener.name,
+            running.shared.bound,
+            self.workers.len(),
+            listener.algorithm.as_str(),
+            listener.backends.len()
+        );
+        self.listeners.insert(
+            listener.name.clone(),
+            Running {
+                shared,
+                bind: listener.bind,
+                protocol: listener.protocol,
+            },
+        );
+    }
+
     fn stop_listener(&mut self, name: &str) {
         if self.listeners.remove(name).is_some() {
             for worker in &self.workers {
@@ -359,10 +396,37 @@ impl ControlPlane {
         let mut removed: Vec<String> = old_names.difference(&new_names).cloned().collect();
         let mut added = Vec::new();
         let mut changed = Vec::new();
+        // A TCP listener renamed on the same bind keeps its sockets: closing them would
+        // reset the connections queued there while the new sockets join the same port.
+        let mut renamed = Vec::new();
+        for listener in new
+            .listeners
+            .iter()
+            .filter(|l| !old_names.contains(&l.name))
+        {
+            let Some(old) = removed.iter().position(|name| {
+                self.listeners.get(name).is_some_and(|r| {
+                    r.protocol == Protocol::Tcp
+                        && listener.protocol == Protocol::Tcp
+                        && r.bind == listener.bind
+                })
+            }) else {
+                continue;
+            };
+            let old = removed.remove(old);
+            self.rename_listener(&old, listener.clone());
+            renamed.push(format!("{old}→{}", listener.name));
+        }
         for name in &removed {
             self.stop_listener(name);
         }
         for listener in &new.listeners {
+            if renamed
+                .iter()
+                .any(|r: &String| r.ends_with(&format!("→{}", listener.name)))
+            {
+                continue;
+            }
             match self.listeners.get(&listener.name) {
                 Some(running)
                     if running.bind == listener.bind && running.protocol == listener.protocol =>
@@ -420,6 +484,9 @@ impl ControlPlane {
         self.publish_registry();
         self.restart_prober();
         self.registry.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        if !renamed.is_empty() {
+            summary.push(format!("renamed [{}]", renamed.join(", ")));
+        }
         log::info!(
             "reload applied: added [{}] removed [{}] changed [{}]{}",
             added.join(", "),

@@ -1,7 +1,8 @@
 //! The access log through a running `ringlb`: one `ringlb::access` line at info per finished
-//! TCP connection, with listener, client, backend, duration, bytes each way and how it
-//! ended — one test per `end=` value that can be produced on loopback — and the ways to
-//! turn it off (`access_log: false`, also by reload; `RUST_LOG=…,ringlb::access=off`).
+//! TCP connection and per ended UDP session, with listener, client, backend, duration,
+//! bytes each way and how it ended — one test per `end=` value that can be produced on
+//! loopback — and the ways to turn it off (`access_log: false`, also by reload;
+//! `RUST_LOG=…,ringlb::access=off`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -480,4 +481,71 @@ fn one_line_per_connection_under_concurrency() {
         assert_eq!(a.get("end"), "client_close", "{a:?}");
         assert_eq!(a.num("bytes_in"), a.num("bytes_out"), "{a:?}");
     }
+}
+
+fn udp_yaml(top: &str, extra: &str, backend: SocketAddr) -> String {
+    yaml(top, extra, &[backend]).replace(
+        "    bind: 127.0.0.1:0\n",
+        "    bind: 127.0.0.1:0\n    protocol: udp\n",
+    )
+}
+
+/// A UDP session logs one line when it expires, in the TCP shape, with payload bytes.
+#[test]
+fn udp_session_expired() {
+    let backend = UdpEchoBackend::start();
+    let lb = Ringlb::start(
+        bin(),
+        &udp_yaml("", "session_timeout: 300ms", backend.addr()),
+    );
+    let addr = lb.listener_addr("web");
+    let c = udp_client();
+    let client = c.local_addr().unwrap();
+    for payload in [&b"ping"[..], b"second"] {
+        assert_eq!(udp_roundtrip(&c, addr, payload).expect("udp echo"), payload);
+    }
+    let a = access_for(&lb, client);
+    expect(
+        &a,
+        &backend.addr().to_string(),
+        Some(10),
+        Some(10),
+        "expired",
+    );
+    assert!(a.num("duration_ms") >= 300, "{a:?}");
+}
+
+/// A UDP session still busy when `shutdown_timeout` expires is logged with `end=cut`.
+#[test]
+fn udp_session_cut_at_shutdown() {
+    let backend = UdpEchoBackend::start();
+    let mut lb = Ringlb::start(
+        bin(),
+        &udp_yaml(
+            "shutdown_timeout: 500ms\n",
+            "session_timeout: 30s",
+            backend.addr(),
+        ),
+    );
+    let addr = lb.listener_addr("web");
+    let c = udp_client();
+    let client = c.local_addr().unwrap();
+    assert_eq!(udp_roundtrip(&c, addr, b"start").unwrap(), b"start");
+    lb.signal(Signal::Term);
+    // Keep the session busy through the drain, so it never goes quiet.
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        let _ = c.send_to(b"busy", addr);
+        if let Some(s) = lb.wait_exit(Duration::from_millis(50)) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringlb still running {WAIT:?} after SIGTERM"
+        );
+    };
+    assert_eq!(exit_code(status), 0);
+    let a = access_for(&lb, client);
+    expect(&a, &backend.addr().to_string(), None, None, "cut");
+    assert!(a.num("bytes_in") >= 5 + 4, "{a:?}");
 }

@@ -90,22 +90,6 @@ fn start_lb(yaml: &str, rust_log: &str) -> Ringlb {
         .start()
 }
 
-/// Starts a config that sets `admin: 127.0.0.1:0`; returns whether the build serves it
-/// (logs `admin listening on`). The kit's `start` would wait for that line forever on a
-/// build without the endpoint, so readiness here is the `ready:` line.
-fn start_lb_with_admin(yaml: &str, rust_log: &str) -> (Ringlb, bool) {
-    let lb = Ringlb::builder(bin(), yaml)
-        .env("RUST_LOG", rust_log)
-        .spawn();
-    assert!(
-        lb.wait_for_log("ready: ", READY_TIMEOUT),
-        "ringlb not ready; output:\n{}",
-        lb.logs().join("\n")
-    );
-    let admin = lb.wait_for_log("admin listening on http://", Duration::from_secs(2));
-    (lb, admin)
-}
-
 /// The value of the Prometheus sample whose name and labels are exactly `series`
 /// (e.g. `ringlb_backend_up{listener="t",backend="127.0.0.1:1"}`).
 fn metric(lb: &Ringlb, series: &str) -> Option<f64> {
@@ -932,7 +916,8 @@ fn all_backends_down_denies_new_clients_at_once() {
         &primaries(&[a_addr, b_addr]),
     );
     yaml = yaml.replacen("access_log: false", "access_log: true", 1);
-    let (lb, admin) = start_lb_with_admin(&yaml, LOG_DEBUG_CONNECTS);
+    // `start` waits for the admin endpoint's line too.
+    let lb = start_lb(&yaml, LOG_DEBUG_CONNECTS);
     let addr = lb.listener_addr("t");
     let (_, failures) = clients(addr, 4);
     assert!(failures.is_empty(), "{failures:?}");
@@ -984,14 +969,10 @@ fn all_backends_down_denies_new_clients_at_once() {
         })
         .sum();
     assert_eq!(tried, 0, "no connect may be attempted on a down backend");
-    if admin {
-        let series = "ringlb_denied_total{listener=\"t\",reason=\"no_backend\"}";
-        let v = metric(&lb, series);
-        eprintln!("{series} = {v:?}");
-        assert_eq!(v, Some(N as f64), "{series}");
-    } else {
-        eprintln!("NOTE: this build serves no admin endpoint; ringlb_denied_total not checked (access log was)");
-    }
+    let series = "ringlb_denied_total{listener=\"t\",reason=\"no_backend\"}";
+    let v = metric(&lb, series);
+    eprintln!("{series} = {v:?}");
+    assert_eq!(v, Some(N as f64), "{series}");
 }
 
 // ---------------------------------------------------------------- 4. passive
@@ -1502,17 +1483,13 @@ fn backend_up_metric_follows_kill_and_restart() {
     let b2 = TaggedEcho::start("b2");
     let b2_addr = b2.addr();
     let listener = format!("connect_attempts: 2\n{HC}");
-    let (lb, admin) = start_lb_with_admin(
+    let lb = start_lb(
         &config(
             "admin: 127.0.0.1:0\n",
             &listener,
             &primaries(&[b1.addr(), b2_addr]),
         ),
         "info",
-    );
-    skip_unless!(
-        admin,
-        "this build serves no admin endpoint (no `admin listening on` line)"
     );
     let series = format!("ringlb_backend_up{{listener=\"t\",backend=\"{b2_addr}\"}}");
     let other = format!(

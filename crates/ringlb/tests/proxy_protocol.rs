@@ -2,10 +2,13 @@
 //! header strictly (HAProxy's spec: v1 text line, v2 signature / version / command /
 //! family / length / addresses / ports), records it, then echoes. The client connects from
 //! a known source and the test compares the parsed header with the client's own
-//! `local_addr()` and the listener's address, exactly. IPv4 and IPv6 (`::1`).
+//! `local_addr()` and the listener's address, exactly. IPv4 and IPv6 (`::1`), TCP and (v2)
+//! UDP, where every datagram carries its own header.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -571,12 +574,7 @@ fn parser_rejects_malformed_headers() {
 /// A listener on a wildcard address: the header's destination must be the address the
 /// client actually connected to (what the backend would see without a proxy), not
 /// 0.0.0.0. The wildcard socket is only ever connected to over 127.0.0.1 here.
-///
-/// Fails today: crates/dataplane/src/tcp.rs builds the header from the listener's bind
-/// address (`shared.bound`) instead of the accepted socket's local address (getsockname),
-/// so a `0.0.0.0:7000` listener announces `dst 0.0.0.0`. Run with `--ignored` once fixed.
 #[test]
-#[ignore = "known ringlb bug: PROXY destination is the bind address, not the connection's local address"]
 fn wildcard_listener_announces_the_real_destination() {
     for version in ["v1", "v2"] {
         let backend = ProxyBackend::start();
@@ -593,4 +591,80 @@ fn wildcard_listener_announces_the_real_destination() {
         };
         assert_eq!(seen[0].header, Ok(want), "{version}");
     }
+}
+
+/// UDP with `proxy_protocol: v2`: every datagram to the backend starts with a v2 header
+/// (PROXY, DGRAM) naming the client and the address it sent to; header and payload arrive
+/// in one datagram. Parsed with the same strict parser as the TCP headers.
+fn udp_v2(bind: &str, client_bind: &str, connect_to: impl Fn(SocketAddr) -> SocketAddr) {
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    backend.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let y = yaml(bind, "v2", backend.local_addr().unwrap()).replace(
+        "    proxy_protocol:",
+        "    protocol: udp\n    proxy_protocol:",
+    );
+    let lb = Ringlb::start(bin(), &y);
+    let to = connect_to(lb.listener_addr("pp"));
+    let client = UdpSocket::bind(client_bind).unwrap();
+    client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let me = client.local_addr().unwrap();
+    let family = if me.is_ipv4() { 1 } else { 2 };
+    let mut buf = vec![0u8; 65_536];
+    for payload in [&b"first datagram"[..], b"", b"third"] {
+        client.send_to(payload, to).unwrap();
+        let (n, from) = backend
+            .recv_from(&mut buf)
+            .expect("datagram at the backend");
+        let d = &buf[..n];
+        assert!(n >= 16, "datagram of {n} bytes cannot hold a v2 header");
+        let mut fixed = [0u8; 16];
+        fixed.copy_from_slice(&d[..16]);
+        let len = u16::from_be_bytes([d[14], d[15]]) as usize;
+        assert!(
+            16 + len <= n,
+            "v2 length {len} runs past the datagram ({n} bytes)"
+        );
+        let header = parse_v2(&fixed, &d[16..16 + len]);
+        assert_eq!(
+            header,
+            Ok(Header::V2 {
+                command: 1,
+                family,
+                transport: 2,
+                src: me,
+                dst: to,
+                tlv_len: 0,
+            })
+        );
+        assert_eq!(
+            &d[16 + len..],
+            payload,
+            "payload follows the header in the same datagram"
+        );
+        backend.send_to(b"reply", from).unwrap();
+        let (n, rfrom) = client.recv_from(&mut buf).expect("reply");
+        assert_eq!(
+            (&buf[..n], rfrom),
+            (&b"reply"[..], to),
+            "replies carry no header"
+        );
+    }
+}
+
+#[test]
+fn v2_udp_ipv4_carries_exact_client_address() {
+    udp_v2("127.0.0.1:0", "127.0.0.2:0", |a| a);
+}
+
+#[test]
+fn v2_udp_ipv6_carries_exact_client_address() {
+    udp_v2("[::1]:0", "[::1]:0", |a| a);
+}
+
+/// On a wildcard UDP bind the header names the address the client actually sent to.
+#[test]
+fn v2_udp_wildcard_listener_announces_the_real_destination() {
+    udp_v2("0.0.0.0:0", "127.0.0.2:0", |a| {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+    });
 }

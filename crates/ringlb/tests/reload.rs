@@ -1,10 +1,11 @@
 //! Hitless SIGHUP reload through a running `ringlb`: under continuous load (new connections
-//! from several threads plus long-lived echo connections) while 50 reloads alternate two
-//! valid configs; rejected reloads; removed and re-bound listeners; health state carried
-//! over. Every figure the load test measures is printed (run with `--nocapture`).
+//! from several threads, long-lived echo connections and UDP sessions) while 50 reloads
+//! alternate two valid configs; rejected reloads; removed and re-bound listeners; health
+//! state carried over; `workers`/`admin` needing a restart. The load test prints every
+//! figure it measures (run with `--nocapture`).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -225,8 +226,9 @@ fn client_conns(b: &EchoBackend) -> usize {
     b.conns().iter().filter(|c| c.bytes_in > 0).count()
 }
 
-/// Config A: `main` by weighted round robin over b1 (1) and b2 (3).
-fn config_a(b1: SocketAddr, b2: SocketAddr) -> String {
+/// Config A: `main` by weighted round robin over b1 (1) and b2 (3); UDP `dgram` over u1
+/// (1) and u2 (3).
+fn config_a(b1: SocketAddr, b2: SocketAddr, u: &[SocketAddr; 3]) -> String {
     format!(
         "access_log: false\n\
          listeners:\n\
@@ -236,12 +238,21 @@ fn config_a(b1: SocketAddr, b2: SocketAddr) -> String {
          \x20   health_check: {{interval: 200ms, timeout: 200ms}}\n\
          \x20   backends:\n\
          \x20     - {{addr: {b1}, weight: 1}}\n\
-         \x20     - {{addr: {b2}, weight: 3}}\n"
+         \x20     - {{addr: {b2}, weight: 3}}\n\
+         \x20 - name: dgram\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   protocol: udp\n\
+         \x20   algorithm: weighted_round_robin\n\
+         \x20   backends:\n\
+         \x20     - {{addr: {}, weight: 1}}\n\
+         \x20     - {{addr: {}, weight: 3}}\n",
+        u[0], u[1]
     )
 }
 
-/// Config B: `main` by least connections over b1 (3), b2 (1), b3 (2), plus listener `extra`.
-fn config_b(b1: SocketAddr, b2: SocketAddr, b3: SocketAddr) -> String {
+/// Config B: `main` by least connections over b1 (3), b2 (1), b3 (2), plus listener `extra`;
+/// UDP `dgram` by least connections over u1 (3), u2 (1), u3 (2).
+fn config_b(b1: SocketAddr, b2: SocketAddr, b3: SocketAddr, u: &[SocketAddr; 3]) -> String {
     format!(
         "access_log: false\n\
          listeners:\n\
@@ -256,7 +267,16 @@ fn config_b(b1: SocketAddr, b2: SocketAddr, b3: SocketAddr) -> String {
          \x20 - name: extra\n\
          \x20   bind: 127.0.0.1:0\n\
          \x20   backends:\n\
-         \x20     - addr: {b1}\n"
+         \x20     - addr: {b1}\n\
+         \x20 - name: dgram\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   protocol: udp\n\
+         \x20   algorithm: least_connections\n\
+         \x20   backends:\n\
+         \x20     - {{addr: {}, weight: 3}}\n\
+         \x20     - {{addr: {}, weight: 1}}\n\
+         \x20     - {{addr: {}, weight: 2}}\n",
+        u[0], u[1], u[2]
     )
 }
 
@@ -264,6 +284,8 @@ const RELOADS: u64 = 50;
 const LONG_LIVED: usize = 100;
 /// Long-lived connections on `extra`, the listener every other reload removes.
 const LONG_LIVED_EXTRA: usize = 10;
+/// UDP sessions kept alive through every reload.
+const UDP_SESSIONS: usize = 12;
 const MIN_CONNECTIONS: u64 = 20_000;
 const LOAD_THREADS: usize = 4;
 const LOAD_DEADLINE: Duration = Duration::from_secs(300);
@@ -276,8 +298,14 @@ fn fifty_reloads_under_load_fail_no_connection() {
         EchoBackend::start(),
     );
     let (a1, a2, a3) = (b1.addr(), b2.addr(), b3.addr());
-    let yaml_a = config_a(a1, a2);
-    let yaml_b = config_b(a1, a2, a3);
+    let udp = [
+        UdpEchoBackend::tagged("u1"),
+        UdpEchoBackend::tagged("u2"),
+        UdpEchoBackend::tagged("u3"),
+    ];
+    let u = [udp[0].addr(), udp[1].addr(), udp[2].addr()];
+    let yaml_a = config_a(a1, a2, &u);
+    let yaml_b = config_b(a1, a2, a3, &u);
     let mut lb = Ringlb::start(bin(), &yaml_b);
     let main = lb.listener_addr("main");
 
@@ -306,6 +334,30 @@ fn fifty_reloads_under_load_fail_no_connection() {
         on_b3 > 0,
         "least_connections put no long-lived connection on b3"
     );
+    // UDP sessions, each remembering the backend it is bound to.
+    let dgram = lb.listener_addr("dgram");
+    let udp_ping = |sock: &UdpSocket, payload: &str| -> Result<String, String> {
+        let reply = udp_roundtrip(sock, dgram, payload.as_bytes()).map_err(|e| e.to_string())?;
+        let (tag, body) = split_tag(&reply);
+        if body != payload.as_bytes() {
+            return Err(format!("reply {reply:?} does not echo {payload:?}"));
+        }
+        Ok(tag)
+    };
+    let sessions: Vec<(UdpSocket, String)> = (0..UDP_SESSIONS)
+        .map(|i| {
+            let sock = udp_client();
+            let tag = udp_ping(&sock, &format!("session {i} hello")).expect("udp session");
+            (sock, tag)
+        })
+        .collect();
+    let udp_on_u3 = sessions.iter().filter(|(_, t)| t == "u3").count();
+    assert!(
+        udp_on_u3 > 0,
+        "no UDP session on u3: {:?}",
+        sessions.iter().map(|s| &s.1).collect::<Vec<_>>()
+    );
+    let mut udp_pings = 0;
 
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -347,6 +399,7 @@ fn fifty_reloads_under_load_fail_no_connection() {
                 format!("{a1} weight 3→1"),
                 format!("{a2} weight 1→3"),
                 "algorithm least_connections→weighted_round_robin".into(),
+                format!("dgram (backends removed {}", u[2]),
             ]
         } else {
             vec![
@@ -355,6 +408,7 @@ fn fifty_reloads_under_load_fail_no_connection() {
                 format!("{a1} weight 1→3"),
                 format!("{a2} weight 3→1"),
                 "algorithm weighted_round_robin→least_connections".into(),
+                format!("dgram (backends added {}", u[2]),
             ]
         };
         for e in &expected {
@@ -372,6 +426,17 @@ fn fifty_reloads_under_load_fail_no_connection() {
                 panic!("long-lived {name} broke after reload {i}: {f}");
             }
             probes += 1;
+        }
+        // Every UDP session still reaches the backend it started on, even one a reload
+        // removed (its sessions stay until they expire).
+        for (k, (sock, tag)) in sessions.iter().enumerate() {
+            match udp_ping(sock, &format!("session {k} after reload {i}")) {
+                Ok(t) if t == *tag => udp_pings += 1,
+                other => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("UDP session {k} (on {tag}) after reload {i}: {other:?}");
+                }
+            }
         }
     }
     wait_for(MIN_CONNECTIONS + step);
@@ -391,6 +456,7 @@ fn fifty_reloads_under_load_fail_no_connection() {
     println!(
         "reload under load: {applied} reloads applied + {rejected} rejected in {:.1}s; {}; {:.0} connections/s over {LOAD_THREADS} threads; \
          long-lived: {} of {} still echo ({} on main, {} on the removed-and-re-added `extra`, {on_b3} on b3 which odd reloads remove), {probes} echo probes between reloads; \
+         {UDP_SESSIONS} UDP sessions ({udp_on_u3} on u3, which odd reloads remove) kept their backend through {udp_pings} pings after reloads; \
          client connections per backend: b1 {} b2 {} b3 {}",
         elapsed.as_secs_f64(),
         stats.summary(),
@@ -725,13 +791,9 @@ fn health_state_of_surviving_backends_carries_over() {
 /// port in one reload) must not refuse or reset a single new connection: the new sockets
 /// join the port before the old ones leave.
 ///
-/// Fails today (about 2–3 resets per rename with 2 client threads): the removed listener's
-/// SO_REUSEPORT sockets stay open for up to a second after they stop accepting (the
-/// per-listener publish loop in crates/dataplane/src/worker.rs holds the acceptor until its
-/// next 1 s tick), the kernel keeps hashing new connections to them, and closing them
-/// resets what queued there. Run with `--ignored` once fixed.
+/// ringlb keeps the sockets of a TCP listener renamed on the same bind (closing them would
+/// reset the connections queued there while new sockets join the port).
 #[test]
-#[ignore = "known ringlb bug: a removed listener's sockets linger in the SO_REUSEPORT group and reset queued connections"]
 fn renamed_listener_on_the_same_port_refuses_nothing() {
     let backend = EchoBackend::start();
     let port = TcpListener::bind("127.0.0.1:0")
@@ -758,9 +820,17 @@ fn renamed_listener_on_the_same_port_refuses_nothing() {
             "load stalled: {}",
             stats.summary()
         );
-        let name = if round % 2 == 0 { "new" } else { "old" };
+        let (from, name) = if round % 2 == 0 {
+            ("old", "new")
+        } else {
+            ("new", "old")
+        };
         let summary = reload_ok(&mut lb, &named(name));
-        assert!(summary.contains(&format!("added [{name}]")), "{summary}");
+        // Renamed in place: the sockets stay, nothing is added or removed.
+        assert!(
+            summary.contains(&format!("renamed [{from}→{name}]")),
+            "{summary}"
+        );
         reloads += 1;
     }
     let before = stats.attempts();

@@ -30,6 +30,8 @@ struct Hot {
     /// `dynamic_weight`'s `C_i`.
     capacity: f64,
     capacity_int: u64,
+    /// `⌊2^32 / weight⌋`: least_connections compares `active × inv_weight`.
+    inv_weight: u64,
 }
 
 /// The round-robin cursor, alone on its cache line: every worker bumps it, and the
@@ -109,6 +111,7 @@ impl Snapshot {
                     max: b.spec.max_connections,
                     capacity: f64::from(capacity),
                     capacity_int: u64::from(capacity),
+                    inv_weight: (1u64 << 32) / u64::from(weight),
                 }
             })
             .collect();
@@ -338,15 +341,22 @@ impl Snapshot {
 
     /// Lowest `active / weight` among candidates. The walk starts at a random member and
     /// keeps the first best it meets, so ties go to a random member, not the first one.
+    ///
+    /// The ratio is compared as `active × ⌊2^32 / weight⌋` (exact at equal weights; at
+    /// unequal weights two ratios within 2^-32 of each other count as ordered), so each
+    /// step is a multiply off the critical path and a compare-and-select on it: which
+    /// backend is least loaded is unpredictable, and branches there would mispredict.
     fn pick_least(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
-        let n = tier.members.len();
+        let members = &tier.members;
+        let n = members.len();
         let s = scale(random, n as u64) as usize;
-        let (head, tail) = tier.members.split_at(s.min(n));
-        // Branch-light loop: the running best is updated with selects, not jumps, because
-        // which backend is least loaded is unpredictable. The sentinel 2^32 / 1 loses to
-        // any real count, and no product overflows (both factors < 2^32).
-        let (mut best, mut best_a, mut best_w) = (u32::MAX, 1u64 << 32, 1u64);
-        for &i in tail.iter().chain(head.iter()) {
+        let (mut best, mut best_key) = (u32::MAX, u64::MAX);
+        for k in 0..n {
+            let mut j = s + k;
+            if j >= n {
+                j -= n;
+            }
+            let i = members[j];
             let h = &self.hot[i as usize];
             let active = h.state.active();
             let ok =
@@ -355,11 +365,11 @@ impl Snapshot {
                 // Nothing beats an idle backend, and ties keep the first one met.
                 return Some(i);
             }
-            let (a, w) = (u64::from(active), u64::from(h.weight));
-            let better = ok & (a * best_w < best_a * w);
+            // active < 2^32 and inv_weight ≤ 2^32: the product fits in 64 bits.
+            let key = u64::from(active) * h.inv_weight;
+            let better = ok & (key < best_key);
             best = if better { i } else { best };
-            best_a = if better { a } else { best_a };
-            best_w = if better { w } else { best_w };
+            best_key = if better { key } else { best_key };
         }
         (best != u32::MAX).then_some(best)
     }
