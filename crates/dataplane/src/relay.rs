@@ -329,6 +329,16 @@ impl Pipe {
 /// poll says it can progress, so none sits parked on an io-wq thread.
 async fn splice_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
     let (from, to) = link.sockets(dir);
+    // tcp_splice_read blocks according to the socket's O_NONBLOCK, not SPLICE_F_NONBLOCK
+    // (which only covers the pipe): without this, a splice on a drained socket would park
+    // an io-wq thread, and with the bounded pool every spliced connection would stall.
+    for socket in [from, to] {
+        if let Err(e) = socket.set_nonblocking(true) {
+            log::warn!("cannot make a socket non-blocking for splice ({e}); closing connection");
+            link.abort(EndReason::LocalError, true).await;
+            return;
+        }
+    }
     let pipe = match Pipe::new() {
         Ok(pipe) => Rc::new(pipe),
         Err(e) => {

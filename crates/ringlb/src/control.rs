@@ -203,14 +203,6 @@ impl ControlPlane {
                 );
             }
         }
-        log::info!(
-            "listener \"{}\" listening on {addr} ({}, {} workers, {}, {} backend(s))",
-            listener.name,
-            listener.protocol.as_str(),
-            self.workers.len(),
-            listener.algorithm.as_str(),
-            listener.backends.len()
-        );
         self.listeners.insert(
             listener.name.clone(),
             Running {
@@ -218,6 +210,16 @@ impl ControlPlane {
                 bind: listener.bind,
                 protocol: listener.protocol,
             },
+        );
+        // Readers of the admin endpoint see the listener before anyone learns its port.
+        self.publish_registry();
+        log::info!(
+            "listener \"{}\" listening on {addr} ({}, {} workers, {}, {} backend(s))",
+            listener.name,
+            listener.protocol.as_str(),
+            self.workers.len(),
+            listener.algorithm.as_str(),
+            listener.backends.len()
         );
     }
 
@@ -240,14 +242,6 @@ impl ControlPlane {
                 listener: Arc::clone(&shared),
             });
         }
-        log::info!(
-            "listener \"{}\" listening on {} (tcp, {} workers, {}, {} backend(s)), renamed from \"{old}\"",
-            listener.name,
-            running.shared.bound,
-            self.workers.len(),
-            listener.algorithm.as_str(),
-            listener.backends.len()
-        );
         self.listeners.insert(
             listener.name.clone(),
             Running {
@@ -255,6 +249,15 @@ impl ControlPlane {
                 bind: listener.bind,
                 protocol: listener.protocol,
             },
+        );
+        self.publish_registry();
+        log::info!(
+            "listener \"{}\" listening on {} (tcp, {} workers, {}, {} backend(s)), renamed from \"{old}\"",
+            listener.name,
+            running.shared.bound,
+            self.workers.len(),
+            listener.algorithm.as_str(),
+            listener.backends.len()
         );
     }
 

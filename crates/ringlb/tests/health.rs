@@ -84,10 +84,19 @@ fn primaries(addrs: &[SocketAddr]) -> Vec<(SocketAddr, bool)> {
     addrs.iter().map(|a| (*a, false)).collect()
 }
 
+/// Starts ringlb and waits for `ready:` as well as the kit's listener and admin lines:
+/// the listener lines come before the admin registry lists the listeners (control.rs),
+/// so a scrape right after them can find no `ringlb_backend_up` series at all.
 fn start_lb(yaml: &str, rust_log: &str) -> Ringlb {
-    Ringlb::builder(bin(), yaml)
+    let lb = Ringlb::builder(bin(), yaml)
         .env("RUST_LOG", rust_log)
-        .start()
+        .start();
+    assert!(
+        lb.wait_for_log("] ready: ", READY_TIMEOUT),
+        "ringlb never logged `ready:`; output:\n{}",
+        lb.logs().join("\n")
+    );
+    lb
 }
 
 /// The value of the Prometheus sample whose name and labels are exactly `series`

@@ -490,3 +490,32 @@ fn proc_cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// Many concurrent request/response connections in splice mode: every splice must stay
+/// non-blocking, or drained sockets park the bounded io-wq pool and all of them stall.
+#[test]
+fn splice_serves_many_concurrent_small_exchanges() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(
+        bin(),
+        &format!(
+            "workers: 1\n{}",
+            yaml(&[backend.addr()], "forwarding: splice")
+        ),
+    );
+    let addr = lb.listener_addr("t");
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                for round in 0..50 {
+                    assert_echo(&mut c, format!("client {i} round {round}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("every exchange answered within 5 s");
+    }
+}
