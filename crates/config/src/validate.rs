@@ -465,13 +465,8 @@ fn bind_overlap(a: SocketAddr, b: SocketAddr) -> Option<String> {
                     "[::] covers every local IPv6 address including {other}, so both would take port {port}"
                 ))
             }
-            // Linux sockets are dual-stack unless IPV6_V6ONLY is set: [::] also takes IPv4.
-            (IpAddr::V6(_), IpAddr::V4(_)) => {
-                return Some(format!(
-                    "[::] is dual-stack on Linux and covers IPv4 addresses too, including {other}, so both would take port {port}"
-                ))
-            }
-            (IpAddr::V4(_), IpAddr::V6(_)) => {}
+            // ringlb binds IPv6 listeners with IPV6_V6ONLY: [::] never takes IPv4.
+            (IpAddr::V6(_), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(_)) => {}
         }
     }
     None
@@ -1158,8 +1153,6 @@ mod tests {
             ("0.0.0.0:7000", "127.0.0.1:7000"),
             ("127.0.0.1:7000", "0.0.0.0:7000"),
             ("[::]:7000", "[::1]:7000"),
-            ("[::]:7000", "0.0.0.0:7000"),
-            ("127.0.0.1:7000", "[::]:7000"),
             ("[::ffff:127.0.0.1]:7000", "127.0.0.1:7000"),
         ] {
             assert_one_error(
@@ -1172,6 +1165,9 @@ mod tests {
         ok(&two("0.0.0.0:7000", "tcp", "0.0.0.0:7001", "tcp"));
         ok(&two("127.0.0.1:7000", "tcp", "127.0.0.2:7000", "tcp"));
         ok(&two("[::1]:7000", "tcp", "0.0.0.0:7000", "tcp"));
+        // IPv6 listeners are IPV6_V6ONLY, so [::] and IPv4 never share a socket.
+        ok(&two("[::]:7000", "tcp", "0.0.0.0:7000", "tcp"));
+        ok(&two("127.0.0.1:7000", "tcp", "[::]:7000", "tcp"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! end — and every op still in flight on either socket is cancelled. A watchdog in the same
 //! task enforces `idle_timeout` and the shutdown cut.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -168,6 +168,7 @@ pub async fn relay(
     idle_timeout: Duration,
     counters: &WorkerCounters,
     cut: &Notify,
+    pipes: &PipePool,
 ) -> RelayReport {
     let link = Link {
         client,
@@ -179,8 +180,8 @@ pub async fn relay(
     };
     let halves = async {
         tokio::join!(
-            half(&link, Dir::ClientToBackend, forwarding),
-            half(&link, Dir::BackendToClient, forwarding)
+            half(&link, Dir::ClientToBackend, forwarding, pipes),
+            half(&link, Dir::BackendToClient, forwarding, pipes)
         )
     };
     let (up, down) = tokio::select! {
@@ -225,7 +226,7 @@ async fn watchdog(
 }
 
 /// One direction. Returns the bytes it forwarded.
-async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding) -> u64 {
+async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
     let (from, _) = link.sockets(dir);
     // Readiness gate: memory and splices are committed only once this direction has data.
     match uring::poll(from, POLLIN).await {
@@ -243,7 +244,9 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding) -> u64 {
             CopyEnd::Bulk => link.counters.splice_switches.add(1),
         }
     }
-    splice_half(link, dir, &mut forwarded).await;
+    if let SpliceEnd::NoPipe = splice_half(link, dir, pipes, &mut forwarded).await {
+        copy_half(link, dir, false, &mut forwarded).await;
+    }
     forwarded
 }
 
@@ -325,9 +328,53 @@ impl Pipe {
     }
 }
 
+/// Pipes kept by one worker for reuse. A direction holds a pipe only while it has data in
+/// flight and hands it back (empty) when its socket runs dry, so thousands of established
+/// but quiet splice connections hold no pipe file descriptors.
+pub(crate) struct PipePool {
+    free: RefCell<Vec<Rc<Pipe>>>,
+}
+
+/// Empty pipes a worker keeps for reuse; beyond this they are closed.
+const PIPE_POOL_MAX: usize = 64;
+
+impl PipePool {
+    pub(crate) fn new() -> Self {
+        PipePool {
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> io::Result<Rc<Pipe>> {
+        match self.free.borrow_mut().pop() {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new().map(Rc::new),
+        }
+    }
+
+    /// Only for a drained pipe that no operation still holds.
+    fn give(&self, pipe: Rc<Pipe>) {
+        let mut free = self.free.borrow_mut();
+        if Rc::strong_count(&pipe) == 1 && free.len() < PIPE_POOL_MAX {
+            free.push(pipe);
+        }
+    }
+}
+
+enum SpliceEnd {
+    Done,
+    /// No pipe could be had (fd limit): continue this direction by copying.
+    NoPipe,
+}
+
 /// socket → pipe → socket. Every splice is non-blocking and issued only after a readiness
 /// poll says it can progress, so none sits parked on an io-wq thread.
-async fn splice_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
+async fn splice_half(
+    link: &Link<'_>,
+    dir: Dir,
+    pipes: &PipePool,
+    forwarded: &mut u64,
+) -> SpliceEnd {
     let (from, to) = link.sockets(dir);
     // tcp_splice_read blocks according to the socket's O_NONBLOCK, not SPLICE_F_NONBLOCK
     // (which only covers the pipe): without this, a splice on a drained socket would park
@@ -336,23 +383,45 @@ async fn splice_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
         if let Err(e) = socket.set_nonblocking(true) {
             log::warn!("cannot make a socket non-blocking for splice ({e}); closing connection");
             link.abort(EndReason::LocalError, true).await;
-            return;
+            return SpliceEnd::Done;
         }
     }
-    let pipe = match Pipe::new() {
-        Ok(pipe) => Rc::new(pipe),
-        Err(e) => {
-            log::warn!("cannot create splice pipe ({e}); closing connection");
-            link.abort(EndReason::LocalError, true).await;
-            return;
-        }
-    };
-    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
-    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    let keep = || (Rc::clone(from), Rc::clone(to), Rc::clone(&pipe));
     loop {
         if link.is_aborted() {
-            return;
+            return SpliceEnd::Done;
+        }
+        let pipe = match pipes.take() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                log::debug!("no splice pipe ({e}); copying instead");
+                return SpliceEnd::NoPipe;
+            }
+        };
+        if !splice_burst(link, dir, &pipe, forwarded).await {
+            return SpliceEnd::Done;
+        }
+        pipes.give(pipe);
+        match uring::poll(from, POLLIN).await {
+            Ok(_) => {}
+            Err(e) if is_cancelled(&e) => return SpliceEnd::Done,
+            Err(_) => {
+                link.abort(dir.reset_reason_reading(), true).await;
+                return SpliceEnd::Done;
+            }
+        }
+    }
+}
+
+/// Splice until the source socket runs dry (true: the pipe is empty again) or the
+/// direction ends (false).
+async fn splice_burst(link: &Link<'_>, dir: Dir, pipe: &Rc<Pipe>, forwarded: &mut u64) -> bool {
+    let (from, to) = link.sockets(dir);
+    let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let keep = || (Rc::clone(from), Rc::clone(to), Rc::clone(pipe));
+    loop {
+        if link.is_aborted() {
+            return false;
         }
         let (res, _) = uring::splice(from_fd, pipe_w, PIPE_SIZE as u32, keep()).await;
         let n = match res {
@@ -360,28 +429,19 @@ async fn splice_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
                 if !link.is_aborted() {
                     link.eof(dir);
                 }
-                return;
+                return false;
             }
             Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                match uring::poll(from, POLLIN).await {
-                    Ok(_) => continue,
-                    Err(e) if is_cancelled(&e) => return,
-                    Err(_) => {
-                        link.abort(dir.reset_reason_reading(), true).await;
-                        return;
-                    }
-                }
-            }
-            Err(e) if is_cancelled(&e) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return true,
+            Err(e) if is_cancelled(&e) => return false,
             Err(_) => {
                 link.abort(dir.reset_reason_reading(), true).await;
-                return;
+                return false;
             }
         };
         link.touch(dir, n);
         if !drain_pipe(link, dir, pipe_r, to_fd, n, &keep).await {
-            return;
+            return false;
         }
         *forwarded += n as u64;
     }

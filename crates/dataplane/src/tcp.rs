@@ -213,6 +213,7 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
         settings.idle_timeout,
         counters,
         &ctx.cut,
+        &ctx.pipes,
     )
     .await;
     access_finished(shared, &peer, &label, started, &report);

@@ -15,6 +15,7 @@ use socket2::Socket;
 use tokio::sync::{mpsc, Notify};
 
 use crate::listener::ListenerShared;
+use crate::relay::PipePool;
 use crate::sys;
 use crate::tcp::{self, LocalListener, TcpAcceptor};
 use crate::udp;
@@ -152,6 +153,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) cut: Notify,
     rng: Cell<u64>,
     events: Sender<WorkerEvent>,
+    /// Empty splice pipes for reuse.
+    pub(crate) pipes: PipePool,
 }
 
 impl WorkerCtx {
@@ -168,6 +171,7 @@ impl WorkerCtx {
             cut: Notify::new(),
             rng: Cell::new(seed | 1),
             events,
+            pipes: PipePool::new(),
         }
     }
 

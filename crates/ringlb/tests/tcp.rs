@@ -519,3 +519,29 @@ fn splice_serves_many_concurrent_small_exchanges() {
         c.join().expect("every exchange answered within 5 s");
     }
 }
+
+/// Quiet splice connections hold no pipe: a direction takes a pipe from the worker's pool
+/// while it has data in flight and gives it back when its socket runs dry. Without that,
+/// 200 connections would keep 400 pipes (800 fds) open.
+#[test]
+fn quiet_splice_connections_hold_no_pipes() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "forwarding: splice"));
+    let addr = lb.listener_addr("t");
+    let mut conns: Vec<_> = (0..200).map(|_| connect(addr)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_echo(c, format!("first {i}").as_bytes());
+    }
+    let pipe_fds = std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count();
+    eprintln!("200 quiet splice connections: {pipe_fds} pipe fds open");
+    // At most 64 pooled pipes (2 fds each) per worker, plus the process's own few.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(pipe_fds <= workers * 64 * 2 + 8, "{pipe_fds} pipe fds");
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_echo(c, format!("second {i}").as_bytes());
+    }
+}
