@@ -244,19 +244,13 @@ async fn connect_backend(
     let mut tried = Tried::new();
     let mut attempts = 0;
     while attempts < settings.connect_attempts {
-        let index = snapshot
-            .pick(peer.ip().to_canonical(), ctx.random(), &tried)
+        let (index, active) = snapshot
+            .pick_and_acquire(peer.ip().to_canonical(), ctx.random(), &mut tried)
             .ok_or(DenyReason::NoBackend)?;
-        tried.insert(index);
         let backend = snapshot
             .backends()
             .get(index)
             .ok_or(DenyReason::NoBackend)?;
-        // The pick saw a free slot, but another worker may have taken the last one since:
-        // the CAS makes `max_connections` exact. A full backend costs no attempt.
-        let Some(active) = backend.try_acquire() else {
-            continue;
-        };
         attempts += 1;
         let started = Instant::now();
         match connect(backend.spec.addr, settings.connect_timeout).await {

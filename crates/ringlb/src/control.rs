@@ -181,14 +181,7 @@ impl ControlPlane {
         sockets: Vec<socket2::Socket>,
         addr: SocketAddr,
     ) {
-        let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(&listener)));
-        let shared = Arc::new(ListenerShared::new(
-            listener.clone(),
-            addr,
-            scheduler,
-            self.workers.len(),
-            self.config.access_log,
-        ));
+        let shared = self.new_shared(&listener, addr);
         for (worker, socket) in self.workers.iter().zip(sockets) {
             let listener = Arc::clone(&shared);
             let command = match shared.settings.load().protocol {
@@ -203,24 +196,7 @@ impl ControlPlane {
                 );
             }
         }
-        self.listeners.insert(
-            listener.name.clone(),
-            Running {
-                shared,
-                bind: listener.bind,
-                protocol: listener.protocol,
-            },
-        );
-        // Readers of the admin endpoint see the listener before anyone learns its port.
-        self.publish_registry();
-        log::info!(
-            "listener \"{}\" listening on {addr} ({}, {} workers, {}, {} backend(s))",
-            listener.name,
-            listener.protocol.as_str(),
-            self.workers.len(),
-            listener.algorithm.as_str(),
-            listener.backends.len()
-        );
+        self.register(&listener, shared, "");
     }
 
     /// Move a TCP listener's sockets to a new name (see `reload`).
@@ -228,20 +204,31 @@ impl ControlPlane {
         let Some(running) = self.listeners.remove(old) else {
             return;
         };
-        let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(&listener)));
-        let shared = Arc::new(ListenerShared::new(
-            listener.clone(),
-            running.shared.bound,
-            scheduler,
-            self.workers.len(),
-            self.config.access_log,
-        ));
+        let shared = self.new_shared(&listener, running.shared.bound);
         for worker in &self.workers {
             worker.send(Command::Rename {
                 old: old.to_string(),
                 listener: Arc::clone(&shared),
             });
         }
+        self.register(&listener, shared, &format!(", renamed from \"{old}\""));
+    }
+
+    fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerShared> {
+        let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(listener)));
+        Arc::new(ListenerShared::new(
+            listener.clone(),
+            bound,
+            scheduler,
+            self.workers.len(),
+            self.config.access_log,
+        ))
+    }
+
+    /// Record a running listener, publish it to the admin endpoint, then log its port
+    /// (tests and operators read the port from this line, so the registry comes first).
+    fn register(&mut self, listener: &Listener, shared: Arc<ListenerShared>, note: &str) {
+        let bound = shared.bound;
         self.listeners.insert(
             listener.name.clone(),
             Running {
@@ -252,9 +239,9 @@ impl ControlPlane {
         );
         self.publish_registry();
         log::info!(
-            "listener \"{}\" listening on {} (tcp, {} workers, {}, {} backend(s)), renamed from \"{old}\"",
+            "listener \"{}\" listening on {bound} ({}, {} workers, {}, {} backend(s)){note}",
             listener.name,
-            running.shared.bound,
+            listener.protocol.as_str(),
             self.workers.len(),
             listener.algorithm.as_str(),
             listener.backends.len()

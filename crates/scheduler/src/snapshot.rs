@@ -241,6 +241,25 @@ impl Snapshot {
         b.spec.backup == serving_backups && self.eligible(index as u32, tried)
     }
 
+    /// [`pick`](Self::pick), then take one of the backend's connection slots. A backend
+    /// found full by the compare-and-swap (another worker took its last slot after the
+    /// pick read its counter) is added to `tried` and the pick repeats; every backend
+    /// picked is added to `tried`, so a connect retry never lands on it again.
+    pub fn pick_and_acquire(
+        &self,
+        client: IpAddr,
+        random: u64,
+        tried: &mut Tried,
+    ) -> Option<(usize, crate::ActiveGuard)> {
+        loop {
+            let index = self.pick(client, random, tried)?;
+            tried.insert(index);
+            if let Some(guard) = self.backends.get(index)?.try_acquire() {
+                return Some((index, guard));
+            }
+        }
+    }
+
     /// Picks the backend for a new connection or UDP session; `None` when no backend is a
     /// candidate (see [`is_candidate`](Self::is_candidate)).
     ///

@@ -291,3 +291,39 @@ fn from_config_backend() {
         (c.addr, "10.0.0.11:7000", 5, 2000, true)
     );
 }
+
+#[test]
+fn pick_and_acquire_takes_slots_until_every_backend_is_full() {
+    for alg in ALL {
+        // Two backends with one slot each: two acquisitions succeed, on distinct
+        // backends, then there is no candidate; releasing a slot makes room again.
+        let sched = Scheduler::new(alg, vec![spec(0, 1, 1, false), spec(1, 1, 1, false)]);
+        let snap = sched.snapshot();
+        let client = ip(7);
+        let mut tried = Tried::new();
+        let (a, guard_a) = snap
+            .pick_and_acquire(client, 1, &mut tried)
+            .expect("first slot");
+        let mut tried = Tried::new();
+        let (b, guard_b) = snap
+            .pick_and_acquire(client, 2, &mut tried)
+            .expect("second slot");
+        assert_ne!(a, b, "{alg:?}: one slot per backend");
+        let mut tried = Tried::new();
+        assert!(
+            snap.pick_and_acquire(client, 3, &mut tried).is_none(),
+            "{alg:?}: all full"
+        );
+        drop(guard_a);
+        let mut tried = Tried::new();
+        let (c, _guard_c) = snap
+            .pick_and_acquire(client, 4, &mut tried)
+            .expect("freed slot");
+        assert_eq!(c, a, "{alg:?}");
+        assert!(
+            tried.contains(c),
+            "{alg:?}: the picked backend is recorded as tried"
+        );
+        drop(guard_b);
+    }
+}

@@ -53,8 +53,6 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Client → backend sends running beside the receive loop, per listener and worker. Beyond
 /// it the loop sends inline, so a backend that stops draining cannot pile up buffers.
 const SENDS_IN_FLIGHT_MAX: usize = 32;
-/// Backends tried when the picked one is at its `max_connections`.
-const PICK_ATTEMPTS: usize = 3;
 
 /// One UDP listener on one worker.
 pub(crate) struct UdpListener {
@@ -340,39 +338,31 @@ impl Local {
     fn open_leg(&self, client: SocketAddr, tried: &Tried) -> Result<Leg, DenyReason> {
         let snapshot = self.shared.scheduler.snapshot();
         let mut tried = tried.clone();
-        for _ in 0..PICK_ATTEMPTS {
-            let index = snapshot
-                .pick(client.ip().to_canonical(), self.ctx.random(), &tried)
-                .ok_or(DenyReason::NoBackend)?;
-            tried.insert(index);
-            let backend = snapshot
-                .backends()
-                .get(index)
-                .ok_or(DenyReason::NoBackend)?;
-            // Two workers may race for a backend's last slot: try_acquire is the hard check.
-            let Some(active) = backend.try_acquire() else {
-                continue;
-            };
-            let socket = connected_socket(backend.spec.addr).map_err(|e| {
-                self.log_resources.note(&self.shared.name, || {
-                    format!(
-                        "cannot open a udp socket toward {}: {e}",
-                        backend.spec.label
-                    )
-                });
-                DenyReason::Resources
-            })?;
-            return Ok(Leg {
-                socket: Rc::new(socket),
-                label: backend.spec.label.clone(),
-                state: Arc::clone(&backend.state),
-                _active: active,
-                started: Instant::now(),
-                bytes_in: Cell::new(0),
-                bytes_out: Cell::new(0),
+        let (index, active) = snapshot
+            .pick_and_acquire(client.ip().to_canonical(), self.ctx.random(), &mut tried)
+            .ok_or(DenyReason::NoBackend)?;
+        let backend = snapshot
+            .backends()
+            .get(index)
+            .ok_or(DenyReason::NoBackend)?;
+        let socket = connected_socket(backend.spec.addr).map_err(|e| {
+            self.log_resources.note(&self.shared.name, || {
+                format!(
+                    "cannot open a udp socket toward {}: {e}",
+                    backend.spec.label
+                )
             });
-        }
-        Err(DenyReason::NoBackend)
+            DenyReason::Resources
+        })?;
+        Ok(Leg {
+            socket: Rc::new(socket),
+            label: backend.spec.label.clone(),
+            state: Arc::clone(&backend.state),
+            _active: active,
+            started: Instant::now(),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+        })
     }
 
     /// Move a session whose backend is down or refused to another candidate. With
