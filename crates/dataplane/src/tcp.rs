@@ -190,6 +190,11 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
             return reject(client);
         }
     };
+    if ctx.cutting.get() {
+        // Shutdown cut while this one was connecting: it is cut like the rest.
+        let _ = backend.set_linger(Some(Duration::ZERO));
+        return reject(client);
+    }
     let client = Rc::new(client);
     let backend = Rc::new(backend);
     // The address this client actually reached (a wildcard bind has many).

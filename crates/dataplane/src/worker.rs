@@ -151,6 +151,8 @@ pub(crate) struct WorkerCtx {
     idle: Notify,
     /// Notified at the shutdown cut: every relay resets its link.
     pub(crate) cut: Notify,
+    /// Set at the cut, for connections that were still connecting when it was notified.
+    pub(crate) cutting: Cell<bool>,
     rng: Cell<u64>,
     events: Sender<WorkerEvent>,
     /// Empty splice pipes for reuse.
@@ -169,6 +171,7 @@ impl WorkerCtx {
             live: Cell::new(0),
             idle: Notify::new(),
             cut: Notify::new(),
+            cutting: Cell::new(false),
             rng: Cell::new(seed | 1),
             events,
             pipes: PipePool::new(),
@@ -294,6 +297,7 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
             }
             Command::Cut => {
                 let cut = ctx.live();
+                ctx.cutting.set(true);
                 ctx.cut.notify_waiters();
                 let _ = tokio::time::timeout(CUT_GRACE, ctx.wait_idle()).await;
                 return cut;

@@ -545,3 +545,57 @@ fn quiet_splice_connections_hold_no_pipes() {
         assert_echo(c, format!("second {i}").as_bytes());
     }
 }
+
+/// A backend that stops reading must slow the client down, not make ringlb buffer: the
+/// relay holds one buffer per direction and only reads again once it has written.
+#[test]
+fn backend_that_stops_reading_applies_backpressure() {
+    for mode in ["copy", "splice"] {
+        let backend = SlowBackend::with_rcvbuf(64 * 1024);
+        let lb = Ringlb::start(
+            bin(),
+            &yaml(&[backend.addr()], &format!("forwarding: {mode}")),
+        );
+        let mut c = connect(lb.listener_addr("t"));
+        c.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let rss_before = lb.rss_kib();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0usize;
+        // Write until the path is full; 64 MiB would be plenty if anything buffered it.
+        while sent < 64 * 1024 * 1024 {
+            match c.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => panic!("{mode}: write: {e}"),
+            }
+        }
+        let grown = lb.rss_kib().saturating_sub(rss_before);
+        eprintln!(
+            "{mode}: client could write {} KiB before blocking; ringlb RSS grew {grown} KiB",
+            sent / 1024
+        );
+        assert!(
+            sent < 32 * 1024 * 1024,
+            "{mode}: no backpressure: {sent} bytes accepted"
+        );
+        assert!(grown < 16 * 1024, "{mode}: ringlb buffered {grown} KiB");
+        // Once the backend reads again, everything arrives.
+        backend.resume();
+        c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || backend.bytes_read()
+                == sent as u64),
+            "{mode}: backend read {} of {sent} bytes",
+            backend.bytes_read()
+        );
+    }
+}
