@@ -27,6 +27,10 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// `auto`: this many consecutive reads that fill the whole buffer mark a bulk stream, which
 /// then moves to splice (measured: splice wins only for bulk; see README "Forwarding").
 const AUTO_SPLICE_AFTER_FULL_READS: u32 = 4;
+/// `auto`: after this many consecutive splice bursts (readiness to EAGAIN) that each moved
+/// less than `AUTO_SMALL_BURST`, the direction is back to small messages and copies again.
+const AUTO_COPY_AFTER_SMALL_BURSTS: u32 = 8;
+const AUTO_SMALL_BURST: u64 = 16 * 1024;
 /// Pipe capacity for splice; one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
 
@@ -238,16 +242,24 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
         }
     }
     let mut forwarded = 0;
-    if forwarding != Forwarding::Splice {
-        match copy_half(link, dir, forwarding == Forwarding::Auto, &mut forwarded).await {
-            CopyEnd::Done => return forwarded,
-            CopyEnd::Bulk => link.counters.splice_switches.add(1),
+    let auto = forwarding == Forwarding::Auto;
+    loop {
+        if forwarding != Forwarding::Splice {
+            match copy_half(link, dir, auto, &mut forwarded).await {
+                CopyEnd::Done => return forwarded,
+                CopyEnd::Bulk => link.counters.splice_switches.add(1),
+            }
+        }
+        match splice_half(link, dir, pipes, auto, &mut forwarded).await {
+            SpliceEnd::Done => return forwarded,
+            SpliceEnd::NoPipe => {
+                copy_half(link, dir, false, &mut forwarded).await;
+                return forwarded;
+            }
+            // A long-lived link back to small messages after a bulk phase.
+            SpliceEnd::BackToCopy => link.counters.copy_switches.add(1),
         }
     }
-    if let SpliceEnd::NoPipe = splice_half(link, dir, pipes, &mut forwarded).await {
-        copy_half(link, dir, false, &mut forwarded).await;
-    }
-    forwarded
 }
 
 enum CopyEnd {
@@ -365,6 +377,8 @@ enum SpliceEnd {
     Done,
     /// No pipe could be had (fd limit): continue this direction by copying.
     NoPipe,
+    /// `auto`: the bulk phase is over (only small bursts lately): copy again.
+    BackToCopy,
 }
 
 /// socket → pipe → socket. Every splice is non-blocking and issued only after a readiness
@@ -373,6 +387,7 @@ async fn splice_half(
     link: &Link<'_>,
     dir: Dir,
     pipes: &PipePool,
+    auto: bool,
     forwarded: &mut u64,
 ) -> SpliceEnd {
     let (from, to) = link.sockets(dir);
@@ -386,6 +401,7 @@ async fn splice_half(
             return SpliceEnd::Done;
         }
     }
+    let mut small_bursts = 0;
     loop {
         if link.is_aborted() {
             return SpliceEnd::Done;
@@ -397,10 +413,21 @@ async fn splice_half(
                 return SpliceEnd::NoPipe;
             }
         };
+        let before = *forwarded;
         if !splice_burst(link, dir, &pipe, forwarded).await {
             return SpliceEnd::Done;
         }
         pipes.give(pipe);
+        if auto {
+            small_bursts = if *forwarded - before < AUTO_SMALL_BURST {
+                small_bursts + 1
+            } else {
+                0
+            };
+            if small_bursts >= AUTO_COPY_AFTER_SMALL_BURSTS {
+                return SpliceEnd::BackToCopy;
+            }
+        }
         match uring::poll(from, POLLIN).await {
             Ok(_) => {}
             Err(e) if is_cancelled(&e) => return SpliceEnd::Done,

@@ -55,8 +55,10 @@ pub struct WorkerCounters {
     pub bytes_in: Counter,
     /// backend → client bytes.
     pub bytes_out: Counter,
-    /// Connections moved from copy to splice by `forwarding: auto`.
+    /// Connection directions moved from copy to splice by `forwarding: auto`.
     pub splice_switches: Counter,
+    /// …and back to copy once their bulk phase ended.
+    pub copy_switches: Counter,
     // UDP
     pub udp_sessions_active: Counter,
     pub udp_sessions_created: Counter,

@@ -599,3 +599,45 @@ fn backend_that_stops_reading_applies_backpressure() {
         );
     }
 }
+
+/// `auto` moves a bulk direction to splice and, once the link is back to small messages,
+/// back to copy — a settlement link that starts with a bulk sync does not pay splice's
+/// per-message cost forever.
+#[test]
+fn auto_switches_to_splice_for_bulk_and_back_for_small_messages() {
+    let backend = EchoBackend::start();
+    let mut y = yaml(&[backend.addr()], "forwarding: auto");
+    y.insert_str(0, "admin: 127.0.0.1:0\n");
+    let lb = Ringlb::start(bin(), &y);
+    let mut c = connect(lb.listener_addr("t"));
+    const BULK: usize = 8 * 1024 * 1024;
+    let mut writer = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![42u8; 256 * 1024];
+        for _ in 0..BULK / chunk.len() {
+            writer.write_all(&chunk).unwrap();
+        }
+    });
+    let mut back = vec![0u8; BULK];
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.read_exact(&mut back).expect("bulk echoed back");
+    sender.join().unwrap();
+    assert!(back.iter().all(|&b| b == 42));
+    for i in 0..40 {
+        assert_echo(&mut c, format!("small message {i}").as_bytes());
+    }
+    let metric = |name: &str| -> u64 {
+        let (status, body) = lb.http_get("/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find(|l| l.starts_with(&format!("{name}{{listener=\"t\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let to_splice = metric("ringlb_splice_switches_total");
+    let to_copy = metric("ringlb_copy_switches_total");
+    eprintln!("auto: {to_splice} direction(s) to splice, {to_copy} back to copy");
+    assert!(to_splice >= 1, "bulk must move to splice");
+    assert!(to_copy >= 1, "small messages must move back to copy");
+}

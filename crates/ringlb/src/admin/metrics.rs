@@ -111,6 +111,7 @@ struct ListenerView {
     bytes_in: u64,
     bytes_out: u64,
     splice_switches: u64,
+    copy_switches: u64,
     udp_sessions: u64,
     udp_created: u64,
     udp_expired: u64,
@@ -167,6 +168,7 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
         bytes_in: sum(shared, |w| w.bytes_in.get()),
         bytes_out: sum(shared, |w| w.bytes_out.get()),
         splice_switches: sum(shared, |w| w.splice_switches.get()),
+        copy_switches: sum(shared, |w| w.copy_switches.get()),
         udp_sessions: if i64::try_from(udp_sessions).is_ok() {
             udp_sessions
         } else {
@@ -276,6 +278,19 @@ pub fn render(registry: &Registry) -> String {
             "ringlb_splice_switches_total",
             &[("listener", &v.name)],
             v.splice_switches,
+        );
+    }
+
+    out.family(
+        "ringlb_copy_switches_total",
+        "counter",
+        "TCP connection directions moved back from splice to copy by forwarding: auto.",
+    );
+    for v in &tcp {
+        out.sample(
+            "ringlb_copy_switches_total",
+            &[("listener", &v.name)],
+            v.copy_switches,
         );
     }
 
