@@ -197,13 +197,14 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     }
     let client = Rc::new(client);
     let backend = Rc::new(backend);
-    // The address this client actually reached (a wildcard bind has many).
-    let local_addr = client
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(shared.bound);
-    if let Some(header) = proxy_header(settings.proxy_protocol, peer, local_addr) {
+    if let Some(header) = proxy_header(settings.proxy_protocol, peer, || {
+        // The address this client actually reached (a wildcard bind has many).
+        client
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(shared.bound)
+    }) {
         let (res, _) = uring::send_all(&backend, header).await;
         if res.is_err() {
             let _ = backend.set_linger(Some(Duration::ZERO));
@@ -224,13 +225,18 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     access_finished(shared, &peer, &label, started, &report);
 }
 
-fn proxy_header(mode: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+/// `local` is asked only when a header is sent: it costs a getsockname.
+fn proxy_header(
+    mode: ProxyProtocol,
+    client: SocketAddr,
+    local: impl FnOnce() -> SocketAddr,
+) -> Option<Vec<u8>> {
     match mode {
         ProxyProtocol::None => None,
-        ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local)),
+        ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local())),
         ProxyProtocol::V2 => Some(proxy_protocol::v2(
             client,
-            local,
+            local(),
             proxy_protocol::Transport::Stream,
         )),
     }
