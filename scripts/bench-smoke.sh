@@ -3,6 +3,8 @@
 # (ephemeral ports), runs every load mode for DURATION (2s) against them, and fails on any
 # error or an empty result. No proxies, no installs. Every process is stopped by PID on exit.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-2s}
@@ -18,13 +20,7 @@ BENCH=$ROOT/target/$PROFILE/ringlb-bench
 WORK=$(mktemp -d /tmp/ringlb-bench-smoke.XXXXXX)
 PIDS=()
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     rm -rf "$WORK"
 }
 trap cleanup EXIT

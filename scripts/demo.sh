@@ -6,6 +6,8 @@
 # restarted (traffic returns), and the /metrics lines that show it.
 # Every process it starts is stopped by PID on exit. Traffic stays on 127.0.0.1.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -26,13 +28,7 @@ BENCH=$ROOT/target/release/ringlb-bench
 WORK=$(mktemp -d /tmp/ringlb-demo.XXXXXX)
 declare -A PID_OF
 cleanup() {
-    local p
-    for p in "${PID_OF[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PID_OF[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${PID_OF[@]}"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
