@@ -54,6 +54,10 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// it the loop sends inline, so a backend that stops draining cannot pile up buffers.
 const SENDS_IN_FLIGHT_MAX: usize = 32;
 
+/// Replies arriving one per wake-up: still probe for a burst on every this-many wake-ups
+/// (a power of two).
+const PROBE_EVERY: u32 = 8;
+
 /// One UDP listener on one worker.
 pub(crate) struct UdpListener {
     local: Rc<Local>,
@@ -625,6 +629,11 @@ async fn receive_loop(local: Rc<Local>) {
 /// Backend → client for one leg: wait for readiness (no buffer held while idle), then
 /// drain what is queued with pooled buffers, answering from the listener socket.
 async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket>) {
+    // Request/response traffic brings one reply per wake-up: probing for a second one
+    // costs a recv that fails with EAGAIN. Probe only while replies come in bursts, and
+    // re-check every PROBE_EVERY wake-ups whether they do.
+    let mut bursty = true;
+    let mut wakeups = 0u32;
     'outer: while session.is_current(&socket) {
         if let Err(e) = uring::poll(&socket, libc::POLLIN as u32).await {
             if e.raw_os_error() != Some(libc::ECANCELED) {
@@ -632,8 +641,14 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
             }
             break;
         }
+        wakeups = wakeups.wrapping_add(1);
+        let probe = bursty || wakeups & (PROBE_EVERY - 1) == 0;
+        let mut received = 0u32;
         let mut d = local.take_dgram();
         loop {
+            if received == 1 && !probe {
+                break;
+            }
             if !session.is_current(&socket) {
                 local.put_dgram(d);
                 break 'outer;
@@ -645,6 +660,10 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
                     local.counters().udp_drops_truncated.add(1);
                 }
                 Ok(n) => {
+                    received += 1;
+                    if received == 2 {
+                        bursty = true;
+                    }
                     session.last.set(local.now_ms.get());
                     let (res, back) =
                         ops::sendmsg_to(&local.socket, d, n, session.client, session.reply_from)
@@ -667,7 +686,12 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
                         }
                     }
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    if received == 1 {
+                        bursty = false;
+                    }
+                    break;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     // ICMP port unreachable: the backend's port is closed. A passive
                     // failure for the prober; the session moves on its next datagram
