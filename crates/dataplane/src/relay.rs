@@ -24,15 +24,21 @@ use crate::uring;
 /// Copy buffer per direction. Allocated only once the direction first has data, so idle
 /// connections hold none.
 const COPY_BUFFER: usize = 64 * 1024;
-/// A direction that fills its buffer on `GROW_AFTER_FULL_READS` consecutive reads is a bulk
-/// stream and gets this bigger buffer: fewer recv/send pairs per byte. Measured: with it,
-/// copy moves more than splice for 1 and 4 streams (see README "Forwarding modes").
+/// `copy`: a direction that fills its buffer on `GROW_AFTER_FULL_READS` consecutive reads
+/// is a bulk stream and gets this bigger buffer (fewer recv/send pairs per byte); it goes
+/// back to `COPY_BUFFER` after `SHRINK_AFTER_SMALL_READS` consecutive reads under
+/// `SMALL_READ`, so a long-lived link does not keep 256 KiB per direction after a bulk phase.
 const COPY_BUFFER_BULK: usize = 256 * 1024;
 const GROW_AFTER_FULL_READS: u32 = 4;
-/// Back to the small buffer after this many consecutive reads under `SMALL_READ`: a
-/// long-lived link that had a bulk phase does not keep 256 KiB per direction forever.
 const SHRINK_AFTER_SMALL_READS: u32 = 8;
 const SMALL_READ: usize = 16 * 1024;
+/// `auto`: this many consecutive reads that fill the whole buffer mark a bulk stream, which
+/// then moves to splice (measured: splice wins only for bulk; see README "Forwarding").
+const AUTO_SPLICE_AFTER_FULL_READS: u32 = 4;
+/// `auto`: after this many consecutive splice bursts (readiness to EAGAIN) that each moved
+/// less than `AUTO_SMALL_BURST`, the direction is back to small messages and copies again.
+const AUTO_COPY_AFTER_SMALL_BURSTS: u32 = 8;
+const AUTO_SMALL_BURST: u64 = 16 * 1024;
 /// Pipe capacity for splice; one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
 
@@ -244,19 +250,33 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
         }
     }
     let mut forwarded = 0;
-    if forwarding == Forwarding::Splice {
-        match splice_half(link, dir, pipes, &mut forwarded).await {
+    let auto = forwarding == Forwarding::Auto;
+    loop {
+        if forwarding != Forwarding::Splice {
+            match copy_half(link, dir, auto, &mut forwarded).await {
+                CopyEnd::Done => return forwarded,
+                CopyEnd::Bulk => link.counters.splice_switches.add(1),
+            }
+        }
+        match splice_half(link, dir, pipes, auto, &mut forwarded).await {
             SpliceEnd::Done => return forwarded,
-            SpliceEnd::NoPipe => {}
+            SpliceEnd::NoPipe => {
+                copy_half(link, dir, false, &mut forwarded).await;
+                return forwarded;
+            }
+            // A long-lived link back to small messages after a bulk phase.
+            SpliceEnd::BackToCopy => link.counters.copy_switches.add(1),
         }
     }
-    // `copy`, `auto` (which measured fastest as copy for every workload here), or splice
-    // without a pipe.
-    copy_half(link, dir, &mut forwarded).await;
-    forwarded
 }
 
-async fn copy_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
+enum CopyEnd {
+    Done,
+    /// `auto` saw a bulk stream: continue this direction with splice.
+    Bulk,
+}
+
+async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
     let (from, to) = link.sockets(dir);
     let mut buf = Vec::with_capacity(COPY_BUFFER);
     let (mut full_reads, mut small_reads) = (0, 0);
@@ -264,7 +284,7 @@ async fn copy_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
     let mut drained = false;
     loop {
         if link.is_aborted() {
-            return;
+            return CopyEnd::Done;
         }
         let (res, returned) = uring::recv(from, buf, drained).await;
         buf = returned;
@@ -273,32 +293,39 @@ async fn copy_half(link: &Link<'_>, dir: Dir, forwarded: &mut u64) {
                 if !link.is_aborted() {
                     link.eof(dir);
                 }
-                return;
+                return CopyEnd::Done;
             }
             Ok(n) => n,
-            Err(e) if is_cancelled(&e) => return,
+            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
             Err(_) => {
                 link.abort(dir.reset_reason_reading(), true).await;
-                return;
+                return CopyEnd::Done;
             }
         };
         link.touch(dir, n);
         // A short read emptied the socket; a full one probably left more behind.
-        let full = n == buf.capacity();
-        drained = !full;
+        drained = n < buf.capacity();
         let (res, returned) = uring::send_all(to, buf).await;
         buf = returned;
         match res {
             Ok(()) => *forwarded += n as u64,
-            Err(e) if is_cancelled(&e) => return,
+            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
             Err(_) => {
                 link.abort(dir.reset_reason_writing(), true).await;
-                return;
+                return CopyEnd::Done;
             }
         }
-        full_reads = if full { full_reads + 1 } else { 0 };
+        full_reads = if n == buf.capacity() {
+            full_reads + 1
+        } else {
+            0
+        };
         small_reads = if n < SMALL_READ { small_reads + 1 } else { 0 };
-        if full_reads >= GROW_AFTER_FULL_READS && buf.capacity() < COPY_BUFFER_BULK {
+        if auto {
+            if full_reads >= AUTO_SPLICE_AFTER_FULL_READS {
+                return CopyEnd::Bulk;
+            }
+        } else if full_reads >= GROW_AFTER_FULL_READS && buf.capacity() < COPY_BUFFER_BULK {
             buf = Vec::with_capacity(COPY_BUFFER_BULK);
             link.counters.bulk_buffer_grows.add(1);
         } else if small_reads >= SHRINK_AFTER_SMALL_READS && buf.capacity() > COPY_BUFFER {
@@ -364,6 +391,8 @@ enum SpliceEnd {
     Done,
     /// No pipe could be had (fd limit): continue this direction by copying.
     NoPipe,
+    /// `auto`: the bulk phase is over (only small bursts lately): copy again.
+    BackToCopy,
 }
 
 /// socket → pipe → socket. Every splice is non-blocking and issued only after a readiness
@@ -372,6 +401,7 @@ async fn splice_half(
     link: &Link<'_>,
     dir: Dir,
     pipes: &PipePool,
+    auto: bool,
     forwarded: &mut u64,
 ) -> SpliceEnd {
     let (from, to) = link.sockets(dir);
@@ -385,6 +415,7 @@ async fn splice_half(
             return SpliceEnd::Done;
         }
     }
+    let mut small_bursts = 0;
     loop {
         if link.is_aborted() {
             return SpliceEnd::Done;
@@ -396,10 +427,21 @@ async fn splice_half(
                 return SpliceEnd::NoPipe;
             }
         };
+        let before = *forwarded;
         if !splice_burst(link, dir, &pipe, forwarded).await {
             return SpliceEnd::Done;
         }
         pipes.give(pipe);
+        if auto {
+            small_bursts = if *forwarded - before < AUTO_SMALL_BURST {
+                small_bursts + 1
+            } else {
+                0
+            };
+            if small_bursts >= AUTO_COPY_AFTER_SMALL_BURSTS {
+                return SpliceEnd::BackToCopy;
+            }
+        }
         match uring::poll(from, POLLIN).await {
             Ok(_) => {}
             Err(e) if is_cancelled(&e) => return SpliceEnd::Done,

@@ -55,7 +55,11 @@ pub struct WorkerCounters {
     pub bytes_in: Counter,
     /// backend → client bytes.
     pub bytes_out: Counter,
-    /// Connection directions whose copy buffer grew for a bulk stream.
+    /// Connection directions moved from copy to splice by `forwarding: auto`.
+    pub splice_switches: Counter,
+    /// …and back to copy once their bulk phase ended.
+    pub copy_switches: Counter,
+    /// `copy`: connection directions whose buffer grew for a bulk stream.
     pub bulk_buffer_grows: Counter,
     // UDP
     pub udp_sessions_active: Counter,

@@ -262,7 +262,7 @@ listeners:
         ("ringlb_listener_active_connections", PrometheusType::Gauge),
         ("ringlb_health_transitions_total", PrometheusType::Counter),
         ("ringlb_reloads_total", PrometheusType::Counter),
-        ("ringlb_bulk_buffer_grows_total", PrometheusType::Counter),
+        ("ringlb_splice_switches_total", PrometheusType::Counter),
     ] {
         assert_eq!(before.family_type(name), kind, "{name}");
     }

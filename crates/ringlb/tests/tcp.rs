@@ -600,10 +600,11 @@ fn backend_that_stops_reading_applies_backpressure() {
     }
 }
 
-/// A bulk stream gets the big copy buffer (counted), and the same connection then carries
-/// small messages again normally.
+/// `auto` moves a bulk direction to splice and, once the link is back to small messages,
+/// back to copy — a settlement link that starts with a bulk sync does not pay splice's
+/// per-message cost forever.
 #[test]
-fn bulk_stream_grows_the_copy_buffer_then_small_messages_flow() {
+fn auto_switches_to_splice_for_bulk_and_back_for_small_messages() {
     let backend = EchoBackend::start();
     let mut y = yaml(&[backend.addr()], "forwarding: auto");
     y.insert_str(0, "admin: 127.0.0.1:0\n");
@@ -634,7 +635,45 @@ fn bulk_stream_grows_the_copy_buffer_then_small_messages_flow() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let grows = metric("ringlb_bulk_buffer_grows_total");
-    eprintln!("auto: {grows} direction(s) grew their copy buffer");
+    let to_splice = metric("ringlb_splice_switches_total");
+    let to_copy = metric("ringlb_copy_switches_total");
+    eprintln!("auto: {to_splice} direction(s) to splice, {to_copy} back to copy");
+    assert!(to_splice >= 1, "bulk must move to splice");
+    assert!(to_copy >= 1, "small messages must move back to copy");
+}
+
+/// `copy`: a bulk stream gets the 256 KiB buffer (counted), and the same connection then
+/// carries small messages normally.
+#[test]
+fn copy_grows_its_buffer_for_a_bulk_stream() {
+    let backend = EchoBackend::start();
+    let mut y = yaml(&[backend.addr()], "forwarding: copy");
+    y.insert_str(0, "admin: 127.0.0.1:0\n");
+    let lb = Ringlb::start(bin(), &y);
+    let mut c = connect(lb.listener_addr("t"));
+    const BULK: usize = 8 * 1024 * 1024;
+    let mut writer = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![9u8; 256 * 1024];
+        for _ in 0..BULK / chunk.len() {
+            writer.write_all(&chunk).unwrap();
+        }
+    });
+    let mut back = vec![0u8; BULK];
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.read_exact(&mut back).expect("bulk echoed back");
+    sender.join().unwrap();
+    assert!(back.iter().all(|&b| b == 9));
+    for i in 0..40 {
+        assert_echo(&mut c, format!("small message {i}").as_bytes());
+    }
+    let (status, body) = lb.http_get("/metrics");
+    assert_eq!(status, 200);
+    let grows: u64 = body
+        .lines()
+        .find(|l| l.starts_with("ringlb_bulk_buffer_grows_total{listener=\"t\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!(grows >= 1, "an 8 MiB stream must get the bulk buffer");
 }

@@ -110,6 +110,8 @@ struct ListenerView {
     denied: [(DenyReason, u64); DenyReason::ALL.len()],
     bytes_in: u64,
     bytes_out: u64,
+    splice_switches: u64,
+    copy_switches: u64,
     bulk_buffer_grows: u64,
     udp_sessions: u64,
     udp_created: u64,
@@ -166,6 +168,8 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
         denied: DenyReason::ALL.map(|r| (r, sum(shared, |w| w.denied(r).get()))),
         bytes_in: sum(shared, |w| w.bytes_in.get()),
         bytes_out: sum(shared, |w| w.bytes_out.get()),
+        splice_switches: sum(shared, |w| w.splice_switches.get()),
+        copy_switches: sum(shared, |w| w.copy_switches.get()),
         bulk_buffer_grows: sum(shared, |w| w.bulk_buffer_grows.get()),
         udp_sessions: if i64::try_from(udp_sessions).is_ok() {
             udp_sessions
@@ -267,9 +271,35 @@ pub fn render(registry: &Registry) -> String {
     }
 
     out.family(
+        "ringlb_splice_switches_total",
+        "counter",
+        "TCP connection directions moved from copy to splice by forwarding: auto.",
+    );
+    for v in &tcp {
+        out.sample(
+            "ringlb_splice_switches_total",
+            &[("listener", &v.name)],
+            v.splice_switches,
+        );
+    }
+
+    out.family(
+        "ringlb_copy_switches_total",
+        "counter",
+        "TCP connection directions moved back from splice to copy by forwarding: auto.",
+    );
+    for v in &tcp {
+        out.sample(
+            "ringlb_copy_switches_total",
+            &[("listener", &v.name)],
+            v.copy_switches,
+        );
+    }
+
+    out.family(
         "ringlb_bulk_buffer_grows_total",
         "counter",
-        "TCP connection directions whose copy buffer grew from 64 KiB to 256 KiB for a bulk stream.",
+        "TCP connection directions (forwarding: copy) whose buffer grew from 64 KiB to 256 KiB for a bulk stream.",
     );
     for v in &tcp {
         out.sample(
