@@ -24,17 +24,18 @@ use crate::uring;
 /// Copy buffer per direction. Allocated only once the direction first has data, so idle
 /// connections hold none.
 const COPY_BUFFER: usize = 64 * 1024;
-/// `copy`: a direction that fills its buffer on `GROW_AFTER_FULL_READS` consecutive reads
-/// is a bulk stream and gets this bigger buffer (fewer recv/send pairs per byte); it goes
+/// A direction whose last `BULK_AFTER_BIG_READS` reads each brought at least `BIG_READ` is
+/// carrying a bulk stream. Not "full reads": until TCP autotuning grows the receive buffer
+/// (it may never, on a loaded host) a backlogged socket yields ~94 KiB per window, read as
+/// 64 KiB + 30 KiB, and a small-message link never brings 16 KiB four times in a row.
+const BIG_READ: usize = 16 * 1024;
+const BULK_AFTER_BIG_READS: u32 = 4;
+/// `copy`: a bulk direction gets this bigger buffer (fewer recv/send pairs per byte) and goes
 /// back to `COPY_BUFFER` after `SHRINK_AFTER_SMALL_READS` consecutive reads under
-/// `SMALL_READ`, so a long-lived link does not keep 256 KiB per direction after a bulk phase.
+/// `BIG_READ`, so a long-lived link does not keep 256 KiB per direction after a bulk phase.
+/// `auto`: a bulk direction moves to splice instead (cheaper per byte, see README).
 const COPY_BUFFER_BULK: usize = 256 * 1024;
-const GROW_AFTER_FULL_READS: u32 = 4;
 const SHRINK_AFTER_SMALL_READS: u32 = 8;
-const SMALL_READ: usize = 16 * 1024;
-/// `auto`: this many consecutive reads that fill the whole buffer mark a bulk stream, which
-/// then moves to splice (measured: splice wins only for bulk; see README "Forwarding").
-const AUTO_SPLICE_AFTER_FULL_READS: u32 = 4;
 /// `auto`: after this many consecutive splice bursts (readiness to EAGAIN) that each moved
 /// less than `AUTO_SMALL_BURST`, the direction is back to small messages and copies again.
 const AUTO_COPY_AFTER_SMALL_BURSTS: u32 = 8;
@@ -279,7 +280,7 @@ enum CopyEnd {
 async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
     let (from, to) = link.sockets(dir);
     let mut buf = Vec::with_capacity(COPY_BUFFER);
-    let (mut full_reads, mut small_reads) = (0, 0);
+    let (mut big_reads, mut small_reads) = (0, 0);
     // The readiness gate just said data is there: try the recv at once.
     let mut drained = false;
     loop {
@@ -315,17 +316,16 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
                 return CopyEnd::Done;
             }
         }
-        full_reads = if n == buf.capacity() {
-            full_reads + 1
+        (big_reads, small_reads) = if n >= BIG_READ {
+            (big_reads + 1, 0)
         } else {
-            0
+            (0, small_reads + 1)
         };
-        small_reads = if n < SMALL_READ { small_reads + 1 } else { 0 };
         if auto {
-            if full_reads >= AUTO_SPLICE_AFTER_FULL_READS {
+            if big_reads >= BULK_AFTER_BIG_READS {
                 return CopyEnd::Bulk;
             }
-        } else if full_reads >= GROW_AFTER_FULL_READS && buf.capacity() < COPY_BUFFER_BULK {
+        } else if big_reads >= BULK_AFTER_BIG_READS && buf.capacity() < COPY_BUFFER_BULK {
             buf = Vec::with_capacity(COPY_BUFFER_BULK);
             link.counters.bulk_buffer_grows.add(1);
         } else if small_reads >= SHRINK_AFTER_SMALL_READS && buf.capacity() > COPY_BUFFER {

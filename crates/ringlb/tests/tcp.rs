@@ -526,7 +526,15 @@ fn splice_serves_many_concurrent_small_exchanges() {
 #[test]
 fn quiet_splice_connections_hold_no_pipes() {
     let backend = EchoBackend::start();
-    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], "forwarding: splice"));
+    // A loaded machine can overflow the test backend's accept queue with 200 connects
+    // (SYNs retried after 1 s): a generous connect timeout keeps that from failing a client.
+    let lb = Ringlb::start(
+        bin(),
+        &yaml(
+            &[backend.addr()],
+            "forwarding: splice\nconnect_timeout: 10s",
+        ),
+    );
     let addr = lb.listener_addr("t");
     let mut conns: Vec<_> = (0..200).map(|_| connect(addr)).collect();
     for (i, c) in conns.iter_mut().enumerate() {
@@ -600,80 +608,108 @@ fn backend_that_stops_reading_applies_backpressure() {
     }
 }
 
-/// `auto` moves a bulk direction to splice and, once the link is back to small messages,
-/// back to copy — a settlement link that starts with a bulk sync does not pay splice's
-/// per-message cost forever.
-#[test]
-fn auto_switches_to_splice_for_bulk_and_back_for_small_messages() {
-    let backend = EchoBackend::start();
-    let mut y = yaml(&[backend.addr()], "forwarding: auto");
-    y.insert_str(0, "admin: 127.0.0.1:0\n");
-    let lb = Ringlb::start(bin(), &y);
-    let mut c = connect(lb.listener_addr("t"));
-    const BULK: usize = 8 * 1024 * 1024;
+/// Push `total` bytes to a backend that is not reading yet, so the bytes queue up inside
+/// ringlb's client socket; then let the backend read. ringlb's reads now fill their buffer
+/// every time — what a bulk stream looks like — whatever the machine's load.
+fn backlogged_upload(lb: &Ringlb, backend: &SlowBackend, total: usize) -> std::net::TcpStream {
+    // A big client send buffer keeps megabytes queued in the client's kernel, which refills
+    // ringlb's socket as fast as ringlb reads — even when this test thread is starved of CPU.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_send_buffer_size(4 * 1024 * 1024).unwrap();
+    socket
+        .connect_timeout(&lb.listener_addr("t").into(), Duration::from_secs(5))
+        .unwrap();
+    let c: std::net::TcpStream = socket.into();
     let mut writer = c.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = std::sync::Arc::clone(&written);
     let sender = std::thread::spawn(move || {
-        let chunk = vec![42u8; 256 * 1024];
-        for _ in 0..BULK / chunk.len() {
+        let chunk = vec![5u8; 256 * 1024];
+        for _ in 0..total / chunk.len() {
             writer.write_all(&chunk).unwrap();
+            progress.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
         }
     });
-    let mut back = vec![0u8; BULK];
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.read_exact(&mut back).expect("bulk echoed back");
+    // Open the tap only once the path is full: the backend holds the connection and the
+    // writer has stopped making progress (a readiness wait, not a guessed delay).
+    assert!(backend.wait_accepted(1, Duration::from_secs(20)));
+    let mut last = usize::MAX;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            let stalled = now == last && now >= 1024 * 1024;
+            last = now;
+            stalled
+        }),
+        "the writer never blocked"
+    );
+    backend.resume();
     sender.join().unwrap();
-    assert!(back.iter().all(|&b| b == 42));
-    for i in 0..40 {
-        assert_echo(&mut c, format!("small message {i}").as_bytes());
-    }
-    let metric = |name: &str| -> u64 {
-        let (status, body) = lb.http_get("/metrics");
-        assert_eq!(status, 200);
-        body.lines()
-            .find(|l| l.starts_with(&format!("{name}{{listener=\"t\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let to_splice = metric("ringlb_splice_switches_total");
-    let to_copy = metric("ringlb_copy_switches_total");
-    eprintln!("auto: {to_splice} direction(s) to splice, {to_copy} back to copy");
-    assert!(to_splice >= 1, "bulk must move to splice");
-    assert!(to_copy >= 1, "small messages must move back to copy");
+    assert!(
+        wait_until(Duration::from_secs(60), || backend.bytes_read()
+            == total as u64),
+        "backend read {} of {total} bytes",
+        backend.bytes_read()
+    );
+    c
 }
 
-/// `copy`: a bulk stream gets the 256 KiB buffer (counted), and the same connection then
-/// carries small messages normally.
+fn metric(lb: &Ringlb, name: &str) -> u64 {
+    let (status, body) = lb.http_get("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{listener=\"t\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `copy`: a bulk stream gets the 256 KiB buffer (counted).
 #[test]
 fn copy_grows_its_buffer_for_a_bulk_stream() {
-    let backend = EchoBackend::start();
+    let backend = SlowBackend::start();
     let mut y = yaml(&[backend.addr()], "forwarding: copy");
     y.insert_str(0, "admin: 127.0.0.1:0\n");
     let lb = Ringlb::start(bin(), &y);
-    let mut c = connect(lb.listener_addr("t"));
-    const BULK: usize = 8 * 1024 * 1024;
-    let mut writer = c.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let chunk = vec![9u8; 256 * 1024];
-        for _ in 0..BULK / chunk.len() {
-            writer.write_all(&chunk).unwrap();
-        }
-    });
-    let mut back = vec![0u8; BULK];
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.read_exact(&mut back).expect("bulk echoed back");
-    sender.join().unwrap();
-    assert!(back.iter().all(|&b| b == 9));
-    for i in 0..40 {
-        assert_echo(&mut c, format!("small message {i}").as_bytes());
+    let _c = backlogged_upload(&lb, &backend, 16 * 1024 * 1024);
+    let grows = metric(&lb, "ringlb_bulk_buffer_grows_total");
+    eprintln!("copy: {grows} direction(s) grew their buffer");
+    assert!(
+        grows >= 1,
+        "a backlogged 16 MiB stream must get the bulk buffer"
+    );
+}
+
+/// `auto` moves a bulk direction to splice and, once the link is back to small messages,
+/// back to copy: a settlement link that starts with a bulk sync does not pay splice's
+/// per-message cost forever.
+#[test]
+fn auto_switches_to_splice_for_bulk_and_back_for_small_messages() {
+    let backend = SlowBackend::start();
+    let mut y = yaml(&[backend.addr()], "forwarding: auto");
+    y.insert_str(0, "admin: 127.0.0.1:0\n");
+    let lb = Ringlb::start(bin(), &y);
+    let mut c = backlogged_upload(&lb, &backend, 16 * 1024 * 1024);
+    assert!(
+        metric(&lb, "ringlb_splice_switches_total") >= 1,
+        "bulk must move to splice"
+    );
+    // Small messages, one burst each (the backend has read each before the next is sent).
+    for i in 0..12 {
+        let before = backend.bytes_read();
+        c.write_all(format!("small message {i}").as_bytes())
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || backend.bytes_read() > before));
     }
-    let (status, body) = lb.http_get("/metrics");
-    assert_eq!(status, 200);
-    let grows: u64 = body
-        .lines()
-        .find(|l| l.starts_with("ringlb_bulk_buffer_grows_total{listener=\"t\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(grows >= 1, "an 8 MiB stream must get the bulk buffer");
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            &lb,
+            "ringlb_copy_switches_total"
+        ) >= 1),
+        "small messages must move the direction back to copy"
+    );
 }
