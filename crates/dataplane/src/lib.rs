@@ -8,6 +8,7 @@
 
 mod listener;
 pub mod proxy_protocol;
+mod ratelog;
 mod relay;
 pub mod stats;
 pub mod sys;

@@ -79,3 +79,12 @@ impl Drop for Admission<'_> {
         self.0.release();
     }
 }
+
+/// Whether `peer` passes the listener's source allow-list (empty: everyone).
+pub(crate) fn is_allowed(settings: &Listener, peer: &SocketAddr) -> bool {
+    if settings.allow.is_empty() {
+        return true;
+    }
+    let ip = peer.ip().to_canonical();
+    settings.allow.iter().any(|net| net.contains(&ip))
+}

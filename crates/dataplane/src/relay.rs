@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use ringlb_config::Forwarding;
 use socket2::Socket;
-use tokio::sync::Notify;
 
 use crate::stats::WorkerCounters;
 use crate::uring;
+use crate::worker::Cut;
 
 /// Copy buffer per direction. Allocated only once the direction first has data, so idle
 /// connections hold none.
@@ -173,14 +173,14 @@ fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
 }
 
-/// Forward until both directions are done. `cut` is notified when shutdown_timeout expires.
+/// Forward until both directions are done. `cut` fires when shutdown_timeout expires.
 pub async fn relay(
     client: Rc<Socket>,
     backend: Rc<Socket>,
     forwarding: Forwarding,
     idle_timeout: Duration,
     counters: &WorkerCounters,
-    cut: &Notify,
+    cut: &Cut,
     pipes: &PipePool,
 ) -> RelayReport {
     let link = Link {
@@ -215,11 +215,7 @@ pub async fn relay(
 }
 
 /// Enforces idle_timeout and the drain cut; never completes (the halves end the relay).
-async fn watchdog(
-    link: &Link<'_>,
-    idle_timeout: Duration,
-    cut: &Notify,
-) -> std::convert::Infallible {
+async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Cut) -> std::convert::Infallible {
     loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
@@ -229,7 +225,7 @@ async fn watchdog(
                     break;
                 }
             }
-            _ = cut.notified() => {
+            _ = cut.wait() => {
                 link.abort(EndReason::DrainCut, true).await;
                 break;
             }

@@ -58,6 +58,8 @@ pub fn bind_reuseport(
     for _ in 0..count.max(1) {
         let socket = reuseport_socket(bound, ty, proto).map_err(wrap)?;
         if !udp {
+            // Accepted sockets inherit TCP_NODELAY: set once here, not per connection.
+            socket.set_nodelay(true).map_err(wrap)?;
             socket.listen(LISTEN_BACKLOG).map_err(wrap)?;
         }
         if bound.port() == 0 {

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringlb_config::{Listener, ProxyProtocol};
-use ringlb_scheduler::{ActiveGuard, Tried};
+use ringlb_scheduler::{ActiveGuard, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::listener::{Admission, ListenerShared};
+use crate::listener::{is_allowed, Admission, ListenerShared};
 use crate::proxy_protocol;
+use crate::ratelog::RateLog;
 use crate::relay::{self, RelayReport};
 use crate::stats::{new_latency_histogram, DenyReason};
 use crate::uring;
@@ -24,8 +25,6 @@ use crate::worker::WorkerCtx;
 /// First back-off after an accept failed for lack of resources; doubles up to the max.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one "out of file descriptors" log line per this interval per listener and worker.
-const RESOURCE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A listener's socket on this worker; `stop` ends its accept loop.
 pub(crate) struct TcpAcceptor {
@@ -46,6 +45,8 @@ impl TcpAcceptor {
 /// This worker's view of one listener: the shared state plus worker-local latency samples.
 pub(crate) struct LocalListener {
     pub(crate) shared: Arc<ListenerShared>,
+    /// Out-of-fds lines (accept or backend socket): a flood must not flood the log.
+    resource_log: RateLog,
     connect_latency: RefCell<Histogram<u64>>,
     unpublished: Cell<bool>,
 }
@@ -54,6 +55,7 @@ impl LocalListener {
     pub(crate) fn new(shared: Arc<ListenerShared>) -> Self {
         LocalListener {
             shared,
+            resource_log: RateLog::default(),
             connect_latency: RefCell::new(new_latency_histogram()),
             unpublished: Cell::new(false),
         }
@@ -83,8 +85,6 @@ impl LocalListener {
 
 pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, acceptor: Rc<TcpAcceptor>) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut last_resource_log: Option<Instant> = None;
-    let mut suppressed = 0u64;
     while !acceptor.stopped.get() {
         let result = uring::accept(&acceptor.socket).await;
         let local = Rc::clone(&acceptor.local.borrow());
@@ -106,17 +106,9 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, acceptor: Rc<TcpAcceptor>) {
                 if let Some(c) = local.shared.workers.get(ctx.id) {
                     c.denied(DenyReason::Resources).add(1);
                 }
-                let now = Instant::now();
-                if last_resource_log.is_none_or(|t| now.duration_since(t) >= RESOURCE_LOG_INTERVAL)
-                {
-                    log::error!(
-                        "listener {name}: accept failed: {e}; backing off {backoff:?} ({suppressed} similar errors not logged)"
-                    );
-                    last_resource_log = Some(now);
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
-                }
+                local.resource_log.note(log::Level::Error, name, || {
+                    format!("accept failed: {e}; backing off {backoff:?}")
+                });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
@@ -152,14 +144,6 @@ fn reject(client: Socket) {
     drop(client);
 }
 
-fn is_allowed(settings: &Listener, peer: &SocketAddr) -> bool {
-    if settings.allow.is_empty() {
-        return true;
-    }
-    let ip = peer.ip().to_canonical();
-    settings.allow.iter().any(|net| net.contains(&ip))
-}
-
 async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, peer: SocketAddr) {
     let shared = &local.shared;
     let Some(counters) = shared.workers.get(ctx.id) else {
@@ -180,21 +164,19 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     let _admission = Admission(shared);
     let _live = ctx.enter();
     counters.connections.add(1);
-    let _ = client.set_nodelay(true);
 
-    let (backend, label, _active) = match connect_backend(&local, &settings, peer, &ctx).await {
-        Ok(connected) => connected,
-        Err(reason) => {
-            counters.denied(reason).add(1);
-            access_denied(shared, &peer, reason);
-            return reject(client);
-        }
-    };
-    if ctx.cutting.get() {
-        // Shutdown cut while this one was connecting: it is cut like the rest.
-        let _ = backend.set_linger(Some(Duration::ZERO));
-        return reject(client);
-    }
+    // The snapshot this connection was balanced with; it also names the backend in the
+    // access log, so no label is copied per connection.
+    let snapshot = shared.scheduler.snapshot();
+    let (backend, index, _active) =
+        match connect_backend(&local, &snapshot, &settings, peer, &ctx).await {
+            Ok(connected) => connected,
+            Err(reason) => {
+                counters.denied(reason).add(1);
+                access_denied(shared, &peer, reason);
+                return reject(client);
+            }
+        };
     let client = Rc::new(client);
     let backend = Rc::new(backend);
     if let Some(header) = proxy_header(settings.proxy_protocol, peer, || {
@@ -222,7 +204,11 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
         &ctx.pipes,
     )
     .await;
-    access_finished(shared, &peer, &label, started, &report);
+    let label = snapshot
+        .backends()
+        .get(index)
+        .map_or("-", |b| b.spec.label.as_str());
+    access_finished(shared, &peer, label, started, &report);
 }
 
 /// `local` is asked only when a header is sent: it costs a getsockname.
@@ -245,13 +231,14 @@ fn proxy_header(
 /// Pick and connect, retrying on other backends until `connect_attempts` distinct backends
 /// were tried. Nothing has been forwarded yet, so a retry is always safe here.
 /// The error says why the client is turned away.
+/// On success: the connected socket, the backend's index in `snapshot`, its slot.
 async fn connect_backend(
     local: &LocalListener,
+    snapshot: &Snapshot,
     settings: &Listener,
     peer: SocketAddr,
     ctx: &WorkerCtx,
-) -> Result<(Socket, String, ActiveGuard), DenyReason> {
-    let snapshot = local.shared.scheduler.snapshot();
+) -> Result<(Socket, usize, ActiveGuard), DenyReason> {
     let mut tried = Tried::new();
     let mut attempts = 0;
     while attempts < settings.connect_attempts {
@@ -267,7 +254,7 @@ async fn connect_backend(
         match connect(backend.spec.addr, settings.connect_timeout).await {
             Ok(socket) => {
                 local.record_connect(started.elapsed());
-                return Ok((socket, backend.spec.label.clone(), active));
+                return Ok((socket, index, active));
             }
             Err(ConnectError::Backend(why)) => {
                 backend.state.record_connect_failure();
@@ -279,11 +266,11 @@ async fn connect_backend(
                 );
             }
             Err(ConnectError::Local(e)) => {
-                log::warn!(
-                    "listener {}: cannot open a socket toward {}: {e}",
-                    local.shared.name,
-                    backend.spec.label
-                );
+                local
+                    .resource_log
+                    .note(log::Level::Error, &local.shared.name, || {
+                        format!("cannot open a socket toward {}: {e}", backend.spec.label)
+                    });
                 return Err(DenyReason::Resources);
             }
         }

@@ -149,10 +149,8 @@ pub(crate) struct WorkerCtx {
     live: Cell<usize>,
     /// Woken when `live` drops to zero.
     idle: Notify,
-    /// Notified at the shutdown cut: every relay resets its link.
-    pub(crate) cut: Notify,
-    /// Set at the cut, for connections that were still connecting when it was notified.
-    pub(crate) cutting: Cell<bool>,
+    /// The shutdown cut: every relay resets its link, every UDP listener ends its sessions.
+    pub(crate) cut: Cut,
     rng: Cell<u64>,
     events: Sender<WorkerEvent>,
     /// Empty splice pipes for reuse.
@@ -170,8 +168,7 @@ impl WorkerCtx {
             id,
             live: Cell::new(0),
             idle: Notify::new(),
-            cut: Notify::new(),
-            cutting: Cell::new(false),
+            cut: Cut::default(),
             rng: Cell::new(seed | 1),
             events,
             pipes: PipePool::new(),
@@ -202,6 +199,29 @@ impl WorkerCtx {
         while self.live.get() > 0 {
             self.idle.notified().await;
         }
+    }
+}
+
+/// The shutdown cut: fired once, and seen by every waiter, including those that start
+/// waiting afterwards (a connection that was still connecting when it fired).
+#[derive(Default)]
+pub(crate) struct Cut {
+    fired: Cell<bool>,
+    notify: Notify,
+}
+
+impl Cut {
+    fn fire(&self) {
+        self.fired.set(true);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) async fn wait(&self) {
+        // One thread: nothing can fire between this check and the first poll below.
+        if self.fired.get() {
+            return;
+        }
+        self.notify.notified().await;
     }
 }
 
@@ -297,8 +317,7 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
             }
             Command::Cut => {
                 let cut = ctx.live();
-                ctx.cutting.set(true);
-                ctx.cut.notify_waiters();
+                ctx.cut.fire();
                 let _ = tokio::time::timeout(CUT_GRACE, ctx.wait_idle()).await;
                 return cut;
             }

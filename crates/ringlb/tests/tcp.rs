@@ -713,3 +713,58 @@ fn auto_switches_to_splice_for_bulk_and_back_for_small_messages() {
         "small messages must move the direction back to copy"
     );
 }
+
+/// Both legs of a relayed connection have TCP_NODELAY (small settlement messages must not
+/// wait for Nagle). Inspects ringlb's own sockets through pidfd_getfd, which needs ptrace
+/// rights over the child (root, or a permissive ptrace scope); skipped otherwise.
+#[test]
+fn both_legs_have_tcp_nodelay() {
+    let backend = EchoBackend::start();
+    let lb = Ringlb::start(bin(), &yaml(&[backend.addr()], ""));
+    let mut c = connect(lb.listener_addr("t"));
+    assert_echo(&mut c, b"nodelay?");
+    // SAFETY: plain syscalls on our own child's pid; every fd we receive is closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, lb.pid() as libc::pid_t, 0) } as i32;
+    if pidfd < 0 {
+        eprintln!(
+            "SKIPPED: both_legs_have_tcp_nodelay: pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let mut established = 0;
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", lb.pid())).unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .map(|t| t.to_string_lossy().starts_with("socket:"))
+            .unwrap_or(false);
+        let Ok(target) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            unsafe { libc::close(pidfd) };
+            eprintln!("SKIPPED: both_legs_have_tcp_nodelay: pidfd_getfd: {e}");
+            return;
+        }
+        let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let connected_tcp =
+            sock.r#type().ok() == Some(socket2::Type::STREAM) && sock.peer_addr().is_ok();
+        if connected_tcp {
+            established += 1;
+            assert!(
+                sock.nodelay().unwrap(),
+                "fd {target} of ringlb lacks TCP_NODELAY"
+            );
+        }
+    }
+    unsafe { libc::close(pidfd) };
+    assert!(
+        established >= 2,
+        "expected the client and backend legs, found {established}"
+    );
+}

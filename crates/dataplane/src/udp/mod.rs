@@ -24,12 +24,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Listener, ProxyProtocol};
+use ringlb_config::ProxyProtocol;
 use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::listener::ListenerShared;
+use crate::listener::{is_allowed, ListenerShared};
 use crate::proxy_protocol::{self, Transport};
+use crate::ratelog::RateLog;
 use crate::stats::{DenyReason, WorkerCounters};
 use crate::uring;
 use crate::worker::{LiveGuard, WorkerCtx};
@@ -46,8 +47,6 @@ const POOL_MAX: usize = 32;
 /// `session_timeout`, if shorter): the replies still in flight get through, and shutdown
 /// does not wait a full timeout for clients that can no longer be told apart from gone.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
-/// At most one log line per reason per listener and worker in this interval.
-const LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after an unexpected receive error so a persistent one cannot spin the worker.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Client → backend sends running beside the receive loop, per listener and worker. Beyond
@@ -204,7 +203,6 @@ impl Local {
         }
     }
 
-    /// A client datagram of `len` bytes sits at `d.buf[HEADROOM..]`: forward it.
     /// A client datagram of `len` bytes sits at `d.buf[HEADROOM..]`: find or create its
     /// session, move it off a down or refusing backend, and write the PROXY header in front.
     /// Returns the session and where the datagram to send starts; `None`: drop it.
@@ -350,12 +348,13 @@ impl Local {
             .get(index)
             .ok_or(DenyReason::NoBackend)?;
         let socket = connected_socket(backend.spec.addr).map_err(|e| {
-            self.log_resources.note(&self.shared.name, || {
-                format!(
-                    "cannot open a udp socket toward {}: {e}",
-                    backend.spec.label
-                )
-            });
+            self.log_resources
+                .note(log::Level::Warn, &self.shared.name, || {
+                    format!(
+                        "cannot open a udp socket toward {}: {e}",
+                        backend.spec.label
+                    )
+                });
             DenyReason::Resources
         })?;
         Ok(Leg {
@@ -408,13 +407,13 @@ impl Local {
         self.counters().denied(reason).add(1);
         let name = &self.shared.name;
         match reason {
-            DenyReason::Limit => self.log_limit.note(name, || {
+            DenyReason::Limit => self.log_limit.note(log::Level::Warn, name, || {
                 format!(
                     "session table full (max_sessions={}): datagrams from new clients refused",
                     self.shared.settings.load().max_sessions
                 )
             }),
-            DenyReason::NoBackend => self.log_no_backend.note(name, || {
+            DenyReason::NoBackend => self.log_no_backend.note(log::Level::Warn, name, || {
                 "no backend available: datagrams from new clients refused".to_string()
             }),
             // Logged where the socket failed; allow-list refusals are counted only.
@@ -507,41 +506,6 @@ struct Leg {
     started: Instant,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
-}
-
-/// At most one line per `LOG_INTERVAL`, saying how many were not logged in between.
-#[derive(Default)]
-struct RateLog {
-    last: Cell<Option<Instant>>,
-    suppressed: Cell<u64>,
-}
-
-impl RateLog {
-    fn note(&self, listener: &str, message: impl FnOnce() -> String) {
-        let now = Instant::now();
-        if self
-            .last
-            .get()
-            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
-        {
-            self.suppressed.set(self.suppressed.get() + 1);
-            return;
-        }
-        let suppressed = self.suppressed.replace(0);
-        self.last.set(Some(now));
-        log::warn!(
-            "listener {listener}: {} ({suppressed} more since the last such line)",
-            message()
-        );
-    }
-}
-
-fn is_allowed(settings: &Listener, peer: &SocketAddr) -> bool {
-    if settings.allow.is_empty() {
-        return true;
-    }
-    let ip = peer.ip().to_canonical();
-    settings.allow.iter().any(|net| net.contains(&ip))
 }
 
 fn connected_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -716,9 +680,8 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
 
 /// Expiry sweep, drain and cut for one listener on this worker.
 async fn sweep_loop(local: Rc<Local>) {
-    let cut = local.ctx.cut.notified();
+    let cut = local.ctx.cut.wait();
     tokio::pin!(cut);
-    cut.as_mut().enable();
     loop {
         let mut timeout = local.shared.settings.load().session_timeout;
         if local.draining.get() {
