@@ -405,7 +405,7 @@ impl ControlPlane {
             };
             let old = removed.remove(old);
             self.rename_listener(&old, listener.clone());
-            renamed.push(format!("{old}→{}", listener.name));
+            renamed.push((old, listener.name.clone()));
         }
         for name in &removed {
             self.stop_listener(name);
@@ -413,7 +413,7 @@ impl ControlPlane {
         for listener in &new.listeners {
             if renamed
                 .iter()
-                .any(|r: &String| r.ends_with(&format!("→{}", listener.name)))
+                .any(|(_, new_name)| *new_name == listener.name)
             {
                 continue;
             }
@@ -475,7 +475,8 @@ impl ControlPlane {
         self.restart_prober();
         self.registry.reloads_ok.fetch_add(1, Ordering::Relaxed);
         if !renamed.is_empty() {
-            summary.push(format!("renamed [{}]", renamed.join(", ")));
+            let pairs: Vec<String> = renamed.iter().map(|(o, n)| format!("{o}→{n}")).collect();
+            summary.push(format!("renamed [{}]", pairs.join(", ")));
         }
         log::info!(
             "reload applied: added [{}] removed [{}] changed [{}]{}",
