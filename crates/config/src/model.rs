@@ -116,6 +116,17 @@ pub struct Backend {
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::Random,
+        Algorithm::LeastConnections,
+        Algorithm::SourceHash,
+        Algorithm::Maglev,
+        Algorithm::PowerOfTwo,
+        Algorithm::DynamicWeight,
+    ];
+
     /// The YAML spelling, for logs and `/status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,6 +143,8 @@ impl Algorithm {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -141,6 +154,8 @@ impl Protocol {
 }
 
 impl Forwarding {
+    pub const ALL: [Forwarding; 3] = [Forwarding::Copy, Forwarding::Splice, Forwarding::Auto];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Forwarding::Copy => "copy",
@@ -151,6 +166,8 @@ impl Forwarding {
 }
 
 impl ProxyProtocol {
+    pub const ALL: [ProxyProtocol; 3] = [ProxyProtocol::None, ProxyProtocol::V1, ProxyProtocol::V2];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProxyProtocol::None => "none",

@@ -39,27 +39,15 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest listener name: it is repeated in every metric line and log line.
 pub const MAX_NAME_LEN: usize = 64;
 
-const ALGORITHMS: &[(&str, Algorithm)] = &[
-    ("round_robin", Algorithm::RoundRobin),
-    ("weighted_round_robin", Algorithm::WeightedRoundRobin),
-    ("random", Algorithm::Random),
-    ("least_connections", Algorithm::LeastConnections),
-    ("source_hash", Algorithm::SourceHash),
-    ("maglev", Algorithm::Maglev),
-    ("power_of_two", Algorithm::PowerOfTwo),
-    ("dynamic_weight", Algorithm::DynamicWeight),
-];
-const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
-const PROXY_PROTOCOLS: &[(&str, ProxyProtocol)] = &[
-    ("none", ProxyProtocol::None),
-    ("v1", ProxyProtocol::V1),
-    ("v2", ProxyProtocol::V2),
-];
-const FORWARDINGS: &[(&str, Forwarding)] = &[
-    ("copy", Forwarding::Copy),
-    ("splice", Forwarding::Splice),
-    ("auto", Forwarding::Auto),
-];
+/// `(YAML spelling, value)` for every value of an enum: the spellings live once, in the
+/// model's `as_str`.
+fn named<T: Copy, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> [(&'static str, T); N] {
+    all.map(|v| (name(v), v))
+}
+
 const LOG_LEVELS: &[(&str, log::LevelFilter)] = &[
     ("error", log::LevelFilter::Error),
     ("warn", log::LevelFilter::Warn),
@@ -187,10 +175,15 @@ fn listener(errs: &mut Errors, seen: &mut Seen, i: usize, rl: &RawListener) -> O
     }
 
     // The protocol decides which keys apply, so it is read before the others.
-    let protocol = rl
-        .protocol
-        .as_ref()
-        .and_then(|s| choice(errs, &p("protocol"), "protocol", s, PROTOCOLS));
+    let protocol = rl.protocol.as_ref().and_then(|s| {
+        choice(
+            errs,
+            &p("protocol"),
+            "protocol",
+            s,
+            &named(Protocol::ALL, Protocol::as_str),
+        )
+    });
     let proto_known = rl.protocol.is_none() || protocol.is_some();
     let protocol = protocol.unwrap_or(Protocol::Tcp);
 
@@ -228,7 +221,15 @@ fn listener(errs: &mut Errors, seen: &mut Seen, i: usize, rl: &RawListener) -> O
     let algorithm = rl
         .algorithm
         .as_ref()
-        .and_then(|s| choice(errs, &p("algorithm"), "algorithm", s, ALGORITHMS))
+        .and_then(|s| {
+            choice(
+                errs,
+                &p("algorithm"),
+                "algorithm",
+                s,
+                &named(Algorithm::ALL, Algorithm::as_str),
+            )
+        })
         .unwrap_or(Algorithm::RoundRobin);
 
     // Keys that only one protocol uses: reject them on the other rather than ignore them,
@@ -318,7 +319,7 @@ fn listener(errs: &mut Errors, seen: &mut Seen, i: usize, rl: &RawListener) -> O
                 &p("proxy_protocol"),
                 "proxy_protocol",
                 s,
-                PROXY_PROTOCOLS,
+                &named(ProxyProtocol::ALL, ProxyProtocol::as_str),
             )
         })
         .unwrap_or(ProxyProtocol::None);
@@ -331,7 +332,15 @@ fn listener(errs: &mut Errors, seen: &mut Seen, i: usize, rl: &RawListener) -> O
     let forwarding = rl
         .forwarding
         .as_ref()
-        .and_then(|s| choice(errs, &p("forwarding"), "forwarding mode", s, FORWARDINGS))
+        .and_then(|s| {
+            choice(
+                errs,
+                &p("forwarding"),
+                "forwarding mode",
+                s,
+                &named(Forwarding::ALL, Forwarding::as_str),
+            )
+        })
         .unwrap_or(Forwarding::Auto);
     let session_timeout = opt_duration(
         errs,
@@ -1189,7 +1198,7 @@ mod tests {
 
     #[test]
     fn algorithm_names() {
-        for (name, alg) in ALGORITHMS {
+        for (name, alg) in &named(Algorithm::ALL, Algorithm::as_str) {
             assert_eq!(
                 ok(&one(&format!("    algorithm: {name}\n"))).listeners[0].algorithm,
                 *alg
@@ -1259,7 +1268,7 @@ mod tests {
 
     #[test]
     fn forwarding_names() {
-        for (name, f) in FORWARDINGS {
+        for (name, f) in &named(Forwarding::ALL, Forwarding::as_str) {
             assert_eq!(
                 ok(&one(&format!("    forwarding: {name}\n"))).listeners[0].forwarding,
                 *f

@@ -15,16 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringlb_config::Algorithm;
 use ringlb_scheduler::{ActiveGuard, BackendSpec, Scheduler, Snapshot, Tried};
 
-const ALGORITHMS: [Algorithm; 8] = [
-    Algorithm::RoundRobin,
-    Algorithm::WeightedRoundRobin,
-    Algorithm::Random,
-    Algorithm::LeastConnections,
-    Algorithm::PowerOfTwo,
-    Algorithm::SourceHash,
-    Algorithm::Maglev,
-    Algorithm::DynamicWeight,
-];
+const ALGORITHMS: [Algorithm; 8] = Algorithm::ALL;
 const SIZES: [u32; 3] = [3, 16, 256];
 
 fn specs(n: u32) -> Vec<BackendSpec> {

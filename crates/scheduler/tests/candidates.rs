@@ -8,16 +8,7 @@ use common::{equal, ip, spec, Rng};
 use ringlb_config::Algorithm;
 use ringlb_scheduler::{BackendSpec, Scheduler, Snapshot, Tried};
 
-const ALL: [Algorithm; 8] = [
-    Algorithm::RoundRobin,
-    Algorithm::WeightedRoundRobin,
-    Algorithm::Random,
-    Algorithm::LeastConnections,
-    Algorithm::SourceHash,
-    Algorithm::Maglev,
-    Algorithm::PowerOfTwo,
-    Algorithm::DynamicWeight,
-];
+const ALL: [Algorithm; 8] = Algorithm::ALL;
 
 fn picked(snap: &Snapshot, n: usize, tried: &Tried) -> std::collections::BTreeSet<Option<usize>> {
     let mut rng = Rng(42);

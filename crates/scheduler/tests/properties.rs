@@ -39,16 +39,7 @@ fn backend() -> impl Strategy<Value = B> {
 }
 
 fn algorithm() -> impl Strategy<Value = Algorithm> {
-    prop::sample::select(vec![
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::Random,
-        Algorithm::LeastConnections,
-        Algorithm::SourceHash,
-        Algorithm::Maglev,
-        Algorithm::PowerOfTwo,
-        Algorithm::DynamicWeight,
-    ])
+    prop::sample::select(Algorithm::ALL.to_vec())
 }
 
 /// The contract written out independently of the implementation.
