@@ -17,14 +17,7 @@ else
 fi
 BENCH=$ROOT/target/$PROFILE/ringlb-bench
 
-WORK=$(mktemp -d /tmp/ringlb-bench-smoke.XXXXXX)
-PIDS=()
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+init_workdir ringlb-bench-smoke
 
 # start NAME ARGS...: runs a backend on port 0 and sets ADDR to the TCP (or UDP) address it bound.
 start() {

@@ -53,14 +53,7 @@ RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
 BENCH=$ROOT/target/release/ringlb-bench
 CLK_TCK=$(getconf CLK_TCK)
 
-WORK=$(mktemp -d /tmp/ringlb-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+init_workdir ringlb-bench
 log() { echo "bench.sh: $*" >&2; }
 
 # ---- prerequisites ---------------------------------------------------------------------

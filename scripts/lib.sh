@@ -11,3 +11,12 @@ stop_pids() {
         wait "$p" 2>/dev/null || true
     done
 }
+
+# init_workdir NAME: make $WORK (a fresh temp dir) and an EXIT trap that stops every PID
+# in the PIDS array (append to it as processes start) and removes $WORK.
+init_workdir() {
+    WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+    PIDS=()
+    trap 'stop_pids "${PIDS[@]}"; rm -rf "$WORK"' EXIT
+    trap 'exit 130' INT TERM
+}

@@ -35,18 +35,7 @@ const NO_LINE_WAIT: Duration = Duration::from_secs(1);
 
 /// One listener "web" on an ephemeral port; `top` is top-level keys, `extra` listener keys.
 fn yaml(top: &str, extra: &str, backends: &[SocketAddr]) -> String {
-    let mut y = String::from(top);
-    y.push_str("listeners:\n  - name: web\n    bind: 127.0.0.1:0\n");
-    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-        y.push_str("    ");
-        y.push_str(line.trim_start());
-        y.push('\n');
-    }
-    y.push_str("    backends:\n");
-    for b in backends {
-        y.push_str(&format!("      - addr: {b}\n"));
-    }
-    y
+    one_listener_yaml(top, "web", "127.0.0.1:0", extra, backends)
 }
 
 /// One parsed access line.
@@ -484,9 +473,12 @@ fn one_line_per_connection_under_concurrency() {
 }
 
 fn udp_yaml(top: &str, extra: &str, backend: SocketAddr) -> String {
-    yaml(top, extra, &[backend]).replace(
-        "    bind: 127.0.0.1:0\n",
-        "    bind: 127.0.0.1:0\n    protocol: udp\n",
+    one_listener_yaml(
+        top,
+        "web",
+        "127.0.0.1:0",
+        &format!("protocol: udp\n{extra}"),
+        &[backend],
     )
 }
 

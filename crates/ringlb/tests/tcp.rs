@@ -13,17 +13,7 @@ fn bin() -> &'static Path {
 
 /// One TCP listener named "t" on an ephemeral port; `extra` is indented listener keys.
 fn yaml(backends: &[SocketAddr], extra: &str) -> String {
-    let mut y = String::from("access_log: false\nlisteners:\n  - name: t\n    bind: 127.0.0.1:0\n");
-    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-        y.push_str("    ");
-        y.push_str(line.trim_start());
-        y.push('\n');
-    }
-    y.push_str("    backends:\n");
-    for b in backends {
-        y.push_str(&format!("      - addr: {b}\n"));
-    }
-    y
+    one_listener_yaml("access_log: false\n", "t", "127.0.0.1:0", extra, backends)
 }
 
 /// Connect; `None` when ringlb's reset arrived before connect() returned (a rejected

@@ -20,19 +20,8 @@ fn bin() -> &'static Path {
 
 /// One UDP listener named "u" on `bind`; `extra` is listener keys, one per line.
 fn yaml_on(bind: &str, backends: &[SocketAddr], extra: &str) -> String {
-    let mut y = format!(
-        "workers: 2\naccess_log: true\nlisteners:\n  - name: u\n    bind: {bind}\n    protocol: udp\n"
-    );
-    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-        y.push_str("    ");
-        y.push_str(line);
-        y.push('\n');
-    }
-    y.push_str("    backends:\n");
-    for b in backends {
-        y.push_str(&format!("      - addr: {b}\n"));
-    }
-    y
+    let keys = format!("protocol: udp\n{extra}");
+    one_listener_yaml("workers: 2\naccess_log: true\n", "u", bind, &keys, backends)
 }
 
 fn yaml(backends: &[SocketAddr], extra: &str) -> String {

@@ -157,19 +157,32 @@ impl Pattern {
     }
 }
 
-/// Checksum of the first `n` bytes of the stream for `seed`: what a receiver of
-/// `n` pattern bytes must report.
-pub fn pattern_checksum(seed: u64, n: u64) -> u64 {
+/// Generate the first `n` bytes of the stream for `seed` in chunks, handing each to `each`.
+pub(crate) fn for_each_pattern_chunk<E>(
+    seed: u64,
+    n: u64,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     let mut p = Pattern::new(seed);
-    let mut c = Checksum::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = n;
     while left > 0 {
         let take = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..take]);
-        c.update(&buf[..take]);
+        each(&buf[..take])?;
         left -= take as u64;
     }
+    Ok(())
+}
+
+/// Checksum of the first `n` bytes of the stream for `seed`: what a receiver of
+/// `n` pattern bytes must report.
+pub fn pattern_checksum(seed: u64, n: u64) -> u64 {
+    let mut c = Checksum::new();
+    let _ = for_each_pattern_chunk(seed, n, |chunk| {
+        c.update(chunk);
+        Ok::<(), std::convert::Infallible>(())
+    });
     c.value()
 }
 

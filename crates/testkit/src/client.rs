@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::checksum::{Checksum, Pattern, CLIENT_SEED};
+use crate::checksum::{for_each_pattern_chunk, Checksum, CLIENT_SEED};
 
 /// Read and write timeout set on every stream the helpers return, so a test that
 /// expects bytes that never come fails instead of hanging.
@@ -96,17 +96,12 @@ pub fn assert_echo(stream: &mut TcpStream, payload: &[u8]) {
 
 /// Writes `n` bytes of the [`CLIENT_SEED`] pattern; returns their [`Checksum`] value.
 pub fn send_with_checksum(stream: &mut TcpStream, n: u64) -> io::Result<u64> {
-    let mut p = Pattern::new(CLIENT_SEED);
     let mut c = Checksum::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(buf.len() as u64) as usize;
-        p.fill(&mut buf[..take]);
-        stream.write_all(&buf[..take])?;
-        c.update(&buf[..take]);
-        left -= take as u64;
-    }
+    for_each_pattern_chunk(CLIENT_SEED, n, |chunk| {
+        stream.write_all(chunk)?;
+        c.update(chunk);
+        Ok::<(), io::Error>(())
+    })?;
     Ok(c.value())
 }
 

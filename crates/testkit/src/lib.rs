@@ -58,6 +58,7 @@ mod server;
 pub mod skip;
 mod tcp;
 mod udp;
+mod yaml;
 
 pub use blackhole::{BlackholeBackend, BLACKHOLE_VERIFY};
 pub use checksum::{checksum, pattern_checksum, Checksum, Pattern, BACKEND_SEED, CLIENT_SEED};
@@ -77,3 +78,4 @@ pub use tcp::{
     SinkSourceBackend, SlowBackend,
 };
 pub use udp::UdpEchoBackend;
+pub use yaml::one_listener_yaml;
