@@ -65,6 +65,49 @@ pub(crate) fn smooth_wrr(members: &[u32], weights: &[u32]) -> Vec<u32> {
     schedule
 }
 
+/// The maglev permutation of each member: a walk over the slots from `H1(label) mod M`
+/// in steps of `H2(label) mod (M−1) + 1`. The step is coprime with the prime `M`, so every
+/// walk visits every slot.
+struct Permutations {
+    next: Vec<u64>,
+    skip: Vec<u64>,
+    size: u64,
+}
+
+impl Permutations {
+    fn new(labels: &[&str], size: u64) -> Self {
+        let next = labels
+            .iter()
+            .map(|l| name_hash(l.as_bytes(), NAME_BASIS_OFFSET) % size)
+            .collect();
+        let skip = labels
+            .iter()
+            .map(|l| name_hash(l.as_bytes(), NAME_BASIS_SKIP) % (size - 1) + 1)
+            .collect();
+        Permutations { next, skip, size }
+    }
+
+    fn step(&self, k: usize, pos: u64) -> u64 {
+        let pos = pos + self.skip[k];
+        if pos >= self.size {
+            pos - self.size
+        } else {
+            pos
+        }
+    }
+
+    /// Give `member` (walk `k`) the next slot on its walk that holds `free`; its walk goes
+    /// on after that slot next time. The caller guarantees such a slot exists.
+    fn claim(&mut self, k: usize, table: &mut [u32], free: u32, member: u32) {
+        let mut pos = self.next[k];
+        while table[pos as usize] != free {
+            pos = self.step(k, pos);
+        }
+        table[pos as usize] = member;
+        self.next[k] = self.step(k, pos);
+    }
+}
+
 /// Weighted maglev lookup table of `size` slots (a prime) holding members.
 ///
 /// Permutation of member k: `offset = H1(label) mod M`, `skip = H2(label) mod (M−1) + 1`,
@@ -80,12 +123,7 @@ pub(crate) fn maglev(members: &[u32], labels: &[&str], weights: &[u32], size: u6
     if members.is_empty() || m < 2 {
         return Vec::new();
     }
-    let mut next: Vec<u64> = Vec::with_capacity(members.len());
-    let mut skip: Vec<u64> = Vec::with_capacity(members.len());
-    for label in labels {
-        next.push(name_hash(label.as_bytes(), NAME_BASIS_OFFSET) % size);
-        skip.push(name_hash(label.as_bytes(), NAME_BASIS_SKIP) % (size - 1) + 1);
-    }
+    let mut walks = Permutations::new(labels, size);
     let w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1))).collect();
     let max_w = w.iter().copied().max().unwrap_or(1);
     let mut credit = vec![0u64; members.len()];
@@ -98,21 +136,8 @@ pub(crate) fn maglev(members: &[u32], labels: &[&str], weights: &[u32], size: u6
                 continue;
             }
             credit[k] -= max_w;
-            // `skip` is coprime with the prime `size`, so the walk visits every slot and
-            // finds a free one while the table is not full.
-            let mut pos = next[k];
-            while table[pos as usize] != EMPTY {
-                pos += skip[k];
-                if pos >= size {
-                    pos -= size;
-                }
-            }
-            table[pos as usize] = members[k];
-            pos += skip[k];
-            if pos >= size {
-                pos -= size;
-            }
-            next[k] = pos;
+            // The table is not full, so the walk finds a free slot.
+            walks.claim(k, &mut table, EMPTY, members[k]);
             filled += 1;
             if filled == m {
                 return table;
@@ -179,12 +204,7 @@ pub(crate) fn maglev_restrict(
             }
         }
     }
-    let mut next = Vec::with_capacity(members.len());
-    let mut skip = Vec::with_capacity(members.len());
-    for label in labels {
-        next.push(name_hash(label.as_bytes(), NAME_BASIS_OFFSET) % size);
-        skip.push(name_hash(label.as_bytes(), NAME_BASIS_SKIP) % (size - 1) + 1);
-    }
+    let mut walks = Permutations::new(labels, size);
     let mut heap: BinaryHeap<Taker> = members
         .iter()
         .enumerate()
@@ -198,20 +218,8 @@ pub(crate) fn maglev_restrict(
     while orphans > 0 {
         let Some(mut taker) = heap.pop() else { break };
         let k = taker.pos;
-        // Every permutation visits every slot, so an orphan is found while one is left.
-        let mut p = next[k];
-        while table[p as usize] != ORPHAN {
-            p += skip[k];
-            if p >= size {
-                p -= size;
-            }
-        }
-        table[p as usize] = members[k];
-        p += skip[k];
-        if p >= size {
-            p -= size;
-        }
-        next[k] = p;
+        // An orphan is left, so the walk finds one.
+        walks.claim(k, &mut table, ORPHAN, members[k]);
         orphans -= 1;
         taker.slots += 1;
         heap.push(taker);
