@@ -198,6 +198,7 @@ pub fn render(registry: &Registry) -> String {
         .iter()
         .filter(|v| v.protocol == Protocol::Udp)
         .collect();
+    let all: Vec<&ListenerView> = views.iter().collect();
     let mut out = Exposition::default();
 
     out.family(
@@ -211,31 +212,21 @@ pub fn render(registry: &Registry) -> String {
         1,
     );
 
-    out.family(
+    out.per_listener(
         "ringlb_listener_active_connections",
         "gauge",
         "Live TCP connections or UDP sessions of the listener, across all workers.",
+        &all,
+        |v| u64::from(v.active),
     );
-    for v in &views {
-        out.sample(
-            "ringlb_listener_active_connections",
-            &[("listener", &v.name)],
-            v.active,
-        );
-    }
 
-    out.family(
+    out.per_listener(
         "ringlb_connections_total",
         "counter",
         "TCP client connections admitted (past the allow list and max_connections).",
+        &tcp,
+        |v| v.connections,
     );
-    for v in &tcp {
-        out.sample(
-            "ringlb_connections_total",
-            &[("listener", &v.name)],
-            v.connections,
-        );
-    }
 
     out.family(
         "ringlb_denied_total",
@@ -270,44 +261,29 @@ pub fn render(registry: &Registry) -> String {
         );
     }
 
-    out.family(
+    out.per_listener(
         "ringlb_splice_switches_total",
         "counter",
         "TCP connection directions moved from copy to splice by forwarding: auto.",
+        &tcp,
+        |v| v.splice_switches,
     );
-    for v in &tcp {
-        out.sample(
-            "ringlb_splice_switches_total",
-            &[("listener", &v.name)],
-            v.splice_switches,
-        );
-    }
 
-    out.family(
+    out.per_listener(
         "ringlb_copy_switches_total",
         "counter",
         "TCP connection directions moved back from splice to copy by forwarding: auto.",
+        &tcp,
+        |v| v.copy_switches,
     );
-    for v in &tcp {
-        out.sample(
-            "ringlb_copy_switches_total",
-            &[("listener", &v.name)],
-            v.copy_switches,
-        );
-    }
 
-    out.family(
+    out.per_listener(
         "ringlb_bulk_buffer_grows_total",
         "counter",
         "TCP connection directions (forwarding: copy) whose buffer grew from 64 KiB to 256 KiB for a bulk stream.",
+        &tcp,
+        |v| v.bulk_buffer_grows,
     );
-    for v in &tcp {
-        out.sample(
-            "ringlb_bulk_buffer_grows_total",
-            &[("listener", &v.name)],
-            v.bulk_buffer_grows,
-        );
-    }
 
     out.family(
         "ringlb_backend_connect_seconds",
@@ -340,102 +316,59 @@ pub fn render(registry: &Registry) -> String {
         );
     }
 
-    out.family(
+    out.per_backend(
         "ringlb_active_connections",
         "gauge",
         "Live connections (TCP) or sessions (UDP) to the backend.",
+        &all,
+        |b| u64::from(b.active),
     );
-    for v in &views {
-        for b in &v.backends {
-            out.sample(
-                "ringlb_active_connections",
-                &[("listener", &v.name), ("backend", &b.label)],
-                b.active,
-            );
-        }
-    }
 
-    out.family(
+    out.per_backend(
         "ringlb_backend_up",
         "gauge",
         "1 while the backend is up (health check or no health check), 0 while down.",
+        &all,
+        |b| u64::from(b.up),
     );
-    for v in &views {
-        for b in &v.backends {
-            out.sample(
-                "ringlb_backend_up",
-                &[("listener", &v.name), ("backend", &b.label)],
-                u8::from(b.up),
-            );
-        }
-    }
 
-    out.family(
+    out.per_backend(
         "ringlb_connect_failures_total",
         "counter",
         "Client connects to the backend that were refused or timed out.",
+        &all,
+        |b| b.connect_failures,
     );
-    for v in &views {
-        for b in &v.backends {
-            out.sample(
-                "ringlb_connect_failures_total",
-                &[("listener", &v.name), ("backend", &b.label)],
-                b.connect_failures,
-            );
-        }
-    }
 
-    out.family(
+    out.per_backend(
         "ringlb_backend_health_transitions_total",
         "counter",
         "Up/down transitions of the backend decided by the health checker.",
+        &all,
+        |b| b.transitions,
     );
-    for v in &views {
-        for b in &v.backends {
-            out.sample(
-                "ringlb_backend_health_transitions_total",
-                &[("listener", &v.name), ("backend", &b.label)],
-                b.transitions,
-            );
-        }
-    }
 
-    out.family(
+    out.per_listener(
         "ringlb_udp_sessions",
         "gauge",
         "Live UDP sessions of the listener.",
+        &udp,
+        |v| v.udp_sessions,
     );
-    for v in &udp {
-        out.sample(
-            "ringlb_udp_sessions",
-            &[("listener", &v.name)],
-            v.udp_sessions,
-        );
-    }
-    out.family(
+    out.per_listener(
         "ringlb_udp_sessions_created_total",
         "counter",
         "UDP sessions created.",
+        &udp,
+        |v| v.udp_created,
     );
-    for v in &udp {
-        out.sample(
-            "ringlb_udp_sessions_created_total",
-            &[("listener", &v.name)],
-            v.udp_created,
-        );
-    }
-    out.family(
+    out.per_listener(
         "ringlb_udp_sessions_expired_total",
         "counter",
         "UDP sessions dropped after session_timeout without traffic.",
+        &udp,
+        |v| v.udp_expired,
     );
-    for v in &udp {
-        out.sample(
-            "ringlb_udp_sessions_expired_total",
-            &[("listener", &v.name)],
-            v.udp_expired,
-        );
-    }
     out.family(
         "ringlb_udp_datagrams_total",
         "counter",
@@ -523,6 +456,42 @@ impl Exposition {
         self.text.push(' ');
         self.text.push_str(kind);
         self.text.push('\n');
+    }
+
+    /// A family with one sample per listener of `views`, labelled `listener`.
+    fn per_listener(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        views: &[&ListenerView],
+        value: impl Fn(&ListenerView) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for v in views {
+            self.sample(name, &[("listener", &v.name)], value(v));
+        }
+    }
+
+    /// A family with one sample per backend of every listener of `views`.
+    fn per_backend(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        views: &[&ListenerView],
+        value: impl Fn(&BackendView) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for v in views {
+            for b in &v.backends {
+                self.sample(
+                    name,
+                    &[("listener", &v.name), ("backend", &b.label)],
+                    value(b),
+                );
+            }
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
