@@ -742,8 +742,9 @@ fn both_legs_have_tcp_nodelay() {
             return;
         }
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let connected_tcp =
-            sock.r#type().ok() == Some(socket2::Type::STREAM) && sock.peer_addr().is_ok();
+        // Connected IP stream sockets only: ringlb may also hold inherited Unix sockets.
+        let connected_tcp = sock.r#type().ok() == Some(socket2::Type::STREAM)
+            && sock.peer_addr().ok().and_then(|a| a.as_socket()).is_some();
         if connected_tcp {
             established += 1;
             assert!(
