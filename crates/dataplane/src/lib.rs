@@ -6,7 +6,9 @@
 //! admin endpoint reads. Must not: take locks or use cross-thread channels per connection,
 //! depend on the prober (health arrives only through the scheduler's atomics), block a worker.
 
+mod ctx;
 mod listener;
+mod pipes;
 pub mod proxy_protocol;
 mod ratelog;
 mod relay;

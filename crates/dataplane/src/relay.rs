@@ -8,18 +8,19 @@
 //! end — and every op still in flight on either socket is cancelled. A watchdog in the same
 //! task enforces `idle_timeout` and the shutdown cut.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringlb_config::Forwarding;
 use socket2::Socket;
 
+use crate::ctx::Cut;
+use crate::pipes::{Pipe, PipePool, PIPE_SIZE};
 use crate::stats::WorkerCounters;
 use crate::uring;
-use crate::worker::Cut;
 
 /// Copy buffer per direction. Allocated only once the direction first has data, so idle
 /// connections hold none.
@@ -40,8 +41,6 @@ const SHRINK_AFTER_SMALL_READS: u32 = 8;
 /// less than `AUTO_SMALL_BURST`, the direction is back to small messages and copies again.
 const AUTO_COPY_AFTER_SMALL_BURSTS: u32 = 8;
 const AUTO_SMALL_BURST: u64 = 16 * 1024;
-/// Pipe capacity for splice; one splice moves at most this much.
-const PIPE_SIZE: usize = 256 * 1024;
 
 const POLLIN: u32 = libc::POLLIN as u32;
 const POLLOUT: u32 = libc::POLLOUT as u32;
@@ -326,59 +325,6 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
             link.counters.bulk_buffer_grows.add(1);
         } else if small_reads >= SHRINK_AFTER_SMALL_READS && buf.capacity() > COPY_BUFFER {
             buf = Vec::with_capacity(COPY_BUFFER);
-        }
-    }
-}
-
-/// A pipe for splice; both ends closed on drop.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        let (read, write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(io::Error::from)?;
-        // Bigger pipes mean fewer splices per byte; failure (pipe-max-size) only costs speed.
-        let _ = nix::fcntl::fcntl(
-            write.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
-        );
-        Ok(Pipe { read, write })
-    }
-}
-
-/// Pipes kept by one worker for reuse. A direction holds a pipe only while it has data in
-/// flight and hands it back (empty) when its socket runs dry, so thousands of established
-/// but quiet splice connections hold no pipe file descriptors.
-pub(crate) struct PipePool {
-    free: RefCell<Vec<Rc<Pipe>>>,
-}
-
-/// Empty pipes a worker keeps for reuse; beyond this they are closed.
-const PIPE_POOL_MAX: usize = 64;
-
-impl PipePool {
-    pub(crate) fn new() -> Self {
-        PipePool {
-            free: RefCell::new(Vec::new()),
-        }
-    }
-
-    fn take(&self) -> io::Result<Rc<Pipe>> {
-        match self.free.borrow_mut().pop() {
-            Some(pipe) => Ok(pipe),
-            None => Pipe::new().map(Rc::new),
-        }
-    }
-
-    /// Only for a drained pipe that no operation still holds.
-    fn give(&self, pipe: Rc<Pipe>) {
-        let mut free = self.free.borrow_mut();
-        if Rc::strong_count(&pipe) == 1 && free.len() < PIPE_POOL_MAX {
-            free.push(pipe);
         }
     }
 }

@@ -14,13 +14,13 @@ use ringlb_config::{Listener, ProxyProtocol};
 use ringlb_scheduler::{ActiveGuard, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::ctx::WorkerCtx;
 use crate::listener::{is_allowed, Admission, ListenerShared};
 use crate::proxy_protocol;
 use crate::ratelog::RateLog;
 use crate::relay::{self, RelayReport};
 use crate::stats::{new_latency_histogram, DenyReason};
 use crate::uring;
-use crate::worker::WorkerCtx;
 
 /// First back-off after an accept failed for lack of resources; doubles up to the max.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);

@@ -2,7 +2,7 @@
 //! loops of its share of every listener (its own SO_REUSEPORT socket) and every connection
 //! those accept; nothing it owns is touched by another thread.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::rc::{Rc, Weak};
@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use socket2::Socket;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
+use crate::ctx::WorkerCtx;
 use crate::listener::ListenerShared;
-use crate::relay::PipePool;
 use crate::sys;
 use crate::tcp::{self, LocalListener, TcpAcceptor};
 use crate::udp;
@@ -136,105 +136,10 @@ fn run(
             return;
         }
     };
-    let ctx = Rc::new(WorkerCtx::new(id, events.clone()));
+    let ctx = Rc::new(WorkerCtx::new(id));
     let _ = events.send(WorkerEvent::Started { worker: id });
-    let cut = runtime.block_on(main_loop(Rc::clone(&ctx), inbox));
+    let cut = runtime.block_on(main_loop(Rc::clone(&ctx), inbox, events.clone()));
     let _ = events.send(WorkerEvent::Finished { worker: id, cut });
-}
-
-/// Worker-local context shared by every task on this worker (single thread: `Cell`s).
-pub(crate) struct WorkerCtx {
-    pub(crate) id: usize,
-    /// Live TCP connections and UDP sessions on this worker.
-    live: Cell<usize>,
-    /// Woken when `live` drops to zero.
-    idle: Notify,
-    /// The shutdown cut: every relay resets its link, every UDP listener ends its sessions.
-    pub(crate) cut: Cut,
-    rng: Cell<u64>,
-    events: Sender<WorkerEvent>,
-    /// Empty splice pipes for reuse.
-    pub(crate) pipes: PipePool,
-}
-
-impl WorkerCtx {
-    fn new(id: usize, events: Sender<WorkerEvent>) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        WorkerCtx {
-            id,
-            live: Cell::new(0),
-            idle: Notify::new(),
-            cut: Cut::default(),
-            rng: Cell::new(seed | 1),
-            events,
-            pipes: PipePool::new(),
-        }
-    }
-
-    /// xorshift64*: cheap per-worker randomness for the scheduler (no locks, no syscalls).
-    pub(crate) fn random(&self) -> u64 {
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Count a live connection/session until the guard drops.
-    pub(crate) fn enter(self: &Rc<Self>) -> LiveGuard {
-        self.live.set(self.live.get() + 1);
-        LiveGuard(Rc::clone(self))
-    }
-
-    pub(crate) fn live(&self) -> usize {
-        self.live.get()
-    }
-
-    async fn wait_idle(&self) {
-        while self.live.get() > 0 {
-            self.idle.notified().await;
-        }
-    }
-}
-
-/// The shutdown cut: fired once, and seen by every waiter, including those that start
-/// waiting afterwards (a connection that was still connecting when it fired).
-#[derive(Default)]
-pub(crate) struct Cut {
-    fired: Cell<bool>,
-    notify: Notify,
-}
-
-impl Cut {
-    fn fire(&self) {
-        self.fired.set(true);
-        self.notify.notify_waiters();
-    }
-
-    pub(crate) async fn wait(&self) {
-        // One thread: nothing can fire between this check and the first poll below.
-        if self.fired.get() {
-            return;
-        }
-        self.notify.notified().await;
-    }
-}
-
-pub(crate) struct LiveGuard(Rc<WorkerCtx>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        let live = self.0.live.get().saturating_sub(1);
-        self.0.live.set(live);
-        if live == 0 {
-            self.0.idle.notify_waiters();
-        }
-    }
 }
 
 enum Serving {
@@ -252,7 +157,11 @@ impl Serving {
 }
 
 /// Returns how many connections were cut at shutdown.
-async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Command>) -> usize {
+async fn main_loop(
+    ctx: Rc<WorkerCtx>,
+    mut inbox: mpsc::UnboundedReceiver<Command>,
+    events: Sender<WorkerEvent>,
+) -> usize {
     let mut serving: HashMap<String, Serving> = HashMap::new();
     while let Some(command) = inbox.recv().await {
         match command {
@@ -310,9 +219,10 @@ async fn main_loop(ctx: Rc<WorkerCtx>, mut inbox: mpsc::UnboundedReceiver<Comman
                     s.stop().await;
                 }
                 let ctx2 = Rc::clone(&ctx);
+                let events = events.clone();
                 tokio_uring::spawn(async move {
                     ctx2.wait_idle().await;
-                    let _ = ctx2.events.send(WorkerEvent::Drained { worker: ctx2.id });
+                    let _ = events.send(WorkerEvent::Drained { worker: ctx2.id });
                 });
             }
             Command::Cut => {

@@ -28,12 +28,12 @@ use ringlb_config::ProxyProtocol;
 use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::ctx::{LiveGuard, WorkerCtx};
 use crate::listener::{is_allowed, ListenerShared};
 use crate::proxy_protocol::{self, Transport};
 use crate::ratelog::RateLog;
 use crate::stats::{DenyReason, WorkerCounters};
 use crate::uring;
-use crate::worker::{LiveGuard, WorkerCtx};
 
 use ops::{Dgram, HEADROOM, MAX_DATAGRAM};
 use table::{Activity, Flow, SessionTable};
