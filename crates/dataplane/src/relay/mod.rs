@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod policy;
+
 use ringlb_config::Forwarding;
 use socket2::Socket;
 
@@ -21,26 +23,7 @@ use crate::ctx::Cut;
 use crate::pipes::{Pipe, PipePool, PIPE_SIZE};
 use crate::stats::WorkerCounters;
 use crate::uring;
-
-/// Copy buffer per direction. Allocated only once the direction first has data, so idle
-/// connections hold none.
-const COPY_BUFFER: usize = 64 * 1024;
-/// A direction whose last `BULK_AFTER_BIG_READS` reads each brought at least `BIG_READ` is
-/// carrying a bulk stream. Not "full reads": until TCP autotuning grows the receive buffer
-/// (it may never, on a loaded host) a backlogged socket yields ~94 KiB per window, read as
-/// 64 KiB + 30 KiB, and a small-message link never brings 16 KiB four times in a row.
-const BIG_READ: usize = 16 * 1024;
-const BULK_AFTER_BIG_READS: u32 = 4;
-/// `copy`: a bulk direction gets this bigger buffer (fewer recv/send pairs per byte) and goes
-/// back to `COPY_BUFFER` after `SHRINK_AFTER_SMALL_READS` consecutive reads under
-/// `BIG_READ`, so a long-lived link does not keep 256 KiB per direction after a bulk phase.
-/// `auto`: a bulk direction moves to splice instead (cheaper per byte, see README).
-const COPY_BUFFER_BULK: usize = 256 * 1024;
-const SHRINK_AFTER_SMALL_READS: u32 = 8;
-/// `auto`: after this many consecutive splice bursts (readiness to EAGAIN) that each moved
-/// less than `AUTO_SMALL_BURST`, the direction is back to small messages and copies again.
-const AUTO_COPY_AFTER_SMALL_BURSTS: u32 = 8;
-const AUTO_SMALL_BURST: u64 = 16 * 1024;
+use policy::{CopyPolicy, CopyStep, SplicePolicy, SpliceStep, COPY_BUFFER};
 
 const POLLIN: u32 = libc::POLLIN as u32;
 const POLLOUT: u32 = libc::POLLOUT as u32;
@@ -275,7 +258,7 @@ enum CopyEnd {
 async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
     let (from, to) = link.sockets(dir);
     let mut buf = Vec::with_capacity(COPY_BUFFER);
-    let (mut big_reads, mut small_reads) = (0, 0);
+    let mut policy = CopyPolicy::new(auto);
     // The readiness gate just said data is there: try the recv at once.
     let mut drained = false;
     loop {
@@ -311,20 +294,14 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
                 return CopyEnd::Done;
             }
         }
-        (big_reads, small_reads) = if n >= BIG_READ {
-            (big_reads + 1, 0)
-        } else {
-            (0, small_reads + 1)
-        };
-        if auto {
-            if big_reads >= BULK_AFTER_BIG_READS {
-                return CopyEnd::Bulk;
+        match policy.after_read(n, buf.capacity()) {
+            CopyStep::Keep => {}
+            CopyStep::Splice => return CopyEnd::Bulk,
+            CopyStep::Grow(capacity) => {
+                buf = Vec::with_capacity(capacity);
+                link.counters.bulk_buffer_grows.add(1);
             }
-        } else if big_reads >= BULK_AFTER_BIG_READS && buf.capacity() < COPY_BUFFER_BULK {
-            buf = Vec::with_capacity(COPY_BUFFER_BULK);
-            link.counters.bulk_buffer_grows.add(1);
-        } else if small_reads >= SHRINK_AFTER_SMALL_READS && buf.capacity() > COPY_BUFFER {
-            buf = Vec::with_capacity(COPY_BUFFER);
+            CopyStep::Shrink(capacity) => buf = Vec::with_capacity(capacity),
         }
     }
 }
@@ -357,7 +334,7 @@ async fn splice_half(
             return SpliceEnd::Done;
         }
     }
-    let mut small_bursts = 0;
+    let mut policy = SplicePolicy::new(auto);
     loop {
         if link.is_aborted() {
             return SpliceEnd::Done;
@@ -374,15 +351,8 @@ async fn splice_half(
             return SpliceEnd::Done;
         }
         pipes.give(pipe);
-        if auto {
-            small_bursts = if *forwarded - before < AUTO_SMALL_BURST {
-                small_bursts + 1
-            } else {
-                0
-            };
-            if small_bursts >= AUTO_COPY_AFTER_SMALL_BURSTS {
-                return SpliceEnd::BackToCopy;
-            }
+        if policy.after_burst(*forwarded - before) == SpliceStep::Copy {
+            return SpliceEnd::BackToCopy;
         }
         match uring::poll(from, POLLIN).await {
             Ok(_) => {}
