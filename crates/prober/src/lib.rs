@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
+use ringlb_scheduler::ConnectFailure;
 pub use probe::probe_once;
 pub use ringlb_config::HealthCheck;
 pub use ringlb_scheduler::BackendState;
@@ -85,6 +86,17 @@ pub enum Outcome {
     /// `record_connect_failure` (`client_connect_failed`). The data plane does not say
     /// which of the two, so the prober does not pretend to know.
     ClientConnectFailed,
+}
+
+impl From<ConnectFailure> for Outcome {
+    fn from(failure: ConnectFailure) -> Self {
+        match failure {
+            ConnectFailure::Refused => Outcome::Refused,
+            ConnectFailure::Timeout => Outcome::Timeout,
+            ConnectFailure::Unreachable => Outcome::Unreachable,
+            ConnectFailure::Error(errno) => Outcome::Error(errno),
+        }
+    }
 }
 
 impl fmt::Display for Outcome {

@@ -10,6 +10,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use ringlb_scheduler::ConnectFailure;
+
 use crate::Outcome;
 
 /// How a check began.
@@ -32,7 +34,7 @@ pub(crate) fn start(addr: SocketAddr) -> Start {
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => Start::Done(close_connected(socket)),
         Err(err) if err.raw_os_error() == Some(Errno::EINPROGRESS as i32) => Start::Pending(socket),
-        Err(err) if is_local(&err) => Start::Local(err),
+        Err(err) if ConnectFailure::is_local(&err) => Start::Local(err),
         Err(err) => Start::Done(classify(&err)),
     }
 }
@@ -94,41 +96,10 @@ fn close_connected(socket: Socket) -> Outcome {
     Outcome::Ok
 }
 
-/// Maps a connect error to the outcome operators read in the transition line.
+/// Maps a connect error to the outcome operators read in the transition line (the same
+/// classification the data plane uses for client connects).
 pub(crate) fn classify(err: &io::Error) -> Outcome {
-    let Some(code) = err.raw_os_error() else {
-        return Outcome::Error(token(&format!("{:?}", err.kind())));
-    };
-    match Errno::from_raw(code) {
-        Errno::ECONNREFUSED => Outcome::Refused,
-        // The kernel's own SYN retries ran out (only when `timeout` exceeds them).
-        Errno::ETIMEDOUT => Outcome::Timeout,
-        Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EHOSTDOWN | Errno::ENETDOWN => {
-            Outcome::Unreachable
-        }
-        errno => Outcome::Error(format!("{errno:?}")),
-    }
-}
-
-/// Connect errors that describe this host, not the backend.
-fn is_local(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error().map(Errno::from_raw),
-        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM | Errno::EAGAIN)
-    )
-}
-
-/// One log token: no spaces, so `outcome=...` stays one `key=value` field.
-fn token(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '=' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    Outcome::from(ConnectFailure::classify(err))
 }
 
 #[cfg(test)]
@@ -156,25 +127,9 @@ mod tests {
     }
 
     #[test]
-    fn local_errors_are_not_backend_failures() {
-        assert!(is_local(&os(Errno::EMFILE)));
-        assert!(is_local(&os(Errno::ENOBUFS)));
-        assert!(!is_local(&os(Errno::ECONNREFUSED)));
-        assert!(!is_local(&os(Errno::EADDRNOTAVAIL)));
-    }
-
-    #[test]
     fn poll_timeout_rounds_up() {
         assert_eq!(i32::from(poll_timeout(Duration::from_micros(300))), 1);
         assert_eq!(i32::from(poll_timeout(Duration::from_millis(10))), 10);
         assert_eq!(i32::from(poll_timeout(Duration::ZERO)), 0);
-    }
-
-    #[test]
-    fn tokens_have_no_spaces() {
-        assert_eq!(
-            token("Connection reset by=peer"),
-            "Connection_reset_by_peer"
-        );
     }
 }

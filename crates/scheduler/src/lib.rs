@@ -37,6 +37,7 @@
 //!
 //! Algorithms, guarantees, tie-breaking and figures: `docs/scheduler.md`.
 
+mod failure;
 mod hash;
 mod snapshot;
 mod state;
@@ -49,6 +50,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use ringlb_config::Algorithm;
 
+pub use failure::ConnectFailure;
 pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
 pub use state::{ActiveGuard, BackendState};
