@@ -8,8 +8,9 @@
 
 mod ctx;
 mod listener;
+mod outcome;
 mod pipes;
-pub mod proxy_protocol;
+mod proxy_protocol;
 mod ratelog;
 mod relay;
 pub mod stats;
@@ -18,6 +19,7 @@ mod tcp;
 mod udp;
 mod uring;
 pub mod worker;
+mod worker_listener;
 
-pub use listener::ListenerShared;
-pub use relay::EndReason;
+pub use listener::ListenerState;
+pub use outcome::{DenyReason, EndReason};

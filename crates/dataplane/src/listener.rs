@@ -1,21 +1,25 @@
-//! State of one configured listener shared by the control plane and every worker.
+//! The state of one configured listener that the control plane and every worker share:
+//! its settings, scheduler, admission count and per-worker counters.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ringlb_config::Listener;
+use ringlb_config::{Listener, Protocol};
 use ringlb_scheduler::Scheduler;
 
+use crate::outcome::{access_line, Record};
 use crate::stats::WorkerCounters;
 
 /// One listener as the workers see it. Created by the control plane; a reload that keeps
 /// the listener (same name, bind and protocol) swaps `settings` and reconfigures the
 /// scheduler in place, so counters, health and live connections carry over.
 #[derive(Debug)]
-pub struct ListenerShared {
+pub struct ListenerState {
     pub name: String,
+    /// Fixed for the life of this state: a protocol change is a new listener.
+    pub protocol: Protocol,
     /// The address the sockets are actually bound to (port resolved when the config says 0).
     pub bound: SocketAddr,
     pub settings: ArcSwap<Listener>,
@@ -27,7 +31,7 @@ pub struct ListenerShared {
     pub workers: Vec<WorkerCounters>,
 }
 
-impl ListenerShared {
+impl ListenerState {
     pub fn new(
         settings: Listener,
         bound: SocketAddr,
@@ -35,8 +39,9 @@ impl ListenerShared {
         workers: usize,
         access_log: bool,
     ) -> Self {
-        ListenerShared {
+        ListenerState {
             name: settings.name.clone(),
+            protocol: settings.protocol,
             bound,
             settings: ArcSwap::from_pointee(settings),
             scheduler,
@@ -44,11 +49,6 @@ impl ListenerShared {
             access_log: AtomicBool::new(access_log),
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
         }
-    }
-
-    /// Sum one counter over the workers.
-    pub fn total(&self, pick: impl Fn(&WorkerCounters) -> u64) -> u64 {
-        self.workers.iter().map(pick).sum()
     }
 
     pub fn active(&self) -> u32 {
@@ -65,6 +65,15 @@ impl ListenerShared {
         true
     }
 
+    /// Count one connection's or session leg's outcome on `counters` (the calling worker's)
+    /// and write its access-log line when the access log is on.
+    pub(crate) fn finish(&self, counters: &WorkerCounters, record: &Record) {
+        counters.count(record.outcome);
+        if self.access_log.load(Ordering::Relaxed) {
+            log::info!(target: "ringlb::access", "{}", access_line(&self.name, record));
+        }
+    }
+
     pub(crate) fn release(&self) {
         let previous = self.active.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(previous > 0, "listener active count underflow");
@@ -72,7 +81,7 @@ impl ListenerShared {
 }
 
 /// Holds one admitted slot of a listener; released on drop.
-pub(crate) struct Admission<'a>(pub(crate) &'a ListenerShared);
+pub(crate) struct Admission<'a>(pub(crate) &'a ListenerState);
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {

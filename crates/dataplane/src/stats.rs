@@ -11,36 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 
-/// Why a client was closed without being forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
-    /// Source address not in `allow`.
-    NotAllowed,
-    /// Listener `max_connections` (TCP) or `max_sessions` (UDP) reached.
-    Limit,
-    /// No backend was up, or every attempt failed.
-    NoBackend,
-    /// Accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).
-    Resources,
-}
-
-impl DenyReason {
-    pub const ALL: [DenyReason; 4] = [
-        DenyReason::NotAllowed,
-        DenyReason::Limit,
-        DenyReason::NoBackend,
-        DenyReason::Resources,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::NotAllowed => "not_allowed",
-            DenyReason::Limit => "limit",
-            DenyReason::NoBackend => "no_backend",
-            DenyReason::Resources => "resources",
-        }
-    }
-}
+use crate::outcome::{DenyReason, EndReason, Outcome};
 
 /// One worker's counters for one listener. Single writer (the worker); any reader.
 #[derive(Debug, Default)]
@@ -64,11 +35,13 @@ pub struct WorkerCounters {
     // UDP
     pub udp_sessions_active: Counter,
     pub udp_sessions_created: Counter,
-    pub udp_sessions_expired: Counter,
     pub udp_datagrams_in: Counter,
     pub udp_datagrams_out: Counter,
     pub udp_drops_truncated: Counter,
     pub udp_drops_send_error: Counter,
+    /// Forwarded connections and UDP session legs that ended, by reason (index: the
+    /// reason's position in `EndReason::ALL`).
+    ended: [Counter; EndReason::ALL.len()],
     /// Connect latency; replaced wholesale by the worker about once a second.
     pub connect_latency: LatencySlot,
 }
@@ -80,6 +53,18 @@ impl WorkerCounters {
             DenyReason::Limit => &self.denied_limit,
             DenyReason::NoBackend => &self.denied_no_backend,
             DenyReason::Resources => &self.denied_resources,
+        }
+    }
+
+    pub fn ended(&self, reason: EndReason) -> &Counter {
+        &self.ended[reason as usize]
+    }
+
+    /// Count one connection's or session leg's outcome.
+    pub(crate) fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Denied(reason) => self.denied(reason).add(1),
+            Outcome::Ended(reason) => self.ended(reason).add(1),
         }
     }
 }

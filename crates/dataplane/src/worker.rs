@@ -2,10 +2,9 @@
 //! loops of its share of every listener (its own SO_REUSEPORT socket) and every connection
 //! those accept; nothing it owns is touched by another thread.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,40 +14,33 @@ use socket2::Socket;
 use tokio::sync::mpsc;
 
 use crate::ctx::WorkerCtx;
-use crate::listener::ListenerShared;
+use crate::listener::ListenerState;
 use crate::sys;
-use crate::tcp::{self, LocalListener, TcpAcceptor};
-use crate::udp;
+use crate::worker_listener::WorkerListener;
 
 /// Submission queue size; completions are twice that by default.
 const RING_ENTRIES: u32 = 4096;
 /// io-wq threads per worker. Only splices run there, each non-blocking and gated on
 /// readiness, so a couple of threads keep up; the bound stops a burst from spawning many.
 const IOWQ_MAX_WORKERS: u32 = 2;
-/// How often worker-local latency histograms are published for the admin endpoint.
-const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// After the cut, how long to wait for aborted connections to finish unwinding.
 const CUT_GRACE: Duration = Duration::from_secs(5);
 
 /// What the control plane asks of a worker.
 pub enum Command {
-    /// Start serving a TCP listener on this worker's own SO_REUSEPORT socket.
-    AddTcp {
-        listener: Arc<ListenerShared>,
+    /// Start serving a listener (TCP or UDP, as its state says) on this worker's own
+    /// SO_REUSEPORT socket.
+    Start {
+        listener: Arc<ListenerState>,
         socket: Socket,
     },
-    /// Start serving a UDP listener on this worker's own SO_REUSEPORT socket.
-    AddUdp {
-        listener: Arc<ListenerShared>,
-        socket: Socket,
-    },
-    /// Stop accepting on a listener (removed by a reload); its connections drain.
-    Remove { name: String },
+    /// Stop taking new clients on a listener (removed by a reload); its connections drain.
+    Stop { name: String },
     /// A reload renamed a TCP listener on the same bind: keep the socket (and the
     /// connections queued on it), account new connections to `listener`.
     Rename {
         old: String,
-        listener: Arc<ListenerShared>,
+        listener: Arc<ListenerState>,
     },
     /// Shutdown, phase 1: stop accepting everywhere; report `Drained` when no connection is left.
     Drain,
@@ -142,87 +134,55 @@ fn run(
     let _ = events.send(WorkerEvent::Finished { worker: id, cut });
 }
 
-enum Serving {
-    Tcp(Rc<TcpAcceptor>),
-    Udp(Rc<udp::UdpListener>),
-}
-
-impl Serving {
-    async fn stop(&self) {
-        match self {
-            Serving::Tcp(acceptor) => acceptor.stop().await,
-            Serving::Udp(listener) => listener.stop().await,
-        }
-    }
-}
-
 /// Returns how many connections were cut at shutdown.
 async fn main_loop(
     ctx: Rc<WorkerCtx>,
     mut inbox: mpsc::UnboundedReceiver<Command>,
     events: Sender<WorkerEvent>,
 ) -> usize {
-    let mut serving: HashMap<String, Serving> = HashMap::new();
+    let mut serving: HashMap<String, WorkerListener> = HashMap::new();
     while let Some(command) = inbox.recv().await {
         match command {
-            Command::AddTcp { listener, socket } => {
+            Command::Start { listener, socket } => {
                 let name = listener.name.clone();
-                let acceptor = Rc::new(TcpAcceptor {
-                    socket: Rc::new(socket),
-                    stopped: std::cell::Cell::new(false),
-                    local: RefCell::new(Rc::new(LocalListener::new(listener))),
-                });
-                tokio_uring::spawn(publish_loop(ctx.id, Rc::downgrade(&acceptor)));
-                tokio_uring::spawn(tcp::accept_loop(Rc::clone(&ctx), Rc::clone(&acceptor)));
-                if let Some(old) = serving.insert(name, Serving::Tcp(acceptor)) {
-                    old.stop().await;
-                }
-            }
-            Command::AddUdp { listener, socket } => {
-                let name = listener.name.clone();
-                match udp::UdpListener::start(Rc::clone(&ctx), listener, socket) {
+                match WorkerListener::start(&ctx, listener, socket) {
                     Ok(started) => {
-                        if let Some(old) = serving.insert(name, Serving::Udp(started)) {
+                        if let Some(old) = serving.insert(name, started) {
                             old.stop().await;
                         }
                     }
+                    Err(e) => log::error!("worker {}: cannot start listener {name}: {e}", ctx.id),
+                }
+            }
+            Command::Rename { old, listener } => {
+                let Some(running) = serving.remove(&old) else {
+                    continue;
+                };
+                let name = listener.name.clone();
+                match running.rename(ctx.id, listener) {
+                    Ok(()) => {
+                        serving.insert(name, running);
+                    }
                     Err(e) => {
-                        log::error!("worker {}: cannot start udp listener {name}: {e}", ctx.id)
+                        log::error!("worker {}: listener {old}: {e}; stopping it", ctx.id);
+                        running.stop().await;
                     }
                 }
             }
-            Command::Rename { old, listener } => match serving.remove(&old) {
-                Some(Serving::Tcp(acceptor)) => {
-                    let name = listener.name.clone();
-                    let previous = acceptor
-                        .local
-                        .replace(Rc::new(LocalListener::new(listener)));
-                    previous.publish(ctx.id);
-                    serving.insert(name, Serving::Tcp(acceptor));
-                }
-                Some(other) => {
-                    log::error!(
-                        "worker {}: listener {old} cannot be renamed in place",
-                        ctx.id
-                    );
-                    other.stop().await;
-                }
-                None => {}
-            },
-            Command::Remove { name } => {
+            Command::Stop { name } => {
                 if let Some(old) = serving.remove(&name) {
                     old.stop().await;
                 }
             }
             Command::Drain => {
-                for (_, s) in serving.drain() {
-                    s.stop().await;
+                for (_, listener) in serving.drain() {
+                    listener.stop().await;
                 }
-                let ctx2 = Rc::clone(&ctx);
+                let ctx = Rc::clone(&ctx);
                 let events = events.clone();
                 tokio_uring::spawn(async move {
-                    ctx2.wait_idle().await;
-                    let _ = events.send(WorkerEvent::Drained { worker: ctx2.id });
+                    ctx.wait_idle().await;
+                    let _ = events.send(WorkerEvent::Drained { worker: ctx.id });
                 });
             }
             Command::Cut => {
@@ -234,19 +194,4 @@ async fn main_loop(
         }
     }
     0
-}
-
-/// Publishes this worker's latency histogram for one listener until the listener stops.
-/// Holds the acceptor weakly so a stopped listener's socket closes at once.
-async fn publish_loop(worker: usize, acceptor: Weak<TcpAcceptor>) {
-    loop {
-        tokio::time::sleep(PUBLISH_INTERVAL).await;
-        let Some(acceptor) = acceptor.upgrade() else {
-            return;
-        };
-        if acceptor.stopped.get() {
-            return;
-        }
-        acceptor.local.borrow().publish(worker);
-    }
 }

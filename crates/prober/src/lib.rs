@@ -26,10 +26,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
-use ringlb_scheduler::ConnectFailure;
 pub use probe::probe_once;
 pub use ringlb_config::HealthCheck;
 pub use ringlb_scheduler::BackendState;
+use ringlb_scheduler::ConnectFailure;
 
 use runner::{Baselined, Command, Runner};
 

@@ -48,7 +48,7 @@ pub(crate) mod testing {
     use std::time::Duration;
 
     use ringlb_config::{Algorithm, Backend, Forwarding, Listener, Protocol, ProxyProtocol};
-    use ringlb_dataplane::ListenerShared;
+    use ringlb_dataplane::ListenerState;
     use ringlb_scheduler::Scheduler;
 
     use crate::registry::Registry;
@@ -59,7 +59,7 @@ pub(crate) mod testing {
         protocol: Protocol,
         backends: &[&str],
         workers: usize,
-    ) -> Arc<ListenerShared> {
+    ) -> Arc<ListenerState> {
         let settings = Listener {
             name: name.to_string(),
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -87,7 +87,7 @@ pub(crate) mod testing {
                 .collect(),
         };
         let scheduler = Arc::new(Scheduler::for_listener(&settings));
-        Arc::new(ListenerShared::new(
+        Arc::new(ListenerState::new(
             settings,
             "127.0.0.1:4000".parse().unwrap(),
             scheduler,
@@ -96,7 +96,7 @@ pub(crate) mod testing {
         ))
     }
 
-    pub fn registry_with(mut listeners: Vec<Arc<ListenerShared>>) -> Registry {
+    pub fn registry_with(mut listeners: Vec<Arc<ListenerState>>) -> Registry {
         listeners.sort_by(|a, b| a.name.cmp(&b.name));
         let registry = Registry::default();
         registry.listeners.store(Arc::new(listeners));

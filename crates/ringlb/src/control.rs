@@ -13,7 +13,7 @@ use crossbeam_channel::{select, Receiver};
 use ringlb_config::{Config, Listener, Protocol, Workers};
 use ringlb_dataplane::sys::{self, BindError, UringUnavailable};
 use ringlb_dataplane::worker::{self, Command, WorkerEvent, WorkerHandle};
-use ringlb_dataplane::ListenerShared;
+use ringlb_dataplane::ListenerState;
 use ringlb_prober::{ProbeBackend, ProbeListener, Prober, Transition};
 use ringlb_scheduler::{BackendSpec, Scheduler};
 use thiserror::Error;
@@ -49,7 +49,7 @@ pub enum RunError {
 
 /// One running listener: shared state plus what identifies its sockets.
 struct Running {
-    shared: Arc<ListenerShared>,
+    shared: Arc<ListenerState>,
     bind: SocketAddr,
     protocol: Protocol,
 }
@@ -183,10 +183,9 @@ impl ControlPlane {
     ) {
         let shared = self.new_shared(&listener, addr);
         for (worker, socket) in self.workers.iter().zip(sockets) {
-            let listener = Arc::clone(&shared);
-            let command = match shared.settings.load().protocol {
-                Protocol::Tcp => Command::AddTcp { listener, socket },
-                Protocol::Udp => Command::AddUdp { listener, socket },
+            let command = Command::Start {
+                listener: Arc::clone(&shared),
+                socket,
             };
             if !worker.send(command) {
                 log::error!(
@@ -214,9 +213,9 @@ impl ControlPlane {
         self.register(&listener, shared, &format!(", renamed from \"{old}\""));
     }
 
-    fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerShared> {
+    fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerState> {
         let scheduler = Arc::new(Scheduler::new(listener.algorithm, specs(listener)));
-        Arc::new(ListenerShared::new(
+        Arc::new(ListenerState::new(
             listener.clone(),
             bound,
             scheduler,
@@ -227,7 +226,7 @@ impl ControlPlane {
 
     /// Record a running listener, publish it to the admin endpoint, then log its port
     /// (tests and operators read the port from this line, so the registry comes first).
-    fn register(&mut self, listener: &Listener, shared: Arc<ListenerShared>, note: &str) {
+    fn register(&mut self, listener: &Listener, shared: Arc<ListenerState>, note: &str) {
         let bound = shared.bound;
         self.listeners.insert(
             listener.name.clone(),
@@ -251,7 +250,7 @@ impl ControlPlane {
     fn stop_listener(&mut self, name: &str) {
         if self.listeners.remove(name).is_some() {
             for worker in &self.workers {
-                worker.send(Command::Remove {
+                worker.send(Command::Stop {
                     name: name.to_string(),
                 });
             }
@@ -259,7 +258,7 @@ impl ControlPlane {
     }
 
     fn publish_registry(&self) {
-        let mut list: Vec<Arc<ListenerShared>> = self
+        let mut list: Vec<Arc<ListenerState>> = self
             .listeners
             .values()
             .map(|r| Arc::clone(&r.shared))

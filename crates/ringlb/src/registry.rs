@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use ringlb_dataplane::ListenerShared;
+use ringlb_dataplane::ListenerState;
 
 /// The last health transition of one backend.
 #[derive(Debug, Clone)]
@@ -21,7 +21,7 @@ pub struct HealthRecord {
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    pub listeners: ArcSwap<Vec<Arc<ListenerShared>>>,
+    pub listeners: ArcSwap<Vec<Arc<ListenerState>>>,
     /// Key: (listener name, backend label).
     pub health: Mutex<HashMap<(String, String), HealthRecord>>,
     pub transitions_total: AtomicU64,

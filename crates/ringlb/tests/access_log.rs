@@ -507,7 +507,7 @@ fn udp_session_expired() {
     assert!(a.num("duration_ms") >= 300, "{a:?}");
 }
 
-/// A UDP session still busy when `shutdown_timeout` expires is logged with `end=cut`.
+/// A UDP session still busy when `shutdown_timeout` expires is logged with `end=drain_cut`.
 #[test]
 fn udp_session_cut_at_shutdown() {
     let backend = UdpEchoBackend::start();
@@ -538,6 +538,6 @@ fn udp_session_cut_at_shutdown() {
     };
     assert_eq!(exit_code(status), 0);
     let a = access_for(&lb, client);
-    expect(&a, &backend.addr().to_string(), None, None, "cut");
+    expect(&a, &backend.addr().to_string(), None, None, "drain_cut");
     assert!(a.num("bytes_in") >= 5 + 4, "{a:?}");
 }

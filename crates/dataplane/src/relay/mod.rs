@@ -20,6 +20,7 @@ use ringlb_config::Forwarding;
 use socket2::Socket;
 
 use crate::ctx::Cut;
+use crate::outcome::EndReason;
 use crate::pipes::{Pipe, PipePool, PIPE_SIZE};
 use crate::stats::WorkerCounters;
 use crate::uring;
@@ -27,34 +28,6 @@ use policy::{CopyPolicy, CopyStep, SplicePolicy, SpliceStep, COPY_BUFFER};
 
 const POLLIN: u32 = libc::POLLIN as u32;
 const POLLOUT: u32 = libc::POLLOUT as u32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client closed first (clean FIN), then the backend.
-    ClientClose,
-    /// The backend closed first (clean FIN), then the client.
-    BackendClose,
-    ClientReset,
-    BackendReset,
-    IdleTimeout,
-    DrainCut,
-    /// A local failure (e.g. could not create a pipe); both sides were reset.
-    LocalError,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::ClientClose => "client_close",
-            EndReason::BackendClose => "backend_close",
-            EndReason::ClientReset => "client_reset",
-            EndReason::BackendReset => "backend_reset",
-            EndReason::IdleTimeout => "idle_timeout",
-            EndReason::DrainCut => "drain_cut",
-            EndReason::LocalError => "local_error",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -87,10 +60,12 @@ impl Dir {
 
 /// What a finished relay reports for counters and the access log.
 #[derive(Debug, Clone, Copy)]
-pub struct RelayReport {
-    pub bytes_client_to_backend: u64,
-    pub bytes_backend_to_client: u64,
-    pub end: EndReason,
+pub(crate) struct RelayReport {
+    /// Client → backend.
+    pub(crate) bytes_in: u64,
+    /// Backend → client.
+    pub(crate) bytes_out: u64,
+    pub(crate) end: EndReason,
 }
 
 /// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
@@ -156,7 +131,7 @@ fn is_cancelled(e: &io::Error) -> bool {
 }
 
 /// Forward until both directions are done. `cut` fires when shutdown_timeout expires.
-pub async fn relay(
+pub(crate) async fn relay(
     client: Rc<Socket>,
     backend: Rc<Socket>,
     forwarding: Forwarding,
@@ -190,8 +165,8 @@ pub async fn relay(
         .or(link.first_eof.get())
         .unwrap_or(EndReason::LocalError);
     RelayReport {
-        bytes_client_to_backend: up,
-        bytes_backend_to_client: down,
+        bytes_in: up,
+        bytes_out: down,
         end,
     }
 }

@@ -20,7 +20,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,10 +28,11 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::ctx::{LiveGuard, WorkerCtx};
-use crate::listener::{is_allowed, ListenerShared};
+use crate::listener::{is_allowed, ListenerState};
+use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::proxy_protocol::{self, Transport};
 use crate::ratelog::RateLog;
-use crate::stats::{DenyReason, WorkerCounters};
+use crate::stats::WorkerCounters;
 use crate::uring;
 
 use ops::{Dgram, HEADROOM, MAX_DATAGRAM};
@@ -59,14 +59,14 @@ const PROBE_EVERY: u32 = 8;
 
 /// One UDP listener on one worker.
 pub(crate) struct UdpListener {
-    local: Rc<Local>,
+    local: Rc<UdpWorkerListener>,
 }
 
 impl UdpListener {
     /// Start serving `socket` (this worker's bound SO_REUSEPORT socket for `listener`).
     pub(crate) fn start(
         ctx: Rc<WorkerCtx>,
-        listener: Arc<ListenerShared>,
+        listener: Arc<ListenerState>,
         socket: Socket,
     ) -> io::Result<Rc<Self>> {
         if listener.workers.get(ctx.id).is_none() {
@@ -83,10 +83,10 @@ impl UdpListener {
         if let Err(e) = socket.set_recv_buffer_size(LISTENER_RCVBUF) {
             log::debug!("listener {}: cannot raise SO_RCVBUF: {e}", listener.name);
         }
-        let local = Rc::new(Local {
+        let local = Rc::new(UdpWorkerListener {
             worker: ctx.id,
             ctx,
-            shared: listener,
+            listener,
             socket: Rc::new(socket),
             pktinfo,
             table: RefCell::new(SessionTable::new()),
@@ -117,7 +117,7 @@ impl UdpListener {
         let sessions = local.table.borrow().len();
         log::debug!(
             "listener {}: worker {} stops admitting; {sessions} session(s) drain",
-            local.shared.name,
+            local.listener.name,
             local.worker
         );
         if sessions == 0 {
@@ -129,10 +129,10 @@ impl UdpListener {
 }
 
 /// This worker's state for one UDP listener.
-struct Local {
+struct UdpWorkerListener {
     ctx: Rc<WorkerCtx>,
     worker: usize,
-    shared: Arc<ListenerShared>,
+    listener: Arc<ListenerState>,
     socket: Rc<Socket>,
     /// Wildcard bind: learn each datagram's destination and answer from it.
     pktinfo: bool,
@@ -156,9 +156,9 @@ struct Local {
     log_resources: RateLog,
 }
 
-impl Local {
+impl UdpWorkerListener {
     fn counters(&self) -> &WorkerCounters {
-        self.shared
+        self.listener
             .workers
             .get(self.worker)
             .unwrap_or(&self.fallback)
@@ -184,19 +184,17 @@ impl Local {
         uring::cancel_all(self.socket.as_raw_fd()).await;
     }
 
-    fn end_session(&self, session: &Rc<Session>, end: End) {
+    fn end_session(&self, session: &Rc<Session>, end: EndReason) {
         if session.closed.replace(true) {
             return;
         }
-        if end == End::Expired {
-            self.counters().udp_sessions_expired.add(1);
-        }
         let leg = session.leg.borrow();
-        access_log(&self.shared, session.client, &leg, end);
+        self.listener
+            .finish(self.counters(), &leg.record(session.client, end));
         cancel_socket(Rc::clone(&leg.socket));
     }
 
-    fn end_all(&self, end: End) {
+    fn end_all(&self, end: EndReason) {
         let all = self.table.borrow_mut().drain();
         for (_, session) in all {
             self.end_session(&session, end);
@@ -277,7 +275,7 @@ impl Local {
                 Err(e) => {
                     log::debug!(
                         "listener {}: datagram from {} to {} dropped: {e}",
-                        self.shared.name,
+                        self.listener.name,
                         session.client,
                         session.leg.borrow().label
                     );
@@ -292,23 +290,23 @@ impl Local {
     /// New client: allow-list → listener-wide `max_sessions` → pick → connected socket.
     fn create_session(self: &Rc<Self>, flow: Flow) -> Result<Rc<Session>, DenyReason> {
         let client = flow.client;
-        let settings = self.shared.settings.load();
+        let settings = self.listener.settings.load();
         if !is_allowed(&settings, &client) {
             return Err(DenyReason::NotAllowed);
         }
-        if !self.shared.try_admit(settings.max_sessions) {
+        if !self.listener.try_admit(settings.max_sessions) {
             return Err(DenyReason::Limit);
         }
         let leg = match self.open_leg(client, &Tried::new()) {
             Ok(leg) => leg,
             Err(reason) => {
-                self.shared.release();
+                self.listener.release();
                 return Err(reason);
             }
         };
         let local_addr = SocketAddr::new(
-            flow.local.unwrap_or(self.shared.bound.ip()),
-            self.shared.bound.port(),
+            flow.local.unwrap_or(self.listener.bound.ip()),
+            self.listener.bound.port(),
         );
         let header = match settings.proxy_protocol {
             ProxyProtocol::V2 => Some(proxy_protocol::v2(client, local_addr, Transport::Datagram)),
@@ -324,7 +322,7 @@ impl Local {
             last: Cell::new(self.now_ms.get()),
             closed: Cell::new(false),
             refused: Cell::new(false),
-            shared: Arc::clone(&self.shared),
+            listener: Arc::clone(&self.listener),
             worker: self.worker,
             _live: self.ctx.enter(),
         });
@@ -338,7 +336,7 @@ impl Local {
 
     /// Pick a backend (never one in `tried`) and open a socket connected to it.
     fn open_leg(&self, client: SocketAddr, tried: &Tried) -> Result<Leg, DenyReason> {
-        let snapshot = self.shared.scheduler.snapshot();
+        let snapshot = self.listener.scheduler.snapshot();
         let mut tried = tried.clone();
         let (index, active) = snapshot
             .pick_and_acquire(client.ip().to_canonical(), self.ctx.random(), &mut tried)
@@ -349,7 +347,7 @@ impl Local {
             .ok_or(DenyReason::NoBackend)?;
         let socket = connected_socket(backend.spec.addr).map_err(|e| {
             self.log_resources
-                .note(log::Level::Warn, &self.shared.name, || {
+                .note(log::Level::Warn, &self.listener.name, || {
                     format!(
                         "cannot open a udp socket toward {}: {e}",
                         backend.spec.label
@@ -374,7 +372,7 @@ impl Local {
     fn move_session(self: &Rc<Self>, session: &Rc<Session>, exclude_current: bool) -> bool {
         let mut tried = Tried::new();
         if exclude_current {
-            let snapshot = self.shared.scheduler.snapshot();
+            let snapshot = self.listener.scheduler.snapshot();
             let current = &session.leg.borrow().state;
             if let Some(i) = snapshot
                 .backends()
@@ -389,10 +387,13 @@ impl Local {
         };
         let socket = Rc::clone(&leg.socket);
         let old = session.leg.replace(leg);
-        access_log(&self.shared, session.client, &old, End::Moved);
+        self.listener.finish(
+            self.counters(),
+            &old.record(session.client, EndReason::Moved),
+        );
         log::debug!(
             "listener {}: session {} moved from {} to {}",
-            self.shared.name,
+            self.listener.name,
             session.client,
             old.label,
             session.leg.borrow().label
@@ -404,13 +405,15 @@ impl Local {
     }
 
     fn refuse(&self, client: SocketAddr, reason: DenyReason) {
-        self.counters().denied(reason).add(1);
-        let name = &self.shared.name;
+        // Counted without an access-log line: refusals come one per datagram, and a flood
+        // must not become a flood of log lines (they are logged rate-limited below).
+        self.counters().count(Outcome::Denied(reason));
+        let name = &self.listener.name;
         match reason {
             DenyReason::Limit => self.log_limit.note(log::Level::Warn, name, || {
                 format!(
                     "session table full (max_sessions={}): datagrams from new clients refused",
-                    self.shared.settings.load().max_sessions
+                    self.listener.settings.load().max_sessions
                 )
             }),
             DenyReason::NoBackend => self.log_no_backend.note(log::Level::Warn, name, || {
@@ -423,27 +426,6 @@ impl Local {
                     reason.as_str()
                 )
             }
-        }
-    }
-}
-
-/// Why a session (or one backend leg of it) ended; the access log's `end=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// Silent for `session_timeout` (or the drain quiet time).
-    Expired,
-    /// Its backend went down or refused; the session continues on another one.
-    Moved,
-    /// Shutdown cut.
-    Cut,
-}
-
-impl End {
-    fn as_str(self) -> &'static str {
-        match self {
-            End::Expired => "expired",
-            End::Moved => "moved",
-            End::Cut => "cut",
         }
     }
 }
@@ -461,7 +443,7 @@ struct Session {
     closed: Cell<bool>,
     /// The backend answered with ICMP port unreachable: move on the next datagram.
     refused: Cell<bool>,
-    shared: Arc<ListenerShared>,
+    listener: Arc<ListenerState>,
     worker: usize,
     _live: LiveGuard,
 }
@@ -490,8 +472,8 @@ impl Activity for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.release();
-        if let Some(c) = self.shared.workers.get(self.worker) {
+        self.listener.release();
+        if let Some(c) = self.listener.workers.get(self.worker) {
             c.udp_sessions_active.sub(1);
         }
     }
@@ -506,6 +488,19 @@ struct Leg {
     started: Instant,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
+}
+
+impl Leg {
+    fn record(&self, client: SocketAddr, end: EndReason) -> Record<'_> {
+        Record {
+            client,
+            backend: &self.label,
+            duration: self.started.elapsed(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            outcome: Outcome::Ended(end),
+        }
+    }
 }
 
 fn connected_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -523,23 +518,8 @@ fn cancel_socket(socket: Rc<Socket>) {
     });
 }
 
-fn access_log(shared: &ListenerShared, client: SocketAddr, leg: &Leg, end: End) {
-    if shared.access_log.load(Ordering::Relaxed) {
-        log::info!(
-            target: "ringlb::access",
-            "listener={} client={client} backend={} duration_ms={} bytes_in={} bytes_out={} end={}",
-            shared.name,
-            leg.label,
-            leg.started.elapsed().as_millis(),
-            leg.bytes_in.get(),
-            leg.bytes_out.get(),
-            end.as_str()
-        );
-    }
-}
-
 /// Client → backend: one recvmsg at a time on the listener socket, buffer reused.
-async fn receive_loop(local: Rc<Local>) {
+async fn receive_loop(local: Rc<UdpWorkerListener>) {
     let mut d = Dgram::new();
     while !local.finished.get() {
         let (res, back) = ops::recvmsg(&local.socket, d, MAX_DATAGRAM).await;
@@ -549,7 +529,7 @@ async fn receive_loop(local: Rc<Local>) {
                 local.counters().udp_drops_truncated.add(1);
                 log::debug!(
                     "listener {}: {}-byte datagram from {:?} truncated: dropped",
-                    local.shared.name,
+                    local.listener.name,
                     meta.len,
                     meta.source
                 );
@@ -578,21 +558,21 @@ async fn receive_loop(local: Rc<Local>) {
             Err(_) if local.finished.get() => break,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
-                log::warn!("listener {}: recvmsg failed: {e}", local.shared.name);
+                log::warn!("listener {}: recvmsg failed: {e}", local.listener.name);
                 tokio::time::sleep(ERROR_PAUSE).await;
             }
         }
     }
     log::debug!(
         "listener {}: worker {} stopped receiving",
-        local.shared.name,
+        local.listener.name,
         local.worker
     );
 }
 
 /// Backend → client for one leg: wait for readiness (no buffer held while idle), then
 /// drain what is queued with pooled buffers, answering from the listener socket.
-async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket>) {
+async fn upstream_loop(local: Rc<UdpWorkerListener>, session: Rc<Session>, socket: Rc<Socket>) {
     // Request/response traffic brings one reply per wake-up: probing for a second one
     // costs a recv that fails with EAGAIN. Probe only while replies come in bursts, and
     // re-check every PROBE_EVERY wake-ups whether they do.
@@ -601,7 +581,10 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
     'outer: while session.is_current(&socket) {
         if let Err(e) = uring::poll(&socket, libc::POLLIN as u32).await {
             if e.raw_os_error() != Some(libc::ECANCELED) {
-                log::debug!("listener {}: upstream poll failed: {e}", local.shared.name);
+                log::debug!(
+                    "listener {}: upstream poll failed: {e}",
+                    local.listener.name
+                );
             }
             break;
         }
@@ -644,7 +627,7 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
                             c.udp_drops_send_error.add(1);
                             log::debug!(
                                 "listener {}: reply to {} dropped: {e}",
-                                local.shared.name,
+                                local.listener.name,
                                 session.client
                             );
                         }
@@ -667,7 +650,10 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
                 }
                 Err(e) => {
                     if e.raw_os_error() != Some(libc::ECANCELED) {
-                        log::debug!("listener {}: upstream recv failed: {e}", local.shared.name);
+                        log::debug!(
+                            "listener {}: upstream recv failed: {e}",
+                            local.listener.name
+                        );
                     }
                     local.put_dgram(d);
                     break 'outer;
@@ -679,11 +665,11 @@ async fn upstream_loop(local: Rc<Local>, session: Rc<Session>, socket: Rc<Socket
 }
 
 /// Expiry sweep, drain and cut for one listener on this worker.
-async fn sweep_loop(local: Rc<Local>) {
+async fn sweep_loop(local: Rc<UdpWorkerListener>) {
     let cut = local.ctx.cut.wait();
     tokio::pin!(cut);
     loop {
-        let mut timeout = local.shared.settings.load().session_timeout;
+        let mut timeout = local.listener.settings.load().session_timeout;
         if local.draining.get() {
             timeout = timeout.min(DRAIN_QUIET);
         }
@@ -692,20 +678,20 @@ async fn sweep_loop(local: Rc<Local>) {
             _ = tokio::time::sleep(interval) => {}
             _ = local.wake.notified() => {}
             _ = &mut cut => {
-                local.end_all(End::Cut);
+                local.end_all(EndReason::DrainCut);
                 local.finish().await;
                 return;
             }
         }
         if local.finished.get() {
-            local.end_all(End::Cut);
+            local.end_all(EndReason::DrainCut);
             return;
         }
         let now = local.epoch.elapsed().as_millis() as u64;
         local.now_ms.set(now);
         let expired = local.table.borrow_mut().expire(now, timeout, interval);
         for (_, session) in expired {
-            local.end_session(&session, End::Expired);
+            local.end_session(&session, EndReason::Expired);
         }
         if local.draining.get() && local.table.borrow().is_empty() {
             local.finish().await;

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use ringlb_config::Protocol;
-use ringlb_dataplane::stats::{DenyReason, WorkerCounters};
-use ringlb_dataplane::ListenerShared;
+use ringlb_dataplane::stats::WorkerCounters;
+use ringlb_dataplane::ListenerState;
+use ringlb_dataplane::{DenyReason, EndReason};
 
 use crate::registry::Registry;
 
@@ -108,6 +109,7 @@ struct ListenerView {
     active: u32,
     connections: u64,
     denied: [(DenyReason, u64); DenyReason::ALL.len()],
+    ended: Vec<(EndReason, u64)>,
     bytes_in: u64,
     bytes_out: u64,
     splice_switches: u64,
@@ -125,14 +127,14 @@ struct ListenerView {
 
 /// Sums a counter over the workers. Wrapping, like the counters themselves: a scrape must
 /// never panic, and a gauge kept as add/sub pairs can be transiently "negative" per worker.
-fn sum(shared: &ListenerShared, pick: impl Fn(&WorkerCounters) -> u64) -> u64 {
+fn sum(shared: &ListenerState, pick: impl Fn(&WorkerCounters) -> u64) -> u64 {
     shared
         .workers
         .iter()
         .fold(0u64, |acc, w| acc.wrapping_add(pick(w)))
 }
 
-fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
+fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
     let mut latency = LatencyBuckets::default();
     for w in &shared.workers {
         latency.add(&w.connect_latency.load());
@@ -162,10 +164,15 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
     let udp_sessions = sum(shared, |w| w.udp_sessions_active.get());
     ListenerView {
         name: shared.name.clone(),
-        protocol: shared.settings.load().protocol,
+        protocol: shared.protocol,
         active: shared.active(),
         connections: sum(shared, |w| w.connections.get()),
         denied: DenyReason::ALL.map(|r| (r, sum(shared, |w| w.denied(r).get()))),
+        ended: EndReason::ALL
+            .into_iter()
+            .filter(|r| r.applies_to(shared.protocol))
+            .map(|r| (r, sum(shared, |w| w.ended(r).get())))
+            .collect(),
         bytes_in: sum(shared, |w| w.bytes_in.get()),
         bytes_out: sum(shared, |w| w.bytes_out.get()),
         splice_switches: sum(shared, |w| w.splice_switches.get()),
@@ -177,7 +184,7 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
             0
         },
         udp_created: sum(shared, |w| w.udp_sessions_created.get()),
-        udp_expired: sum(shared, |w| w.udp_sessions_expired.get()),
+        udp_expired: sum(shared, |w| w.ended(EndReason::Expired).get()),
         udp_datagrams_in: sum(shared, |w| w.udp_datagrams_in.get()),
         udp_datagrams_out: sum(shared, |w| w.udp_datagrams_out.get()),
         udp_drops: UDP_DROPS.map(|(reason, pick)| (reason, sum(shared, pick))),
@@ -188,7 +195,7 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
 
 /// Renders the whole exposition.
 pub fn render(registry: &Registry) -> String {
-    let listeners: Arc<Vec<Arc<ListenerShared>>> = registry.listeners.load_full();
+    let listeners: Arc<Vec<Arc<ListenerState>>> = registry.listeners.load_full();
     let views: Vec<ListenerView> = listeners.iter().map(|l| view(l, registry)).collect();
     let tcp: Vec<&ListenerView> = views
         .iter()
@@ -228,20 +235,21 @@ pub fn render(registry: &Registry) -> String {
         |v| v.connections,
     );
 
-    out.family(
+    out.per_listener_by(
         "ringlb_denied_total",
-        "counter",
         "Clients closed without being forwarded, by reason.",
+        "reason",
+        &views,
+        |v| v.denied.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
     );
-    for v in &views {
-        for (reason, n) in &v.denied {
-            out.sample(
-                "ringlb_denied_total",
-                &[("listener", &v.name), ("reason", reason.as_str())],
-                *n,
-            );
-        }
-    }
+
+    out.per_listener_by(
+        "ringlb_connections_ended_total",
+        "TCP connections and UDP session legs that ended after being forwarded, by reason (the access log's end=).",
+        "end",
+        &views,
+        |v| v.ended.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
+    );
 
     out.family(
         "ringlb_bytes_total",
@@ -470,6 +478,23 @@ impl Exposition {
         self.family(name, kind, help);
         for v in views {
             self.sample(name, &[("listener", &v.name)], value(v));
+        }
+    }
+
+    /// A counter family with one sample per listener of `views` and value of `label`.
+    fn per_listener_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        views: &[ListenerView],
+        values: impl Fn(&ListenerView) -> Vec<(&'static str, u64)>,
+    ) {
+        self.family(name, "counter", help);
+        for v in views {
+            for (value, n) in values(v) {
+                self.sample(name, &[("listener", &v.name), (label, value)], n);
+            }
         }
     }
 

@@ -1,0 +1,242 @@
+//! How a client connection or UDP session ended, typed once for TCP and UDP. One outcome
+//! value picks the counter (`WorkerCounters::count`) and writes the access-log line
+//! (`ListenerState::finish`), so the two can never disagree. (A backend connect failure is typed too: `ringlb_scheduler::ConnectFailure`,
+//! shared with the prober.)
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ringlb_config::Protocol;
+
+/// Why a forwarded connection, a UDP session or one backend leg of a session ended; the
+/// access log's `end=` and the `end` label of `ringlb_connections_ended_total`.
+/// Why a client was closed without being forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Source address not in `allow`.
+    NotAllowed,
+    /// Listener `max_connections` (TCP) or `max_sessions` (UDP) reached.
+    Limit,
+    /// No backend was up, or every attempt failed.
+    NoBackend,
+    /// Accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    Resources,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 4] = [
+        DenyReason::NotAllowed,
+        DenyReason::Limit,
+        DenyReason::NoBackend,
+        DenyReason::Resources,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::NotAllowed => "not_allowed",
+            DenyReason::Limit => "limit",
+            DenyReason::NoBackend => "no_backend",
+            DenyReason::Resources => "resources",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed first (clean FIN), then the backend.
+    ClientClose,
+    /// The backend closed first (clean FIN), then the client.
+    BackendClose,
+    ClientReset,
+    BackendReset,
+    /// TCP: no byte either way for `idle_timeout`.
+    IdleTimeout,
+    /// `shutdown_timeout` expired while it was still open.
+    DrainCut,
+    /// A local failure (e.g. could not create a pipe); both sides were reset.
+    LocalError,
+    /// TCP: the PROXY protocol header could not be sent to the backend; both sides reset.
+    ProxyHeaderFailed,
+    /// UDP: silent for `session_timeout` (or the drain quiet time).
+    Expired,
+    /// UDP: its backend went down or refused; the session goes on with another backend.
+    Moved,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 10] = [
+        EndReason::ClientClose,
+        EndReason::BackendClose,
+        EndReason::ClientReset,
+        EndReason::BackendReset,
+        EndReason::IdleTimeout,
+        EndReason::DrainCut,
+        EndReason::LocalError,
+        EndReason::ProxyHeaderFailed,
+        EndReason::Expired,
+        EndReason::Moved,
+    ];
+
+    /// Whether a listener of `protocol` can end a connection or session this way (the
+    /// series `ringlb_connections_ended_total` shows for it).
+    pub fn applies_to(self, protocol: Protocol) -> bool {
+        match self {
+            EndReason::DrainCut => true,
+            EndReason::Expired | EndReason::Moved => protocol == Protocol::Udp,
+            _ => protocol == Protocol::Tcp,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClose => "client_close",
+            EndReason::BackendClose => "backend_close",
+            EndReason::ClientReset => "client_reset",
+            EndReason::BackendReset => "backend_reset",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::DrainCut => "drain_cut",
+            EndReason::LocalError => "local_error",
+            EndReason::ProxyHeaderFailed => "proxy_header_failed",
+            EndReason::Expired => "expired",
+            EndReason::Moved => "moved",
+        }
+    }
+}
+
+/// The whole story of one connection or session leg, as counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Closed without being forwarded.
+    Denied(DenyReason),
+    /// Forwarded, then ended.
+    Ended(EndReason),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Denied(reason) => write!(f, "denied_{}", reason.as_str()),
+            Outcome::Ended(reason) => f.write_str(reason.as_str()),
+        }
+    }
+}
+
+/// One access-log record. `bytes_in` is client → backend, `bytes_out` backend → client, as
+/// in `ringlb_bytes_total{direction}`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub(crate) client: SocketAddr,
+    /// The backend's label, `-` when none was connected.
+    pub(crate) backend: &'a str,
+    pub(crate) duration: Duration,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) outcome: Outcome,
+}
+
+impl Record<'_> {
+    /// A client turned away before anything was forwarded.
+    pub(crate) fn denied(client: SocketAddr, reason: DenyReason) -> Record<'static> {
+        Record {
+            client,
+            backend: "-",
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: Outcome::Denied(reason),
+        }
+    }
+}
+
+/// The access-log line (target `ringlb::access`) of one record.
+pub(crate) fn access_line(listener: &str, r: &Record) -> String {
+    format!(
+        "listener={listener} client={} backend={} duration_ms={} bytes_in={} bytes_out={} end={}",
+        r.client,
+        r.backend,
+        r.duration.as_millis(),
+        r.bytes_in,
+        r.bytes_out,
+        r.outcome
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::WorkerCounters;
+
+    #[test]
+    fn end_names_are_unique_tokens() {
+        let names: std::collections::HashSet<&str> =
+            EndReason::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(names.len(), EndReason::ALL.len());
+        assert!(names
+            .iter()
+            .all(|n| !n.contains(|c: char| c.is_whitespace() || c == '=')));
+    }
+
+    #[test]
+    fn access_line_format() {
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let ended = Record {
+            client,
+            backend: "127.0.0.1:9000",
+            duration: Duration::from_millis(1500),
+            bytes_in: 10,
+            bytes_out: 20,
+            outcome: Outcome::Ended(EndReason::DrainCut),
+        };
+        assert_eq!(
+            access_line("web", &ended),
+            "listener=web client=127.0.0.1:5000 backend=127.0.0.1:9000 duration_ms=1500 \
+             bytes_in=10 bytes_out=20 end=drain_cut"
+        );
+        assert_eq!(
+            access_line("web", &Record::denied(client, DenyReason::Limit)),
+            "listener=web client=127.0.0.1:5000 backend=- duration_ms=0 bytes_in=0 \
+             bytes_out=0 end=denied_limit"
+        );
+    }
+
+    #[test]
+    fn each_protocol_shows_the_ends_it_can_have() {
+        let names = |p| -> Vec<&str> {
+            EndReason::ALL
+                .into_iter()
+                .filter(|r| r.applies_to(p))
+                .map(EndReason::as_str)
+                .collect()
+        };
+        assert_eq!(names(Protocol::Udp), ["drain_cut", "expired", "moved"]);
+        let tcp = names(Protocol::Tcp);
+        assert_eq!(tcp.len(), 8, "{tcp:?}");
+        assert!(tcp.contains(&"proxy_header_failed") && !tcp.contains(&"expired"));
+    }
+
+    #[test]
+    fn end_reasons_index_their_counters() {
+        for (i, e) in EndReason::ALL.iter().enumerate() {
+            assert_eq!(
+                *e as usize, i,
+                "{e:?}: ALL must list reasons in declaration order"
+            );
+        }
+    }
+
+    #[test]
+    fn outcomes_count_where_the_metrics_read_them() {
+        let counters = WorkerCounters::default();
+        counters.count(Outcome::Denied(DenyReason::NoBackend));
+        counters.count(Outcome::Ended(EndReason::ProxyHeaderFailed));
+        counters.count(Outcome::Ended(EndReason::ProxyHeaderFailed));
+        assert_eq!(counters.denied(DenyReason::NoBackend).get(), 1);
+        assert_eq!(counters.ended(EndReason::ProxyHeaderFailed).get(), 2);
+        let others: u64 = EndReason::ALL
+            .iter()
+            .filter(|e| **e != EndReason::ProxyHeaderFailed)
+            .map(|e| counters.ended(*e).get())
+            .sum();
+        assert_eq!(others, 0);
+    }
+}

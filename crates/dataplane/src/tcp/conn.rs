@@ -1,0 +1,208 @@
+//! One accepted TCP client, start to end: allow-list → listener limit → pick → connect
+//! (timeout, retries on other backends) → PROXY header → relay → outcome.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringlb_config::{Listener, ProxyProtocol};
+use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::Accounting;
+use crate::ctx::WorkerCtx;
+use crate::listener::{is_allowed, Admission};
+use crate::outcome::{DenyReason, EndReason, Outcome, Record};
+use crate::proxy_protocol;
+use crate::relay;
+use crate::uring;
+
+/// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
+fn reject(client: Socket) {
+    let _ = client.set_linger(Some(Duration::ZERO));
+    drop(client);
+}
+
+pub(super) async fn serve(
+    ctx: Rc<WorkerCtx>,
+    accounting: Rc<Accounting>,
+    client: Socket,
+    peer: SocketAddr,
+) {
+    let state = &accounting.state;
+    let Some(counters) = state.workers.get(ctx.id) else {
+        return reject(client);
+    };
+    let settings = state.settings.load_full();
+    let started = Instant::now();
+    let deny = |reason| state.finish(counters, &Record::denied(peer, reason));
+    if !is_allowed(&settings, &peer) {
+        deny(DenyReason::NotAllowed);
+        return reject(client);
+    }
+    if !state.try_admit(settings.max_connections) {
+        deny(DenyReason::Limit);
+        return reject(client);
+    }
+    let _admission = Admission(state);
+    let _live = ctx.enter();
+    counters.connections.add(1);
+
+    // The snapshot this connection was balanced with; it also names the backend in the
+    // access log, so no label is copied per connection.
+    let snapshot = state.scheduler.snapshot();
+    let (backend, index, _active) =
+        match connect_backend(&accounting, &snapshot, &settings, peer, &ctx).await {
+            Ok(connected) => connected,
+            Err(reason) => {
+                deny(reason);
+                return reject(client);
+            }
+        };
+    let label = snapshot
+        .backends()
+        .get(index)
+        .map_or("-", |b| b.spec.label.as_str());
+    let client = Rc::new(client);
+    let backend = Rc::new(backend);
+    let mut record = Record {
+        client: peer,
+        backend: label,
+        duration: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
+    };
+    let header = proxy_header(settings.proxy_protocol, peer, || {
+        // The address this client actually reached (a wildcard bind has many).
+        client
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(state.bound)
+    });
+    let header_sent = match header {
+        Some(header) => uring::send_all(&backend, header).await.0.is_ok(),
+        None => true,
+    };
+    if header_sent {
+        let report = relay::relay(
+            Rc::clone(&client),
+            Rc::clone(&backend),
+            settings.forwarding,
+            settings.idle_timeout,
+            counters,
+            &ctx.cut,
+            &ctx.pipes,
+        )
+        .await;
+        record.bytes_in = report.bytes_in;
+        record.bytes_out = report.bytes_out;
+        record.outcome = Outcome::Ended(report.end);
+    } else {
+        // The backend is gone before the first byte: reset both, the client must not
+        // mistake the close for a clean end of an empty stream.
+        let _ = backend.set_linger(Some(Duration::ZERO));
+        let _ = client.set_linger(Some(Duration::ZERO));
+    }
+    record.duration = started.elapsed();
+    state.finish(counters, &record);
+}
+
+/// `local` is asked only when a header is sent: it costs a getsockname.
+fn proxy_header(
+    mode: ProxyProtocol,
+    client: SocketAddr,
+    local: impl FnOnce() -> SocketAddr,
+) -> Option<Vec<u8>> {
+    match mode {
+        ProxyProtocol::None => None,
+        ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local())),
+        ProxyProtocol::V2 => Some(proxy_protocol::v2(
+            client,
+            local(),
+            proxy_protocol::Transport::Stream,
+        )),
+    }
+}
+
+/// Pick and connect, retrying on other backends until `connect_attempts` distinct backends
+/// were tried. Nothing has been forwarded yet, so a retry is always safe here.
+/// The error says why the client is turned away.
+/// On success: the connected socket, the backend's index in `snapshot`, its slot.
+async fn connect_backend(
+    accounting: &Accounting,
+    snapshot: &Snapshot,
+    settings: &Listener,
+    peer: SocketAddr,
+    ctx: &WorkerCtx,
+) -> Result<(Socket, usize, ActiveGuard), DenyReason> {
+    let name = &accounting.state.name;
+    let mut tried = Tried::new();
+    let mut attempts = 0;
+    while attempts < settings.connect_attempts {
+        let (index, active) = snapshot
+            .pick_and_acquire(peer.ip().to_canonical(), ctx.random(), &mut tried)
+            .ok_or(DenyReason::NoBackend)?;
+        let backend = snapshot
+            .backends()
+            .get(index)
+            .ok_or(DenyReason::NoBackend)?;
+        attempts += 1;
+        let started = Instant::now();
+        match connect(backend.spec.addr, settings.connect_timeout).await {
+            Ok(socket) => {
+                accounting.record_connect(started.elapsed());
+                return Ok((socket, index, active));
+            }
+            Err(ConnectError::Backend(failure)) => {
+                // The passive health signal: the prober counts it toward `fall`.
+                backend.state.record_connect_failure();
+                log::debug!(
+                    "listener {name}: connect to {} failed: {failure}; {} attempt(s) left",
+                    backend.spec.label,
+                    settings.connect_attempts.saturating_sub(attempts)
+                );
+            }
+            Err(ConnectError::Local(e)) => {
+                accounting.resource_log.note(log::Level::Error, name, || {
+                    format!("cannot open a socket toward {}: {e}", backend.spec.label)
+                });
+                return Err(DenyReason::Resources);
+            }
+        }
+    }
+    Err(DenyReason::NoBackend)
+}
+
+enum ConnectError {
+    /// The backend refused, timed out or is unreachable: counts against the backend.
+    Backend(ConnectFailure),
+    /// Our side failed (fd or memory exhaustion): not the backend's fault.
+    Local(io::Error),
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Socket, ConnectError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(ConnectError::Local)?;
+    let _ = socket.set_nodelay(true);
+    let socket = Rc::new(socket);
+    let outcome = {
+        let attempt = uring::connect(&socket, SockAddr::from(addr));
+        tokio::pin!(attempt);
+        match tokio::time::timeout(timeout, &mut attempt).await {
+            Ok(res) => res.map_err(|e| ConnectError::Backend(ConnectFailure::classify(&e))),
+            Err(_) => {
+                // Cancel the pending connect so the socket is really gone, then report.
+                uring::cancel_all(socket.as_raw_fd()).await;
+                let _ = attempt.await;
+                Err(ConnectError::Backend(ConnectFailure::Timeout))
+            }
+        }
+    };
+    outcome?;
+    Rc::try_unwrap(socket)
+        .map_err(|_| ConnectError::Local(io::Error::other("connect socket still shared")))
+}
