@@ -101,6 +101,20 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Submission queue size of a worker's ring; completions are twice that by default.
+pub const WORKER_RING_ENTRIES: u32 = 4096;
+
+/// The ring set-up every worker uses. COOP_TASKRUN (Linux 5.19) + SINGLE_ISSUER (6.0):
+/// completions are run at our next syscall instead of by an interrupt, and the kernel
+/// skips cross-thread submission locking (measured ~20% less proxy CPU per request).
+/// DEFER_TASKRUN is not used: it hangs tokio-uring's driver. The start-up probe builds
+/// exactly this ring, so a kernel that rejects it fails before anything is bound.
+pub fn worker_ring_builder() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    builder.setup_coop_taskrun().setup_single_issuer();
+    builder
+}
+
 /// Why io_uring cannot be used here, with the remedy.
 #[derive(Debug, Error)]
 pub enum UringUnavailable {
@@ -108,33 +122,23 @@ pub enum UringUnavailable {
     DisabledBySysctl(String),
     #[error("io_uring_setup is not permitted ({0}); a seccomp filter (e.g. a container's default profile) or missing privileges block it; remedy: allow io_uring_setup/io_uring_enter/io_uring_register in the seccomp profile")]
     NotPermitted(io::Error),
-    #[error("this kernel has no io_uring ({0}); remedy: run on Linux 6.1 or newer built with CONFIG_IO_URING")]
+    #[error("this kernel has no io_uring ({0}); remedy: run on Linux 6.0 or newer built with CONFIG_IO_URING")]
     NoKernelSupport(io::Error),
-    #[error("io_uring lacks opcode(s) {0}; remedy: run on Linux 6.1 or newer")]
+    #[error("this kernel rejects the ring set-up the workers use (COOP_TASKRUN | SINGLE_ISSUER: {0}); remedy: run on Linux 6.0 or newer")]
+    SetupFlagsRejected(io::Error),
+    #[error("io_uring lacks opcode(s) {0}; remedy: run on Linux 6.0 or newer")]
     MissingOpcodes(String),
     #[error("io_uring set-up failed: {0}")]
     Other(io::Error),
 }
 
-/// Create a small ring and check every opcode the data plane relies on. Called before
-/// anything is bound, so a host without usable io_uring fails with one clear message.
+/// Build a ring exactly as the workers do and check every opcode the data plane relies
+/// on. Called before anything is bound, so a host without usable io_uring fails with one
+/// clear message instead of a bare "Invalid argument" from a worker.
 pub fn probe_io_uring() -> Result<(), UringUnavailable> {
-    let ring = match io_uring::IoUring::new(8) {
-        Ok(ring) => ring,
-        Err(e) => {
-            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            if !sysctl.is_empty() && sysctl != "0" {
-                return Err(UringUnavailable::DisabledBySysctl(sysctl));
-            }
-            return Err(match e.raw_os_error() {
-                Some(libc::ENOSYS) => UringUnavailable::NoKernelSupport(e),
-                Some(libc::EPERM) | Some(libc::EACCES) => UringUnavailable::NotPermitted(e),
-                _ => UringUnavailable::Other(e),
-            });
-        }
-    };
+    let ring = worker_ring_builder()
+        .build(WORKER_RING_ENTRIES)
+        .map_err(classify_setup_error)?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -148,6 +152,24 @@ pub fn probe_io_uring() -> Result<(), UringUnavailable> {
         Ok(())
     } else {
         Err(UringUnavailable::MissingOpcodes(missing.join(", ")))
+    }
+}
+
+fn classify_setup_error(e: io::Error) -> UringUnavailable {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if !sysctl.is_empty() && sysctl != "0" {
+        return UringUnavailable::DisabledBySysctl(sysctl);
+    }
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => UringUnavailable::NoKernelSupport(e),
+        Some(libc::EPERM) | Some(libc::EACCES) => UringUnavailable::NotPermitted(e),
+        // A plain ring works, so it is the flags the kernel does not know.
+        Some(libc::EINVAL) if io_uring::IoUring::new(2).is_ok() => {
+            UringUnavailable::SetupFlagsRejected(e)
+        }
+        _ => UringUnavailable::Other(e),
     }
 }
 

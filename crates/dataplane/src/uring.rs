@@ -183,3 +183,44 @@ pub const REQUIRED_OPCODES: &[(u8, &str)] = &[
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     (opcode::Timeout::CODE, "TIMEOUT"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `with_ioprio` writes raw bytes into io-uring's `Entry`, whose field is not public
+    /// API: pin the layout it relies on (the kernel's `io_uring_sqe`: opcode at byte 0,
+    /// ioprio at 2, fd at 4, addr at 16, len at 24), so an io-uring upgrade that changes it
+    /// fails here instead of corrupting submissions.
+    #[test]
+    fn ioprio_lands_in_the_sqe_ioprio_field_and_nothing_else_moves() {
+        let mut buf = [0u8; 16];
+        let entry = opcode::Recv::new(types::Fd(42), buf.as_mut_ptr(), 16).build();
+        let bytes = |e: squeue::Entry| -> [u8; 64] {
+            // SAFETY: as in `with_ioprio`: 64 plain bytes.
+            unsafe { std::mem::transmute(e) }
+        };
+        let before = bytes(entry.clone());
+        let after = bytes(with_ioprio(entry, RECVSEND_POLL_FIRST));
+        assert_eq!(before[0], opcode::Recv::CODE, "opcode at byte 0");
+        assert_eq!(
+            i32::from_ne_bytes([before[4], before[5], before[6], before[7]]),
+            42,
+            "fd at 4"
+        );
+        assert_eq!(
+            u32::from_ne_bytes([before[24], before[25], before[26], before[27]]),
+            16,
+            "len at 24"
+        );
+        let addr = u64::from_ne_bytes(before[16..24].try_into().unwrap_or([0; 8]));
+        assert_eq!(addr, buf.as_ptr() as u64, "addr at 16");
+        assert_eq!(
+            u16::from_ne_bytes([after[2], after[3]]),
+            RECVSEND_POLL_FIRST
+        );
+        let mut expected = before;
+        expected[2..4].copy_from_slice(&RECVSEND_POLL_FIRST.to_ne_bytes());
+        assert_eq!(after, expected, "only the ioprio bytes change");
+    }
+}

@@ -18,8 +18,6 @@ use crate::listener::ListenerState;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
 
-/// Submission queue size; completions are twice that by default.
-const RING_ENTRIES: u32 = 4096;
 /// io-wq threads per worker. Only splices run there, each non-blocking and gated on
 /// readiness, so a couple of threads keep up; the bound stops a burst from spawning many.
 const IOWQ_MAX_WORKERS: u32 = 2;
@@ -111,13 +109,10 @@ fn run(
             None
         }
     };
-    // COOP_TASKRUN + SINGLE_ISSUER: completions are run at our next syscall instead of by an
-    // interrupt, and the kernel skips cross-thread submission locking (measured ~20% less
-    // proxy CPU per request). DEFER_TASKRUN is not used: it hangs tokio-uring's driver.
-    let mut uring = io_uring::IoUring::builder();
-    uring.setup_coop_taskrun().setup_single_issuer();
     let mut builder = tokio_uring::builder();
-    builder.entries(RING_ENTRIES).uring_builder(&uring);
+    builder
+        .entries(sys::WORKER_RING_ENTRIES)
+        .uring_builder(&sys::worker_ring_builder());
     let runtime = match tokio_uring::Runtime::new(&builder) {
         Ok(rt) => rt,
         Err(e) => {
