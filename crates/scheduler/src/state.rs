@@ -24,7 +24,7 @@ impl Default for BackendState {
 }
 
 impl BackendState {
-    /// A backend starts up (DESIGN §4).
+    /// A backend starts up: it takes traffic until checks or passive failures say otherwise.
     pub fn new() -> Self {
         BackendState {
             up: AtomicBool::new(true),
