@@ -11,6 +11,8 @@
 //! loop would, while keeping each mode a short straight-line closed loop; 10,000 idle
 //! connections cost a task each, not a thread.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod backend;
 pub mod cli;
 pub mod load;

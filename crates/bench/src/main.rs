@@ -2,6 +2,8 @@
 //! Exit codes: 0 done, 1 could not run (bind, runtime), 2 bad arguments, 3 errors with
 //! --fail-on-errors.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -11,6 +11,8 @@
 //! (bad addresses, durations, ranges, conflicts between listeners…), so one
 //! `ringlb check` run lists them all.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod error;
 mod model;
 mod raw;

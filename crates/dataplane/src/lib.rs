@@ -6,6 +6,8 @@
 //! admin endpoint reads. Must not: take locks or use cross-thread channels per connection,
 //! depend on the prober (health arrives only through the scheduler's atomics), block a worker.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod ctx;
 mod listener;
 mod outcome;

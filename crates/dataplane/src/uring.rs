@@ -55,6 +55,8 @@ fn with_ioprio(entry: squeue::Entry, ioprio: u16) -> squeue::Entry {
     // `ioprio` is the u16 at byte offset 2; every bit pattern of those bytes is valid.
     let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
     raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+    // SAFETY: the same 64 bytes back, with only the ioprio field changed (layout pinned
+    // by the unit test below).
     unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
 }
 

@@ -14,6 +14,8 @@
 //!
 //! Health semantics, outcomes and detection bounds: `docs/health.md`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod machine;
 mod probe;
 mod runner;

@@ -1,6 +1,8 @@
 //! ringlb: the binary. Parses the command line, loads the configuration, starts the control
 //! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod admin;
 mod control;
 mod registry;

@@ -734,13 +734,16 @@ fn both_legs_have_tcp_nodelay() {
         if !is_socket {
             continue;
         }
+        // SAFETY: pidfd_getfd only reads its integer arguments; it returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
         if fd < 0 {
             let e = std::io::Error::last_os_error();
+            // SAFETY: closing the pidfd this test opened.
             unsafe { libc::close(pidfd) };
             eprintln!("SKIPPED: both_legs_have_tcp_nodelay: pidfd_getfd: {e}");
             return;
         }
+        // SAFETY: `fd` is a new descriptor this process owns from here on.
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         // Connected IP stream sockets only: ringlb may also hold inherited Unix sockets.
         let connected_tcp = sock.r#type().ok() == Some(socket2::Type::STREAM)
@@ -753,6 +756,7 @@ fn both_legs_have_tcp_nodelay() {
             );
         }
     }
+    // SAFETY: closing the pidfd this test opened.
     unsafe { libc::close(pidfd) };
     assert!(
         established >= 2,

@@ -37,6 +37,8 @@
 //!
 //! Algorithms, guarantees, tie-breaking and figures: `docs/scheduler.md`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod failure;
 mod hash;
 mod snapshot;

@@ -45,6 +45,7 @@ impl Dgram {
             // zero lengths, AF_UNSPEC).
             name: unsafe { mem::zeroed() },
             control: Control([0; CONTROL_LEN]),
+            // SAFETY: as above; the pointers are set before each use.
             hdr: unsafe { mem::zeroed() },
             iov: libc::iovec {
                 iov_base: std::ptr::null_mut(),
@@ -378,6 +379,7 @@ mod tests {
 
     #[test]
     fn sockaddr_roundtrip() {
+        // SAFETY: all-zero is a valid sockaddr_storage (AF_UNSPEC).
         let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
         for a in ["192.0.2.7:5353", "[2001:db8::5]:53"] {
             let a: SocketAddr = a.parse().unwrap();
