@@ -36,9 +36,9 @@ fn run(alg: Algorithm) {
                 round += 1;
                 let snap = sched.snapshot();
                 let flip = (round as usize) % snap.backends().len();
-                snap.backends()[flip].state.set_up(round % 3 != 0);
+                snap.backends()[flip].state.set_up(!round.is_multiple_of(3));
                 sched.health_changed();
-                if round % 10 == 0 {
+                if round.is_multiple_of(10) {
                     // Reload: drop one backend, add a fresh one, reweight the rest.
                     let specs = (0..8)
                         .map(|i| spec((i + round / 10) % 12, 1 + i % 3, 0, i == 7))
