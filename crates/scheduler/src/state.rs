@@ -24,7 +24,7 @@ impl Default for BackendState {
 }
 
 impl BackendState {
-    /// A backend starts up (DESIGN §4).
+    /// A backend starts up: a candidate until the health prober marks it down.
     pub fn new() -> Self {
         BackendState {
             up: AtomicBool::new(true),
