@@ -51,7 +51,8 @@ enum Command {
     },
 }
 
-/// Exit status for an invalid configuration (DESIGN §2).
+/// Exit status for an invalid configuration (or, for `explain`, an unknown listener name).
+/// Runtime failures exit 1, so a script can tell a bad file from a failed start.
 const EXIT_INVALID_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
@@ -130,37 +131,11 @@ fn explain(path: &Path, listener: &str, client: SocketAddr) -> ExitCode {
         );
         return ExitCode::from(EXIT_INVALID_CONFIG);
     };
-    let specs = l
-        .backends
-        .iter()
-        .map(ringlb_scheduler::BackendSpec::from)
-        .collect();
-    let scheduler = ringlb_scheduler::Scheduler::new(l.algorithm, specs);
-    let snapshot = scheduler.snapshot();
-    match snapshot.pick(client.ip(), 0, &ringlb_scheduler::Tried::new()) {
-        Some(i) => {
-            let b = &snapshot.backends()[i];
-            println!(
-                "listener {} ({}): client {client} -> backend {}{}",
-                l.name,
-                l.algorithm.as_str(),
-                b.spec.label,
-                if b.spec.backup { " (backup)" } else { "" }
-            );
-            if !matches!(
-                l.algorithm,
-                ringlb_config::Algorithm::SourceHash | ringlb_config::Algorithm::Maglev
-            ) {
-                println!(
-                    "note: {} does not pin clients to backends; this is the first pick of a fresh process",
-                    l.algorithm.as_str()
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        None => {
-            println!("listener {}: no backend would be chosen", l.name);
-            ExitCode::from(1)
-        }
+    let explanation = ringlb_scheduler::explain(l, client);
+    println!("{explanation}");
+    if explanation.backend.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -30,8 +30,9 @@
 //! pub struct Tried;  // small set of backend indices: new(), insert(i), contains(i), len()
 //! ```
 //!
-//! Additions: [`Scheduler::for_listener`], [`Snapshot::is_candidate`],
-//! [`Snapshot::maglev_table_size`], [`Snapshot::maglev_slot_counts`],
+//! Additions: [`Scheduler::for_listener`] / [`Scheduler::reconfigure_from`] (from a
+//! validated listener), [`explain`] (what `ringlb explain` prints),
+//! [`Snapshot::is_candidate`], [`Snapshot::maglev_table_size`], [`Snapshot::maglev_slot_counts`],
 //! [`Backend::try_acquire`] / [`BackendState::try_acquire`] (a hard `max_connections`),
 //! [`client_hash`] (the fixed hash `source_hash` and `maglev` use).
 //!
@@ -39,6 +40,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod explain;
 mod failure;
 mod hash;
 mod snapshot;
@@ -50,8 +52,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use ringlb_config::Algorithm;
+use ringlb_config::{Algorithm, Listener};
 
+pub use explain::{explain, pins_clients, Chosen, Explanation};
 pub use failure::ConnectFailure;
 pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
@@ -84,6 +87,11 @@ impl From<&ringlb_config::Backend> for BackendSpec {
             backup: b.backup,
         }
     }
+}
+
+/// What a listener's configuration says about its backends, in file order.
+fn specs(listener: &Listener) -> Vec<BackendSpec> {
+    listener.backends.iter().map(BackendSpec::from).collect()
 }
 
 /// A backend of one snapshot: its configuration and its live state, which is shared with
@@ -125,12 +133,14 @@ impl Scheduler {
         }
     }
 
-    /// A scheduler for a validated listener.
-    pub fn for_listener(listener: &ringlb_config::Listener) -> Scheduler {
-        Scheduler::new(
-            listener.algorithm,
-            listener.backends.iter().map(BackendSpec::from).collect(),
-        )
+    /// A scheduler for a validated listener: its algorithm over its backends, in file order.
+    pub fn for_listener(listener: &Listener) -> Scheduler {
+        Scheduler::new(listener.algorithm, specs(listener))
+    }
+
+    /// [`reconfigure`](Self::reconfigure) to a validated listener's algorithm and backends.
+    pub fn reconfigure_from(&self, listener: &Listener) {
+        self.reconfigure(listener.algorithm, specs(listener));
     }
 
     /// Reload: publishes a new snapshot. A backend whose `label` was already present keeps

@@ -1,0 +1,159 @@
+//! One listener at a time on the workers: start, rename, update in place, stop. Every change
+//! is published to the admin registry; the health prober follows with `restart_prober`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ringlb_config::{Listener, Protocol};
+use ringlb_dataplane::sys::{self, BindError};
+use ringlb_dataplane::worker::Command;
+use ringlb_dataplane::ListenerState;
+use ringlb_prober::{ProbeBackend, ProbeListener, Prober};
+use ringlb_scheduler::Scheduler;
+use socket2::Socket;
+
+use super::{protocol, ControlPlane};
+
+/// One SO_REUSEPORT socket per worker on the listener's bind, and the address actually
+/// bound (the port resolved when the configuration says 0).
+pub(super) fn bind(
+    listener: &Listener,
+    workers: usize,
+) -> Result<(Vec<Socket>, SocketAddr), BindError> {
+    sys::bind_reuseport(listener.bind, protocol(listener) == Protocol::Udp, workers)
+}
+
+impl ControlPlane {
+    /// Hands each worker its own socket of a freshly bound listener.
+    pub(super) fn start_listener(
+        &mut self,
+        listener: Listener,
+        sockets: Vec<Socket>,
+        addr: SocketAddr,
+    ) {
+        let shared = self.new_shared(&listener, addr);
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            if !worker.send(Command::Start {
+                listener: Arc::clone(&shared),
+                socket,
+            }) {
+                error!(
+                    "worker {} is gone; listener {} runs without it",
+                    worker.id, shared.name
+                );
+            }
+        }
+        self.register(&listener, shared, "");
+    }
+
+    /// Moves a TCP listener's sockets to a new name; the workers keep accepting on them.
+    pub(super) fn rename_listener(&mut self, old: &str, listener: Listener) {
+        let Some(running) = self.listeners.remove(old) else {
+            return;
+        };
+        let shared = self.new_shared(&listener, running.bound);
+        self.broadcast(|| Command::Rename {
+            old: old.to_string(),
+            listener: Arc::clone(&shared),
+        });
+        self.register(&listener, shared, &format!(", renamed from \"{old}\""));
+    }
+
+    /// Swaps in new settings and backends; sockets, counters and backend states stay.
+    pub(super) fn update_listener(&self, listener: &Listener) {
+        if let Some(running) = self.listeners.get(&listener.name) {
+            running.scheduler.reconfigure_from(listener);
+            running.settings.store(Arc::new(listener.clone()));
+        }
+    }
+
+    /// Stops accepting on a listener; its connections drain.
+    pub(super) fn stop_listener(&mut self, name: &str) {
+        if self.listeners.remove(name).is_some() {
+            self.broadcast(|| Command::Stop {
+                name: name.to_string(),
+            });
+        }
+    }
+
+    /// Sends every worker its own copy of a command; a worker that is gone has nothing
+    /// left to serve, so it is not waited for.
+    pub(super) fn broadcast(&self, command: impl Fn() -> Command) {
+        for worker in &self.workers {
+            worker.send(command());
+        }
+    }
+
+    fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerState> {
+        Arc::new(ListenerState::new(
+            listener.clone(),
+            bound,
+            Arc::new(Scheduler::for_listener(listener)),
+            self.workers.len(),
+            self.config.access_log,
+        ))
+    }
+
+    /// Records a running listener, publishes it to the admin endpoint, then logs its port
+    /// (tests and operators read the port from this line, so the registry comes first).
+    fn register(&mut self, listener: &Listener, shared: Arc<ListenerState>, note: &str) {
+        let bound = shared.bound;
+        self.listeners.insert(listener.name.clone(), shared);
+        self.publish_registry();
+        info!(
+            "listener \"{}\" listening on {bound} ({}, {} workers, {}, {} backend(s)){note}",
+            listener.name,
+            protocol(listener).as_str(),
+            self.workers.len(),
+            listener.algorithm.as_str(),
+            listener.backends.len()
+        );
+    }
+
+    pub(super) fn publish_registry(&self) {
+        let mut list: Vec<Arc<ListenerState>> = self.listeners.values().cloned().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        self.registry.listeners.store(Arc::new(list));
+    }
+
+    /// Health-checked listeners go to the prober; it is rebuilt from the current snapshots
+    /// and keeps the counters of (listener, backend) pairs that survive.
+    fn probe_targets(&self) -> Vec<ProbeListener> {
+        let mut out = Vec::new();
+        for shared in self.listeners.values() {
+            let settings = shared.settings.load();
+            let Some(check) = settings.health_check else {
+                continue;
+            };
+            let snapshot = shared.scheduler.snapshot();
+            let backends = snapshot
+                .backends()
+                .iter()
+                .map(|b| ProbeBackend {
+                    label: b.spec.label.clone(),
+                    addr: b.spec.addr,
+                    state: Arc::clone(&b.state),
+                })
+                .collect();
+            let scheduler = Arc::clone(&shared.scheduler);
+            out.push(ProbeListener {
+                name: shared.name.clone(),
+                check,
+                backends,
+                on_change: Arc::new(move || scheduler.health_changed()),
+            });
+        }
+        out
+    }
+
+    pub(super) fn restart_prober(&mut self) {
+        let targets = self.probe_targets();
+        match &self.prober {
+            Some(prober) => prober.update(targets),
+            None => match Prober::spawn(targets, self.transitions.clone()) {
+                Ok(prober) => self.prober = Some(prober),
+                Err(e) => error!("cannot start the health prober: {e}; backends stay up"),
+            },
+        }
+    }
+}

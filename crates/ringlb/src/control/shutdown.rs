@@ -1,0 +1,106 @@
+//! SIGTERM/SIGINT: stop accepting and let connections drain for up to `shutdown_timeout`
+//! (a second signal ends the wait), then cut what is left and join the workers.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver};
+use nix::sys::signal::Signal;
+use ringlb_dataplane::worker::{Command, WorkerEvent};
+use ringlb_prober::Transition;
+
+use super::ControlPlane;
+use crate::signals::ControlSignal;
+
+/// After the cut, how long to wait for workers to report and exit.
+const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ControlPlane {
+    pub(super) fn shutdown(
+        mut self,
+        signal: Signal,
+        signals: &Receiver<ControlSignal>,
+        transitions: &Receiver<Transition>,
+    ) {
+        let timeout = self.config.shutdown_timeout;
+        let live: u32 = self.listeners.values().map(|l| l.active()).sum();
+        info!("{signal}: stopped accepting; draining {live} connection(s) for up to {timeout:?}");
+        self.drain(timeout, signals, transitions);
+        let cut = self.cut();
+        if let Some(prober) = self.prober.take() {
+            prober.stop();
+        }
+        if cut > 0 {
+            warn!("shutdown: {cut} connection(s) still open after {timeout:?} were cut");
+        } else {
+            info!("shutdown: all connections finished");
+        }
+        for worker in self.workers.drain(..) {
+            worker.join();
+        }
+    }
+
+    /// Phase 1: every worker stops accepting; waits until all report `Drained`, `timeout`
+    /// passes or a second shutdown signal comes. Health transitions are still logged.
+    fn drain(
+        &self,
+        timeout: Duration,
+        signals: &Receiver<ControlSignal>,
+        transitions: &Receiver<Transition>,
+    ) {
+        self.broadcast(|| Command::Drain);
+        let deadline = Instant::now() + timeout;
+        let mut drained = 0;
+        while drained < self.workers.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            select! {
+                recv(self.events) -> event => match event {
+                    Ok(WorkerEvent::Drained { .. }) => drained += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+                recv(signals) -> s => {
+                    if let Ok(ControlSignal::Shutdown(again)) = s {
+                        warn!("{again} again: cutting connections now");
+                        break;
+                    }
+                }
+                recv(transitions) -> t => {
+                    if let Ok(t) = t {
+                        self.log_transition(&t);
+                    }
+                }
+                default(left) => break,
+            }
+        }
+    }
+
+    /// Phase 2: every worker resets what is left and exits; returns how many connections
+    /// were cut.
+    fn cut(&self) -> usize {
+        self.broadcast(|| Command::Cut);
+        let mut cut = 0;
+        let mut finished = 0;
+        let deadline = Instant::now() + WORKER_EXIT_TIMEOUT;
+        while finished < self.workers.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(WorkerEvent::Finished { cut: n, .. }) => {
+                    cut += n;
+                    finished += 1;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    error!(
+                        "{} worker(s) did not finish in time",
+                        self.workers.len() - finished
+                    );
+                    break;
+                }
+            }
+        }
+        cut
+    }
+}
