@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringlb_config::{Listener, ProxyProtocol};
+use ringlb_config::{ProxyProtocol, TcpSettings};
 use ringlb_scheduler::{ActiveGuard, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -150,6 +150,12 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
         return reject(client);
     };
     let settings = shared.settings.load_full();
+    // Only TCP listeners get a TCP accept loop, so this cannot fail; were it to, the
+    // client is refused rather than served with settings of another protocol.
+    let Some(tcp_settings) = settings.tcp() else {
+        debug_assert!(false, "listener {} has no tcp settings", shared.name);
+        return reject(client);
+    };
     let started = Instant::now();
     if !is_allowed(&settings, &peer) {
         counters.denied(DenyReason::NotAllowed).add(1);
@@ -169,7 +175,7 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     // access log, so no label is copied per connection.
     let snapshot = shared.scheduler.snapshot();
     let (backend, index, _active) =
-        match connect_backend(&local, &snapshot, &settings, peer, &ctx).await {
+        match connect_backend(&local, &snapshot, tcp_settings, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
                 counters.denied(reason).add(1);
@@ -197,8 +203,8 @@ async fn serve(ctx: Rc<WorkerCtx>, local: Rc<LocalListener>, client: Socket, pee
     let report = relay::relay(
         Rc::clone(&client),
         Rc::clone(&backend),
-        settings.forwarding,
-        settings.idle_timeout,
+        tcp_settings.forwarding,
+        tcp_settings.idle_timeout,
         counters,
         &ctx.cut,
         &ctx.pipes,
@@ -235,7 +241,7 @@ fn proxy_header(
 async fn connect_backend(
     local: &LocalListener,
     snapshot: &Snapshot,
-    settings: &Listener,
+    settings: &TcpSettings,
     peer: SocketAddr,
     ctx: &WorkerCtx,
 ) -> Result<(Socket, usize, ActiveGuard), DenyReason> {

@@ -85,7 +85,7 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
     for listener in &config.listeners {
         let (sockets, addr) = sys::bind_reuseport(
             listener.bind,
-            listener.protocol == Protocol::Udp,
+            listener.protocol() == Protocol::Udp,
             worker_count,
         )?;
         bound.push((listener.clone(), sockets, addr));
@@ -184,7 +184,7 @@ impl ControlPlane {
         let shared = self.new_shared(&listener, addr);
         for (worker, socket) in self.workers.iter().zip(sockets) {
             let listener = Arc::clone(&shared);
-            let command = match shared.settings.load().protocol {
+            let command = match shared.settings.load().protocol() {
                 Protocol::Tcp => Command::AddTcp { listener, socket },
                 Protocol::Udp => Command::AddUdp { listener, socket },
             };
@@ -234,14 +234,14 @@ impl ControlPlane {
             Running {
                 shared,
                 bind: listener.bind,
-                protocol: listener.protocol,
+                protocol: listener.protocol(),
             },
         );
         self.publish_registry();
         log::info!(
             "listener \"{}\" listening on {bound} ({}, {} workers, {}, {} backend(s)){note}",
             listener.name,
-            listener.protocol.as_str(),
+            listener.protocol().as_str(),
             self.workers.len(),
             listener.algorithm.as_str(),
             listener.backends.len()
@@ -397,7 +397,7 @@ impl ControlPlane {
             let Some(old) = removed.iter().position(|name| {
                 self.listeners.get(name).is_some_and(|r| {
                     r.protocol == Protocol::Tcp
-                        && listener.protocol == Protocol::Tcp
+                        && listener.protocol() == Protocol::Tcp
                         && r.bind == listener.bind
                 })
             }) else {
@@ -419,7 +419,7 @@ impl ControlPlane {
             }
             match self.listeners.get(&listener.name) {
                 Some(running)
-                    if running.bind == listener.bind && running.protocol == listener.protocol =>
+                    if running.bind == listener.bind && running.protocol == listener.protocol() =>
                 {
                     let before = running.shared.settings.load_full();
                     if let Some(diff) = describe_change(&before, listener) {
@@ -441,7 +441,7 @@ impl ControlPlane {
                     let replacing = existing.is_some();
                     match sys::bind_reuseport(
                         listener.bind,
-                        listener.protocol == Protocol::Udp,
+                        listener.protocol() == Protocol::Udp,
                         self.workers.len(),
                     ) {
                         Ok((sockets, addr)) => {

@@ -296,7 +296,13 @@ impl Local {
         if !is_allowed(&settings, &client) {
             return Err(DenyReason::NotAllowed);
         }
-        if !self.shared.try_admit(settings.max_sessions) {
+        // Only UDP listeners get a UDP receive loop, so this cannot fail; were it to, no
+        // session is admitted rather than one run with settings of another protocol.
+        let Some(udp) = settings.udp() else {
+            debug_assert!(false, "listener {} has no udp settings", self.shared.name);
+            return Err(DenyReason::Limit);
+        };
+        if !self.shared.try_admit(udp.max_sessions) {
             return Err(DenyReason::Limit);
         }
         let leg = match self.open_leg(client, &Tried::new()) {
@@ -410,7 +416,11 @@ impl Local {
             DenyReason::Limit => self.log_limit.note(log::Level::Warn, name, || {
                 format!(
                     "session table full (max_sessions={}): datagrams from new clients refused",
-                    self.shared.settings.load().max_sessions
+                    self.shared
+                        .settings
+                        .load()
+                        .udp()
+                        .map_or(0, |u| u.max_sessions)
                 )
             }),
             DenyReason::NoBackend => self.log_no_backend.note(log::Level::Warn, name, || {
@@ -683,7 +693,14 @@ async fn sweep_loop(local: Rc<Local>) {
     let cut = local.ctx.cut.wait();
     tokio::pin!(cut);
     loop {
-        let mut timeout = local.shared.settings.load().session_timeout;
+        // Always UDP settings (see create_session); without them no session exists to
+        // expire, and the drain quiet time is as good an interval as any.
+        let mut timeout = local
+            .shared
+            .settings
+            .load()
+            .udp()
+            .map_or(DRAIN_QUIET, |u| u.session_timeout);
         if local.draining.get() {
             timeout = timeout.min(DRAIN_QUIET);
         }

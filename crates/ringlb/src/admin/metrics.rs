@@ -162,7 +162,7 @@ fn view(shared: &ListenerShared, registry: &Registry) -> ListenerView {
     let udp_sessions = sum(shared, |w| w.udp_sessions_active.get());
     ListenerView {
         name: shared.name.clone(),
-        protocol: shared.settings.load().protocol,
+        protocol: shared.settings.load().protocol(),
         active: shared.active(),
         connections: sum(shared, |w| w.connections.get()),
         denied: DenyReason::ALL.map(|r| (r, sum(shared, |w| w.denied(r).get()))),
