@@ -67,27 +67,80 @@ pub enum Forwarding {
 pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
-    pub protocol: Protocol,
     pub algorithm: Algorithm,
-    /// TCP: per backend connect attempt.
-    pub connect_timeout: Duration,
-    /// TCP: distinct backends tried before the client is closed (≥ 1).
-    pub connect_attempts: u32,
-    /// TCP: no bytes either way for this long closes both legs.
-    pub idle_timeout: Duration,
-    /// Concurrent connections (TCP) across all workers; beyond it clients are closed at once.
+    /// Concurrent TCP connections across all workers; beyond it clients are closed at once.
+    /// Accepted on a UDP listener (and shown in `/status`) but not enforced there:
+    /// `max_sessions` bounds a UDP listener.
     pub max_connections: u32,
     /// Source allow-list; empty means every client is allowed.
     pub allow: Vec<IpNet>,
+    /// Never `V1` on a UDP listener (validation rejects it).
     pub proxy_protocol: ProxyProtocol,
-    pub forwarding: Forwarding,
-    /// UDP: a client's session is dropped after this long without a datagram either way.
-    pub session_timeout: Duration,
-    /// UDP: bound on the session table, across all workers.
-    pub max_sessions: u32,
     /// `None`: backends are always considered up (passive failures still trigger retries).
     pub health_check: Option<HealthCheck>,
     pub backends: Vec<Backend>,
+    /// The protocol, with the settings only that protocol uses.
+    pub transport: Transport,
+}
+
+/// A listener's protocol and the settings that belong to it alone, so that a TCP
+/// listener cannot carry (or be asked for) a session timeout and vice versa.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp(TcpSettings),
+    Udp(UdpSettings),
+}
+
+/// Settings only a TCP listener has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Per backend connect attempt.
+    pub connect_timeout: Duration,
+    /// Distinct backends tried before the client is closed (≥ 1).
+    pub connect_attempts: u32,
+    /// No bytes either way for this long closes both legs.
+    pub idle_timeout: Duration,
+    pub forwarding: Forwarding,
+}
+
+/// Settings only a UDP listener has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// A client's session is dropped after this long without a datagram either way.
+    pub session_timeout: Duration,
+    /// Bound on the session table, across all workers.
+    pub max_sessions: u32,
+}
+
+impl Listener {
+    pub fn protocol(&self) -> Protocol {
+        self.transport.protocol()
+    }
+
+    /// `None` on a UDP listener.
+    pub fn tcp(&self) -> Option<&TcpSettings> {
+        match &self.transport {
+            Transport::Tcp(tcp) => Some(tcp),
+            Transport::Udp(_) => None,
+        }
+    }
+
+    /// `None` on a TCP listener.
+    pub fn udp(&self) -> Option<&UdpSettings> {
+        match &self.transport {
+            Transport::Udp(udp) => Some(udp),
+            Transport::Tcp(_) => None,
+        }
+    }
+}
+
+impl Transport {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Transport::Tcp(_) => Protocol::Tcp,
+            Transport::Udp(_) => Protocol::Udp,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,5 +227,55 @@ impl ProxyProtocol {
             ProxyProtocol::V1 => "v1",
             ProxyProtocol::V2 => "v2",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(transport: Transport) -> Listener {
+        Listener {
+            name: "l".to_owned(),
+            bind: "127.0.0.1:7000".parse().unwrap(),
+            algorithm: Algorithm::RoundRobin,
+            max_connections: 1,
+            allow: Vec::new(),
+            proxy_protocol: ProxyProtocol::None,
+            health_check: None,
+            backends: Vec::new(),
+            transport,
+        }
+    }
+
+    const TCP: TcpSettings = TcpSettings {
+        connect_timeout: Duration::from_secs(1),
+        connect_attempts: 2,
+        idle_timeout: Duration::from_secs(3),
+        forwarding: Forwarding::Copy,
+    };
+    const UDP: UdpSettings = UdpSettings {
+        session_timeout: Duration::from_secs(4),
+        max_sessions: 5,
+    };
+
+    #[test]
+    fn each_listener_has_only_its_protocols_settings() {
+        let tcp = listener(Transport::Tcp(TCP));
+        assert_eq!(
+            (tcp.protocol(), tcp.tcp(), tcp.udp()),
+            (Protocol::Tcp, Some(&TCP), None)
+        );
+        let udp = listener(Transport::Udp(UDP));
+        assert_eq!(
+            (udp.protocol(), udp.tcp(), udp.udp()),
+            (Protocol::Udp, None, Some(&UDP))
+        );
+    }
+
+    #[test]
+    fn transport_names_its_protocol() {
+        assert_eq!(Transport::Tcp(TCP).protocol().as_str(), "tcp");
+        assert_eq!(Transport::Udp(UDP).protocol().as_str(), "udp");
     }
 }

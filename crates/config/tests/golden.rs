@@ -91,10 +91,11 @@ fn demo_config_is_what_the_demo_script_expects() {
     let l = &c.listeners[0];
     assert_eq!(l.name, "demo");
     assert_eq!(l.bind, "127.0.0.1:9000".parse().unwrap());
-    assert_eq!(l.protocol, Protocol::Tcp);
+    assert_eq!(l.protocol(), Protocol::Tcp);
     assert_eq!(l.algorithm, Algorithm::RoundRobin);
-    assert_eq!(l.connect_attempts, 2);
-    assert_eq!(l.connect_timeout, Duration::from_millis(200));
+    let tcp = l.tcp().unwrap();
+    assert_eq!(tcp.connect_attempts, 2);
+    assert_eq!(tcp.connect_timeout, Duration::from_millis(200));
     let hc = l.health_check.unwrap();
     assert_eq!(hc.interval, Duration::from_millis(200));
     assert_eq!(hc.timeout, Duration::from_millis(100));
@@ -133,5 +134,5 @@ fn payment_gateway_has_one_listener_per_interface() {
         Algorithm::LeastConnections | Algorithm::Maglev
     ));
     assert!(payment.backends.iter().any(|b| b.backup));
-    assert!(payment.connect_attempts > 1);
+    assert!(payment.tcp().unwrap().connect_attempts > 1);
 }

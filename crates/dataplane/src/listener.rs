@@ -41,7 +41,7 @@ impl ListenerState {
     ) -> Self {
         ListenerState {
             name: settings.name.clone(),
-            protocol: settings.protocol,
+            protocol: settings.protocol(),
             bound,
             settings: ArcSwap::from_pointee(settings),
             scheduler,

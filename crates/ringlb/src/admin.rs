@@ -47,7 +47,10 @@ pub(crate) mod testing {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use ringlb_config::{Algorithm, Backend, Forwarding, Listener, Protocol, ProxyProtocol};
+    use ringlb_config::{
+        Algorithm, Backend, Forwarding, Listener, Protocol, ProxyProtocol, TcpSettings, Transport,
+        UdpSettings,
+    };
     use ringlb_dataplane::ListenerState;
     use ringlb_scheduler::Scheduler;
 
@@ -63,17 +66,10 @@ pub(crate) mod testing {
         let settings = Listener {
             name: name.to_string(),
             bind: "127.0.0.1:0".parse().unwrap(),
-            protocol,
             algorithm: Algorithm::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            connect_attempts: 1,
-            idle_timeout: Duration::from_secs(60),
             max_connections: 100,
             allow: Vec::new(),
             proxy_protocol: ProxyProtocol::None,
-            forwarding: Forwarding::Copy,
-            session_timeout: Duration::from_secs(30),
-            max_sessions: 100,
             health_check: None,
             backends: backends
                 .iter()
@@ -85,6 +81,18 @@ pub(crate) mod testing {
                     backup: false,
                 })
                 .collect(),
+            transport: match protocol {
+                Protocol::Tcp => Transport::Tcp(TcpSettings {
+                    connect_timeout: Duration::from_secs(1),
+                    connect_attempts: 1,
+                    idle_timeout: Duration::from_secs(60),
+                    forwarding: Forwarding::Copy,
+                }),
+                Protocol::Udp => Transport::Udp(UdpSettings {
+                    session_timeout: Duration::from_secs(30),
+                    max_sessions: 100,
+                }),
+            },
         };
         let scheduler = Arc::new(Scheduler::for_listener(&settings));
         Arc::new(ListenerState::new(

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Listener, ProxyProtocol};
+use ringlb_config::{ProxyProtocol, TcpSettings};
 use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -36,6 +36,12 @@ pub(super) async fn serve(
         return reject(client);
     };
     let settings = state.settings.load_full();
+    // Only TCP listeners get a TCP accept loop, so this cannot fail; were it to, the
+    // client is refused rather than served with settings of another protocol.
+    let Some(tcp) = settings.tcp() else {
+        debug_assert!(false, "listener {} has no tcp settings", state.name);
+        return reject(client);
+    };
     let started = Instant::now();
     let deny = |reason| state.finish(counters, &Record::denied(peer, reason));
     if !is_allowed(&settings, &peer) {
@@ -54,7 +60,7 @@ pub(super) async fn serve(
     // access log, so no label is copied per connection.
     let snapshot = state.scheduler.snapshot();
     let (backend, index, _active) =
-        match connect_backend(&accounting, &snapshot, &settings, peer, &ctx).await {
+        match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
                 deny(reason);
@@ -91,8 +97,8 @@ pub(super) async fn serve(
         let report = relay::relay(
             Rc::clone(&client),
             Rc::clone(&backend),
-            settings.forwarding,
-            settings.idle_timeout,
+            tcp.forwarding,
+            tcp.idle_timeout,
             counters,
             &ctx.cut,
             &ctx.pipes,
@@ -135,7 +141,7 @@ fn proxy_header(
 async fn connect_backend(
     accounting: &Accounting,
     snapshot: &Snapshot,
-    settings: &Listener,
+    settings: &TcpSettings,
     peer: SocketAddr,
     ctx: &WorkerCtx,
 ) -> Result<(Socket, usize, ActiveGuard), DenyReason> {

@@ -294,7 +294,13 @@ impl UdpWorkerListener {
         if !is_allowed(&settings, &client) {
             return Err(DenyReason::NotAllowed);
         }
-        if !self.listener.try_admit(settings.max_sessions) {
+        // Only UDP listeners get a UDP receive loop, so this cannot fail; were it to, no
+        // session is admitted rather than one run with settings of another protocol.
+        let Some(udp) = settings.udp() else {
+            debug_assert!(false, "listener {} has no udp settings", self.listener.name);
+            return Err(DenyReason::Limit);
+        };
+        if !self.listener.try_admit(udp.max_sessions) {
             return Err(DenyReason::Limit);
         }
         let leg = match self.open_leg(client, &Tried::new()) {
@@ -413,7 +419,11 @@ impl UdpWorkerListener {
             DenyReason::Limit => self.log_limit.note(log::Level::Warn, name, || {
                 format!(
                     "session table full (max_sessions={}): datagrams from new clients refused",
-                    self.listener.settings.load().max_sessions
+                    self.listener
+                        .settings
+                        .load()
+                        .udp()
+                        .map_or(0, |u| u.max_sessions)
                 )
             }),
             DenyReason::NoBackend => self.log_no_backend.note(log::Level::Warn, name, || {
@@ -669,7 +679,14 @@ async fn sweep_loop(local: Rc<UdpWorkerListener>) {
     let cut = local.ctx.cut.wait();
     tokio::pin!(cut);
     loop {
-        let mut timeout = local.listener.settings.load().session_timeout;
+        // Always UDP settings (see create_session); without them no session exists to
+        // expire, and the drain quiet time is as good an interval as any.
+        let mut timeout = local
+            .listener
+            .settings
+            .load()
+            .udp()
+            .map_or(DRAIN_QUIET, |u| u.session_timeout);
         if local.draining.get() {
             timeout = timeout.min(DRAIN_QUIET);
         }

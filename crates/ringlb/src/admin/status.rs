@@ -42,7 +42,7 @@ pub fn render(registry: &Registry) -> String {
             json!({
                 "name": shared.name,
                 "bind": shared.bound.to_string(),
-                "protocol": settings.protocol.as_str(),
+                "protocol": settings.protocol().as_str(),
                 "algorithm": snapshot.algorithm().as_str(),
                 "max_connections": settings.max_connections,
                 "active_connections": shared.active(),

@@ -12,7 +12,7 @@ use ringlb_prober::{ProbeBackend, ProbeListener, Prober};
 use ringlb_scheduler::Scheduler;
 use socket2::Socket;
 
-use super::{protocol, ControlPlane};
+use super::ControlPlane;
 
 /// One SO_REUSEPORT socket per worker on the listener's bind, and the address actually
 /// bound (the port resolved when the configuration says 0).
@@ -20,7 +20,7 @@ pub(super) fn bind(
     listener: &Listener,
     workers: usize,
 ) -> Result<(Vec<Socket>, SocketAddr), BindError> {
-    sys::bind_reuseport(listener.bind, protocol(listener) == Protocol::Udp, workers)
+    sys::bind_reuseport(listener.bind, listener.protocol() == Protocol::Udp, workers)
 }
 
 impl ControlPlane {
@@ -103,7 +103,7 @@ impl ControlPlane {
         info!(
             "listener \"{}\" listening on {bound} ({}, {} workers, {}, {} backend(s)){note}",
             listener.name,
-            protocol(listener).as_str(),
+            listener.protocol().as_str(),
             self.workers.len(),
             listener.algorithm.as_str(),
             listener.backends.len()

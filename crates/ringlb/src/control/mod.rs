@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crossbeam_channel::{select, Receiver, Sender};
-use ringlb_config::{Config, Listener, Protocol};
+use ringlb_config::Config;
 use ringlb_dataplane::worker::{WorkerEvent, WorkerHandle};
 use ringlb_dataplane::ListenerState;
 use ringlb_prober::{Prober, Transition};
@@ -51,11 +51,6 @@ struct ControlPlane {
     transitions: Sender<Transition>,
     registry: Arc<Registry>,
     log_level_from_env: bool,
-}
-
-/// A listener's protocol: the one place the control plane reads it from the configuration.
-fn protocol(listener: &Listener) -> Protocol {
-    listener.protocol
 }
 
 impl ControlPlane {

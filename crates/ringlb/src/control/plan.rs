@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use log::LevelFilter;
 use ringlb_config::{Backend, Config, Listener, Protocol};
 
-use super::protocol;
-
 /// Every step of one reload. Listener lists are in the new file's order, except `remove`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct ReloadPlan {
@@ -93,13 +91,13 @@ pub(super) fn plan(running: &Config, new: &Config) -> ReloadPlan {
 
 /// What identifies a listener's sockets.
 fn socket(listener: &Listener) -> (SocketAddr, Protocol) {
-    (listener.bind, protocol(listener))
+    (listener.bind, listener.protocol())
 }
 
 /// Takes from `gone` the first TCP listener on the same bind as `listener` (a TCP listener
 /// too), whose sockets `listener` then keeps; returns its name.
 fn take_renamed(gone: &mut Vec<&Listener>, listener: &Listener) -> Option<String> {
-    if protocol(listener) != Protocol::Tcp {
+    if listener.protocol() != Protocol::Tcp {
         return None;
     }
     let i = gone

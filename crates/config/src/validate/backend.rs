@@ -1,0 +1,261 @@
+//! One listener's `backends` list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::scalar::{boolean, opt_int, socket_addr};
+use super::Errors;
+use crate::model::Backend;
+use crate::raw::{RawBackend, Scalar};
+
+/// Upper bound of a backend weight: keeps the sums the schedulers build (smooth WRR,
+/// dynamic weights) far from overflow however many backends a listener has.
+pub const MAX_WEIGHT: u64 = 65_535;
+
+/// Listener `i`'s backends that have no problem; every problem is pushed.
+pub(super) fn backends(errs: &mut Errors, i: usize, list: Option<&[RawBackend]>) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    match list {
+        None => errs.push(
+            format!("listeners[{i}].backends"),
+            "missing: a listener needs at least one backend",
+        ),
+        Some([]) => errs.push(
+            format!("listeners[{i}].backends"),
+            "no backends: a listener needs at least one",
+        ),
+        Some(list) => {
+            // addr → index of its first occurrence in this listener.
+            let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+            for (k, rb) in list.iter().enumerate() {
+                let bp = format!("listeners[{i}].backends[{k}]");
+                if let Some(b) = backend(errs, &bp, rb) {
+                    if let Some(first) = addrs.get(&b.addr) {
+                        errs.push(
+                            format!("{bp}.addr"),
+                            format!(
+                                "duplicate backend {} (also backends[{first}]): list each backend once per listener and use weight to give it a larger share",
+                                b.addr
+                            ),
+                        );
+                    } else {
+                        addrs.insert(b.addr, k);
+                    }
+                    backends.push(b);
+                }
+            }
+        }
+    }
+    backends
+}
+
+fn backend(errs: &mut Errors, path: &str, rb: &RawBackend) -> Option<Backend> {
+    let before = errs.count();
+    let p = |key: &str| format!("{path}.{key}");
+    let addr = match &rb.addr {
+        None => {
+            errs.push(
+                p("addr"),
+                "missing: every backend needs an addr, e.g. 10.0.0.11:7000",
+            );
+            None
+        }
+        Some(s) => destination(errs, &p("addr"), s),
+    };
+    let weight = opt_int(
+        errs,
+        &p("weight"),
+        rb.weight.as_ref(),
+        1,
+        1,
+        MAX_WEIGHT,
+        " (to take a backend out of rotation remove it or mark it backup: true)",
+    );
+    let max_connections = opt_int(
+        errs,
+        &p("max_connections"),
+        rb.max_connections.as_ref(),
+        0,
+        0,
+        u32::MAX.into(),
+        "",
+    );
+    let backup = rb
+        .backup
+        .as_ref()
+        .and_then(|s| boolean(errs, &p("backup"), s))
+        .unwrap_or(false);
+    if errs.count() != before {
+        return None;
+    }
+    let label = rb.addr.as_ref().map(|s| s.text.clone())?;
+    Some(Backend {
+        addr: addr?,
+        label,
+        weight,
+        max_connections,
+        backup,
+    })
+}
+
+/// A socket address a backend can be connected to: not port 0, not a wildcard.
+fn destination(errs: &mut Errors, path: &str, s: &Scalar) -> Option<SocketAddr> {
+    let a = socket_addr(errs, path, s)?;
+    if a.port() == 0 {
+        errs.push(
+            path,
+            format!(
+                "{} has port 0, which cannot be connected to: use the backend's port, 1..=65535",
+                s.shown()
+            ),
+        );
+        None
+    } else if a.ip().is_unspecified() {
+        errs.push(
+            path,
+            format!(
+                "{} is a wildcard, not a destination: give the backend's own address",
+                a.ip()
+            ),
+        );
+        None
+    } else {
+        Some(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::validate::testing::*;
+
+    #[test]
+    fn backends_are_required() {
+        assert_one_error(
+            "listeners:\n  - name: a\n    bind: 127.0.0.1:7000\n",
+            "listeners[0].backends",
+            "missing: a listener needs at least one backend",
+        );
+        assert_one_error(
+            &with_backends("      []\n"),
+            "listeners[0].backends",
+            "no backends",
+        );
+    }
+
+    #[test]
+    fn backend_addr_required_and_parsed() {
+        assert_one_error(
+            &with_backends("      - weight: 2\n"),
+            "listeners[0].backends[0].addr",
+            "missing",
+        );
+        let e = errors(&with_backends(
+            "      - addr: 10.0.0.2:80\n      - addr: 10.0.0.1\n",
+        ));
+        assert_eq!(
+            e,
+            ["listeners[0].backends[1].addr: invalid socket address \"10.0.0.1\""]
+        );
+        assert_one_error(
+            &with_backends("      - addr: 7000\n"),
+            "listeners[0].backends[0].addr",
+            "invalid socket address 7000",
+        );
+    }
+
+    #[test]
+    fn backend_addr_must_be_a_destination() {
+        assert_one_error(
+            &with_backends("      - addr: 10.0.0.1:0\n"),
+            "listeners[0].backends[0].addr",
+            "port 0",
+        );
+        assert_one_error(
+            &with_backends("      - addr: 0.0.0.0:80\n"),
+            "listeners[0].backends[0].addr",
+            "wildcard",
+        );
+        assert_one_error(
+            &with_backends("      - addr: \"[::]:80\"\n"),
+            "listeners[0].backends[0].addr",
+            "wildcard",
+        );
+    }
+
+    #[test]
+    fn backend_label_is_the_text_as_written() {
+        let c = ok(&with_backends(
+            "      - addr: \"[2001:db8::1]:080\"\n      - addr: 10.0.0.1:80\n",
+        ));
+        let b = &c.listeners[0].backends;
+        assert_eq!(b[0].label, "[2001:db8::1]:080");
+        assert_eq!(b[0].addr, "[2001:db8::1]:80".parse().unwrap());
+        assert_eq!(b[1].label, "10.0.0.1:80");
+    }
+
+    #[test]
+    fn duplicate_backend_addr_in_one_listener() {
+        // Compared as addresses, not text: 080 and 80 are the same port.
+        let e = errors(&with_backends(
+            "      - addr: 10.0.0.1:80\n      - addr: 10.0.0.2:80\n      - addr: 10.0.0.1:080\n",
+        ));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with(
+            "listeners[0].backends[2].addr: duplicate backend 10.0.0.1:80 (also backends[0])"
+        ));
+        // The same backend in two listeners is fine.
+        ok(&two("127.0.0.1:1", "tcp", "127.0.0.1:2", "tcp"));
+    }
+
+    #[test]
+    fn weight_at_least_one() {
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, weight: 0}\n"),
+            "listeners[0].backends[0].weight",
+            "must be at least 1, got 0",
+        );
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, weight: 65536}\n"),
+            "listeners[0].backends[0].weight",
+            "expected 1..=65535",
+        );
+        assert_eq!(
+            ok(&with_backends(
+                "      - {addr: 10.0.0.1:80, weight: 65535}\n"
+            ))
+            .listeners[0]
+                .backends[0]
+                .weight,
+            65535
+        );
+    }
+
+    #[test]
+    fn backend_max_connections_zero_is_unlimited() {
+        assert_eq!(
+            ok(&with_backends(
+                "      - {addr: 10.0.0.1:80, max_connections: 0}\n"
+            ))
+            .listeners[0]
+                .backends[0]
+                .max_connections,
+            0
+        );
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, max_connections: -5}\n"),
+            "listeners[0].backends[0].max_connections",
+            "must be at least 0",
+        );
+    }
+
+    #[test]
+    fn backup_is_a_boolean_and_all_backup_is_allowed() {
+        let c = ok(&with_backends("      - {addr: 10.0.0.1:80, backup: true}\n      - {addr: 10.0.0.2:80, backup: true}\n"));
+        assert!(c.listeners[0].backends.iter().all(|b| b.backup));
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, backup: yes}\n"),
+            "listeners[0].backends[0].backup",
+            "expected true or false, got \"yes\"",
+        );
+    }
+}
