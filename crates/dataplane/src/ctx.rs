@@ -3,11 +3,13 @@
 //! for the scheduler and the splice pipe pool. The bottom layer of the data plane: it
 //! imports nothing from the listeners, the relay or the worker loop.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
+use crate::handover::MovedConn;
 use crate::pipes::PipePool;
 
 /// Worker-local context shared by every task on this worker (single thread: `Cell`s).
@@ -22,6 +24,12 @@ pub(crate) struct WorkerCtx {
     rng: Cell<u64>,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
+    /// Live TCP connections (a subset of `live`): what a live upgrade waits to move.
+    relays: Cell<usize>,
+    relays_idle: Notify,
+    /// A live upgrade is taking the connections: every relay freezes and is sent here.
+    pub(crate) handover: Cut,
+    pub(crate) moved: RefCell<Option<Sender<MovedConn>>>,
 }
 
 impl WorkerCtx {
@@ -38,6 +46,23 @@ impl WorkerCtx {
             cut: Cut::default(),
             rng: Cell::new(seed | 1),
             pipes: PipePool::new(),
+            relays: Cell::new(0),
+            relays_idle: Notify::new(),
+            handover: Cut::default(),
+            moved: RefCell::new(None),
+        }
+    }
+
+    /// Count a live TCP connection until the guard drops (it also counts as live).
+    pub(crate) fn enter_relay(self: &Rc<Self>) -> RelayGuard {
+        self.relays.set(self.relays.get() + 1);
+        RelayGuard(self.enter())
+    }
+
+    /// Returns once no TCP connection is live on this worker.
+    pub(crate) async fn wait_no_relays(&self) {
+        while self.relays.get() > 0 {
+            self.relays_idle.notified().await;
         }
     }
 
@@ -78,6 +103,11 @@ pub(crate) struct Cut {
 }
 
 impl Cut {
+    /// Undo a fire: waiters from now on wait again (an upgrade that was called off).
+    pub(crate) fn reset(&self) {
+        self.fired.set(false);
+    }
+
     pub(crate) fn fire(&self) {
         self.fired.set(true);
         self.notify.notify_waiters();
@@ -101,6 +131,20 @@ impl Drop for LiveGuard {
         self.0.live.set(live);
         if live == 0 {
             self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// One live TCP connection; see [`WorkerCtx::enter_relay`].
+pub(crate) struct RelayGuard(LiveGuard);
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        let ctx = &self.0 .0;
+        let relays = ctx.relays.get().saturating_sub(1);
+        ctx.relays.set(relays);
+        if relays == 0 {
+            ctx.relays_idle.notify_waiters();
         }
     }
 }

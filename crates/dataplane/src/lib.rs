@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod ctx;
+mod handover;
 mod listener;
 mod outcome;
 mod pipes;
@@ -23,5 +24,6 @@ mod uring;
 pub mod worker;
 mod worker_listener;
 
+pub use handover::{monotonic_now, MovedConn};
 pub use listener::ListenerState;
 pub use outcome::{DenyReason, EndReason};

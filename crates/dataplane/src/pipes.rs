@@ -28,6 +28,23 @@ impl Pipe {
     }
 }
 
+impl Pipe {
+    /// Everything the pipe holds, read without blocking (a frozen link's bytes in flight).
+    pub(crate) fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match nix::unistd::read(self.read.as_raw_fd(), &mut chunk) {
+                Ok(0) => return Ok(out),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(out),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// Pipes kept by one worker for reuse. A direction holds a pipe only while it has data in
 /// flight and hands it back (empty) when its socket runs dry, so thousands of established
 /// but quiet splice connections hold no pipe file descriptors.
@@ -83,6 +100,20 @@ mod tests {
         pool.give(pipe);
         assert!(pool.free.borrow().is_empty());
         drop(held);
+    }
+
+    #[test]
+    fn read_all_takes_what_the_pipe_holds() {
+        let pool = PipePool::new();
+        let pipe = pool.take().unwrap_or_else(|e| panic!("pipe2: {e}"));
+        let data: Vec<u8> = (0..60_000u32).map(|i| i as u8).collect();
+        let mut written = 0;
+        while written < data.len() {
+            written += nix::unistd::write(&pipe.write, &data[written..])
+                .unwrap_or_else(|e| panic!("write: {e}"));
+        }
+        assert_eq!(pipe.read_all().unwrap_or_else(|e| panic!("{e}")), data);
+        assert!(pipe.read_all().unwrap_or_else(|e| panic!("{e}")).is_empty());
     }
 
     #[test]

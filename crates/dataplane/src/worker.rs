@@ -14,6 +14,7 @@ use socket2::Socket;
 use tokio::sync::mpsc;
 
 use crate::ctx::WorkerCtx;
+use crate::handover::MovedConn;
 use crate::listener::ListenerState;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
@@ -40,6 +41,18 @@ pub enum Command {
         old: String,
         listener: Arc<ListenerState>,
     },
+    /// Live upgrade, old process: stop accepting everywhere (the new process accepts on the
+    /// same sockets), freeze every TCP connection and send it to `sink`; report `Frozen`
+    /// when none is left.
+    Freeze {
+        sink: crossbeam_channel::Sender<MovedConn>,
+    },
+    /// Live upgrade called off: connections relay normally again (listeners are started
+    /// again with `Start`).
+    Thaw,
+    /// Live upgrade: take over a connection the previous process (or, after a failed
+    /// upgrade, this one) froze.
+    Adopt(MovedConn),
     /// Shutdown, phase 1: stop accepting everywhere; report `Drained` when no connection is left.
     Drain,
     /// Shutdown, phase 2: reset whatever is left, report `Finished`, exit.
@@ -49,10 +62,28 @@ pub enum Command {
 /// What a worker tells the control plane.
 #[derive(Debug)]
 pub enum WorkerEvent {
-    Started { worker: usize },
-    Failed { worker: usize, error: String },
-    Drained { worker: usize },
-    Finished { worker: usize, cut: usize },
+    Started {
+        worker: usize,
+    },
+    Failed {
+        worker: usize,
+        error: String,
+    },
+    Drained {
+        worker: usize,
+    },
+    /// Every TCP connection of this worker was frozen and handed to the upgrade's sink.
+    Frozen {
+        worker: usize,
+    },
+    /// `Thaw` done: from now on nothing more reaches the upgrade's sink.
+    Thawed {
+        worker: usize,
+    },
+    Finished {
+        worker: usize,
+        cut: usize,
+    },
 }
 
 pub struct WorkerHandle {
@@ -169,6 +200,41 @@ async fn main_loop(
                     old.stop().await;
                 }
             }
+            Command::Freeze { sink } => {
+                for (_, listener) in serving.drain() {
+                    listener.stop().await;
+                }
+                *ctx.moved.borrow_mut() = Some(sink);
+                ctx.handover.fire();
+                let ctx = Rc::clone(&ctx);
+                let events = events.clone();
+                tokio_uring::spawn(async move {
+                    ctx.wait_no_relays().await;
+                    let _ = events.send(WorkerEvent::Frozen { worker: ctx.id });
+                });
+            }
+            Command::Thaw => {
+                ctx.handover.reset();
+                ctx.moved.borrow_mut().take();
+                let _ = events.send(WorkerEvent::Thawed { worker: ctx.id });
+            }
+            Command::Adopt(moved) => match serving.get(&moved.listener) {
+                Some(listener) => {
+                    let name = moved.listener.clone();
+                    if !listener.adopt(&ctx, moved) {
+                        log::error!(
+                            "worker {}: listener {name} cannot take a TCP connection",
+                            ctx.id
+                        );
+                    }
+                }
+                None => log::error!(
+                    "worker {}: no listener {} for a handed-over connection from {}; closing it",
+                    ctx.id,
+                    moved.listener,
+                    moved.client_addr
+                ),
+            },
             Command::Drain => {
                 for (_, listener) in serving.drain() {
                     listener.stop().await;

@@ -10,6 +10,7 @@ use ringlb_config::Protocol;
 use socket2::Socket;
 
 use crate::ctx::WorkerCtx;
+use crate::handover::MovedConn;
 use crate::listener::ListenerState;
 use crate::tcp::TcpListener;
 use crate::udp::UdpListener;
@@ -60,6 +61,18 @@ impl WorkerListener {
                 Ok(())
             }
             WorkerListener::Udp(_) => Err(CannotRename(Protocol::Udp)),
+        }
+    }
+
+    /// Take over a TCP connection the previous process froze; false (and the connection
+    /// closed) if this is not a TCP listener.
+    pub(crate) fn adopt(&self, ctx: &Rc<WorkerCtx>, moved: MovedConn) -> bool {
+        match self {
+            WorkerListener::Tcp(listener) => {
+                listener.adopt(ctx, moved);
+                true
+            }
+            WorkerListener::Udp(_) => false,
         }
     }
 

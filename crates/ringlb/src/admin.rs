@@ -35,8 +35,12 @@ pub enum AdminError {
 /// Binds `addr` and serves `/metrics` and `/status` from `registry` until the returned
 /// handle is stopped or dropped. Logs `admin listening on http://ADDR` with the address
 /// actually bound (the config may say port 0). Bind errors come back to the caller.
-pub fn spawn(addr: SocketAddr, registry: Arc<Registry>) -> Result<AdminServer, AdminError> {
-    let server = AdminServer::spawn(addr, registry)?;
+pub fn spawn(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+    registry: Arc<Registry>,
+) -> Result<AdminServer, AdminError> {
+    let server = AdminServer::spawn(addr, inherited, registry)?;
     log::info!("admin listening on http://{}", server.local_addr());
     Ok(server)
 }

@@ -7,6 +7,7 @@ mod admin;
 mod control;
 mod registry;
 mod signals;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,8 @@ use nix::sys::signal::{SigSet, Signal};
 pub enum ControlSignal {
     Reload,
     Shutdown(Signal),
+    /// SIGUSR2: live upgrade to the binary this process was started from.
+    Upgrade,
 }
 
 fn handled() -> SigSet {
@@ -15,6 +17,7 @@ fn handled() -> SigSet {
     set.add(Signal::SIGHUP);
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGUSR2);
     set
 }
 
@@ -45,6 +48,7 @@ fn wait_loop(tx: Sender<ControlSignal>) {
         };
         let message = match signal {
             Signal::SIGHUP => ControlSignal::Reload,
+            Signal::SIGUSR2 => ControlSignal::Upgrade,
             other => ControlSignal::Shutdown(other),
         };
         if tx.send(message).is_err() {

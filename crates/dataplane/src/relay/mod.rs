@@ -8,7 +8,7 @@
 //! end — and every op still in flight on either socket is cancelled. A watchdog in the same
 //! task enforces `idle_timeout` and the shutdown cut.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -68,11 +68,51 @@ pub(crate) struct RelayReport {
     pub(crate) end: EndReason,
 }
 
+/// How a relay ended: forwarded to its end, or frozen for a live upgrade.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    Ended(RelayReport),
+    /// Stopped at a clean point for a live upgrade: nothing is in flight on either socket
+    /// and every byte read but not yet written is in `carry`.
+    Frozen(Frozen),
+}
+
+/// A relay stopped for a live upgrade, or one resuming after it: the bytes read from one
+/// side and not yet written to the other, and how long the link has been idle.
+#[derive(Debug, Default)]
+pub(crate) struct Frozen {
+    /// Read from the client, owed to the backend.
+    pub(crate) to_backend: Vec<u8>,
+    /// Read from the backend, owed to the client.
+    pub(crate) to_client: Vec<u8>,
+    pub(crate) idle: Duration,
+    /// Bytes forwarded so far by this process (client → backend, backend → client).
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+/// What a relay runs with, besides its two sockets.
+pub(crate) struct RelayContext<'a> {
+    pub(crate) forwarding: Forwarding,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) counters: &'a WorkerCounters,
+    /// Fires when shutdown_timeout expires: reset the link.
+    pub(crate) cut: &'a Cut,
+    /// Fires when a live upgrade takes the connections: freeze the link.
+    pub(crate) handover: &'a Cut,
+    pub(crate) pipes: &'a PipePool,
+}
+
 /// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
 struct Link<'a> {
     client: Rc<Socket>,
     backend: Rc<Socket>,
     aborted: Cell<Option<EndReason>>,
+    /// Stopping for a live upgrade: halves stop issuing operations and keep what they hold.
+    frozen: Cell<bool>,
+    /// Per direction (`Dir as usize`): read, not yet written. Filled when frozen; at the
+    /// start of a resumed relay, what the previous process handed over.
+    carry: [RefCell<Vec<u8>>; 2],
     first_eof: Cell<Option<EndReason>>,
     last_activity: Cell<Instant>,
     counters: &'a WorkerCounters,
@@ -86,8 +126,27 @@ impl Link<'_> {
         }
     }
 
+    /// Ended or frozen: no new operation may be issued.
     fn is_aborted(&self) -> bool {
-        self.aborted.get().is_some()
+        self.aborted.get().is_some() || self.frozen.get()
+    }
+
+    /// Stop for a live upgrade: no FIN, no RST; cancel what is in flight, and let each half
+    /// keep the bytes it holds (`hold`).
+    async fn freeze(&self) {
+        if self.is_aborted() {
+            return;
+        }
+        self.frozen.set(true);
+        uring::cancel_all(self.client.as_raw_fd()).await;
+        uring::cancel_all(self.backend.as_raw_fd()).await;
+    }
+
+    /// Keep bytes read in `dir` and not written, for the process the link moves to.
+    fn hold(&self, dir: Dir, bytes: &[u8]) {
+        self.carry[dir as usize]
+            .borrow_mut()
+            .extend_from_slice(bytes);
     }
 
     /// End the link. `reset`: SO_LINGER 0 so closing sends RST to both peers. Otherwise
@@ -130,49 +189,70 @@ fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
 }
 
-/// Forward until both directions are done. `cut` fires when shutdown_timeout expires.
+/// Forward until both directions are done, or until a live upgrade freezes the link.
+/// `resumed`: a link the previous process froze (its carried bytes are written first).
 pub(crate) async fn relay(
     client: Rc<Socket>,
     backend: Rc<Socket>,
-    forwarding: Forwarding,
-    idle_timeout: Duration,
-    counters: &WorkerCounters,
-    cut: &Cut,
-    pipes: &PipePool,
-) -> RelayReport {
+    cx: &RelayContext<'_>,
+    resumed: Option<Frozen>,
+) -> RelayEnd {
+    let resumed = resumed.unwrap_or_default();
     let link = Link {
         client,
         backend,
         aborted: Cell::new(None),
+        frozen: Cell::new(false),
+        carry: [
+            RefCell::new(resumed.to_backend),
+            RefCell::new(resumed.to_client),
+        ],
         first_eof: Cell::new(None),
-        last_activity: Cell::new(Instant::now()),
-        counters,
+        last_activity: Cell::new(
+            Instant::now()
+                .checked_sub(resumed.idle)
+                .unwrap_or_else(Instant::now),
+        ),
+        counters: cx.counters,
     };
     let halves = async {
         tokio::join!(
-            half(&link, Dir::ClientToBackend, forwarding, pipes),
-            half(&link, Dir::BackendToClient, forwarding, pipes)
+            half(&link, Dir::ClientToBackend, cx.forwarding, cx.pipes),
+            half(&link, Dir::BackendToClient, cx.forwarding, cx.pipes)
         )
     };
     let (up, down) = tokio::select! {
         biased;
         done = halves => done,
-        never = watchdog(&link, idle_timeout, cut) => match never {},
+        never = watchdog(&link, cx) => match never {},
     };
+    let (bytes_in, bytes_out) = (resumed.bytes_in + up, resumed.bytes_out + down);
+    if link.frozen.get() && link.aborted.get().is_none() {
+        let [to_backend, to_client] = link.carry;
+        return RelayEnd::Frozen(Frozen {
+            to_backend: to_backend.into_inner(),
+            to_client: to_client.into_inner(),
+            idle: link.last_activity.get().elapsed(),
+            bytes_in,
+            bytes_out,
+        });
+    }
     let end = link
         .aborted
         .get()
         .or(link.first_eof.get())
         .unwrap_or(EndReason::LocalError);
-    RelayReport {
-        bytes_in: up,
-        bytes_out: down,
+    RelayEnd::Ended(RelayReport {
+        bytes_in,
+        bytes_out,
         end,
-    }
+    })
 }
 
-/// Enforces idle_timeout and the drain cut; never completes (the halves end the relay).
-async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Cut) -> std::convert::Infallible {
+/// Enforces idle_timeout, the drain cut and the upgrade freeze; never completes (the
+/// halves end the relay).
+async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infallible {
+    let idle_timeout = cx.idle_timeout;
     loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
@@ -182,8 +262,12 @@ async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Cut) -> std::co
                     break;
                 }
             }
-            _ = cut.wait() => {
+            _ = cx.cut.wait() => {
                 link.abort(EndReason::DrainCut, true).await;
+                break;
+            }
+            _ = cx.handover.wait() => {
+                link.freeze().await;
                 break;
             }
         }
@@ -194,16 +278,25 @@ async fn watchdog(link: &Link<'_>, idle_timeout: Duration, cut: &Cut) -> std::co
 /// One direction. Returns the bytes it forwarded.
 async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
     let (from, _) = link.sockets(dir);
+    let mut forwarded = 0;
+    // A resumed link first writes what the previous process had read and not written.
+    let carried = std::mem::take(&mut *link.carry[dir as usize].borrow_mut());
+    if !carried.is_empty() {
+        let n = carried.len() as u64;
+        if write_out(link, dir, carried).await.is_none() {
+            return forwarded;
+        }
+        forwarded += n;
+    }
     // Readiness gate: memory and splices are committed only once this direction has data.
     match uring::poll(from, POLLIN).await {
         Ok(_) => {}
-        Err(e) if is_cancelled(&e) => return 0,
+        Err(e) if is_cancelled(&e) => return forwarded,
         Err(_) => {
             link.abort(dir.reset_reason_reading(), true).await;
-            return 0;
+            return forwarded;
         }
     }
-    let mut forwarded = 0;
     let auto = forwarding == Forwarding::Auto;
     loop {
         if forwarding != Forwarding::Splice {
@@ -224,6 +317,37 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
     }
 }
 
+/// Write all of `buf` to `dir`'s destination; the emptied buffer comes back for reuse.
+/// `None`: the link ended or froze (what was not written is held for the next process).
+async fn write_out(link: &Link<'_>, dir: Dir, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+    let (_, to) = link.sockets(dir);
+    let mut offset = 0;
+    while offset < buf.len() {
+        if link.is_aborted() {
+            if link.frozen.get() {
+                link.hold(dir, &buf[offset..]);
+            }
+            return None;
+        }
+        let (res, returned) = uring::send(to, buf, offset).await;
+        buf = returned;
+        match res {
+            Ok(0) => {
+                link.abort(dir.reset_reason_writing(), true).await;
+                return None;
+            }
+            Ok(n) => offset += n,
+            Err(e) if is_cancelled(&e) => {} // frozen or aborted: decided at the loop's top
+            Err(_) => {
+                link.abort(dir.reset_reason_writing(), true).await;
+                return None;
+            }
+        }
+    }
+    buf.clear();
+    Some(buf)
+}
+
 enum CopyEnd {
     Done,
     /// `auto` saw a bulk stream: continue this direction with splice.
@@ -231,7 +355,7 @@ enum CopyEnd {
 }
 
 async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
-    let (from, to) = link.sockets(dir);
+    let (from, _) = link.sockets(dir);
     let mut buf = Vec::with_capacity(COPY_BUFFER);
     let mut policy = CopyPolicy::new(auto);
     // The readiness gate just said data is there: try the recv at once.
@@ -259,16 +383,11 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
         link.touch(dir, n);
         // A short read emptied the socket; a full one probably left more behind.
         drained = n < buf.capacity();
-        let (res, returned) = uring::send_all(to, buf).await;
-        buf = returned;
-        match res {
-            Ok(()) => *forwarded += n as u64,
-            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
-            Err(_) => {
-                link.abort(dir.reset_reason_writing(), true).await;
-                return CopyEnd::Done;
-            }
-        }
+        buf = match write_out(link, dir, buf).await {
+            Some(returned) => returned,
+            None => return CopyEnd::Done,
+        };
+        *forwarded += n as u64;
         match policy.after_read(n, buf.capacity()) {
             CopyStep::Keep => {}
             CopyStep::Splice => return CopyEnd::Bulk,
@@ -323,6 +442,13 @@ async fn splice_half(
         };
         let before = *forwarded;
         if !splice_burst(link, dir, &pipe, forwarded).await {
+            if link.frozen.get() {
+                // Spliced in, not yet out: the next process writes it.
+                match pipe.read_all() {
+                    Ok(held) => link.hold(dir, &held),
+                    Err(e) => log::warn!("cannot read a pipe being handed over: {e}"),
+                }
+            }
             return SpliceEnd::Done;
         }
         pipes.give(pipe);

@@ -7,16 +7,17 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{ProxyProtocol, TcpSettings};
+use ringlb_config::{Forwarding, ProxyProtocol, TcpSettings};
 use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::Accounting;
 use crate::ctx::WorkerCtx;
-use crate::listener::{is_allowed, Admission};
+use crate::handover::MovedConn;
+use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::proxy_protocol;
-use crate::relay;
+use crate::relay::{self, Frozen, RelayContext, RelayEnd};
 use crate::uring;
 
 /// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
@@ -53,7 +54,7 @@ pub(super) async fn serve(
         return reject(client);
     }
     let _admission = Admission(state);
-    let _live = ctx.enter();
+    let _live = ctx.enter_relay();
     counters.connections.add(1);
 
     // The snapshot this connection was balanced with; it also names the backend in the
@@ -73,14 +74,6 @@ pub(super) async fn serve(
         .map_or("-", |b| b.spec.label.as_str());
     let client = Rc::new(client);
     let backend = Rc::new(backend);
-    let mut record = Record {
-        client: peer,
-        backend: label,
-        duration: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
-    };
     let header = proxy_header(settings.proxy_protocol, peer, || {
         // The address this client actually reached (a wildcard bind has many).
         client
@@ -89,32 +82,179 @@ pub(super) async fn serve(
             .and_then(|a| a.as_socket())
             .unwrap_or(state.bound)
     });
-    let header_sent = match header {
-        Some(header) => uring::send_all(&backend, header).await.0.is_ok(),
-        None => true,
+    if let Some(header) = header {
+        if uring::send_all(&backend, header).await.0.is_err() {
+            // The backend is gone before the first byte: reset both, the client must not
+            // mistake the close for a clean end of an empty stream.
+            let _ = backend.set_linger(Some(Duration::ZERO));
+            let _ = client.set_linger(Some(Duration::ZERO));
+            let record = Record {
+                client: peer,
+                backend: label,
+                duration: started.elapsed(),
+                bytes_in: 0,
+                bytes_out: 0,
+                outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
+            };
+            state.finish(counters, &record);
+            return;
+        }
+    }
+    let link = Established {
+        client,
+        backend,
+        peer,
+        label,
+        started,
     };
-    if header_sent {
-        let report = relay::relay(
-            Rc::clone(&client),
-            Rc::clone(&backend),
-            tcp.forwarding,
-            tcp.idle_timeout,
+    forward(&ctx, &accounting, link, None).await;
+}
+
+/// A connection with both legs up.
+struct Established<'a> {
+    client: Rc<Socket>,
+    backend: Rc<Socket>,
+    peer: SocketAddr,
+    label: &'a str,
+    started: Instant,
+}
+
+/// Relay an established connection to its end and count and log how it ended, or, when a
+/// live upgrade freezes it, send it to the process taking over. A frozen link that no
+/// upgrade takes (it was called off) goes on relaying here.
+async fn forward(
+    ctx: &Rc<WorkerCtx>,
+    accounting: &Accounting,
+    link: Established<'_>,
+    mut resumed: Option<Frozen>,
+) {
+    let state = &accounting.state;
+    let Some(counters) = state.workers.get(ctx.id) else {
+        return;
+    };
+    loop {
+        let settings = state.settings.load_full();
+        let (forwarding, idle_timeout) = match settings.tcp() {
+            Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
+            None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
+        };
+        let cx = RelayContext {
+            forwarding,
+            idle_timeout,
             counters,
-            &ctx.cut,
-            &ctx.pipes,
+            cut: &ctx.cut,
+            handover: &ctx.handover,
+            pipes: &ctx.pipes,
+        };
+        let end = relay::relay(
+            Rc::clone(&link.client),
+            Rc::clone(&link.backend),
+            &cx,
+            resumed,
         )
         .await;
-        record.bytes_in = report.bytes_in;
-        record.bytes_out = report.bytes_out;
-        record.outcome = Outcome::Ended(report.end);
-    } else {
-        // The backend is gone before the first byte: reset both, the client must not
-        // mistake the close for a clean end of an empty stream.
-        let _ = backend.set_linger(Some(Duration::ZERO));
-        let _ = client.set_linger(Some(Duration::ZERO));
+        match end {
+            RelayEnd::Ended(report) => {
+                let record = Record {
+                    client: link.peer,
+                    backend: link.label,
+                    duration: link.started.elapsed(),
+                    bytes_in: report.bytes_in,
+                    bytes_out: report.bytes_out,
+                    outcome: Outcome::Ended(report.end),
+                };
+                state.finish(counters, &record);
+                return;
+            }
+            RelayEnd::Frozen(frozen) => match hand_over(ctx, state, &link, frozen) {
+                Ok(()) => return,
+                Err(frozen) => resumed = Some(frozen),
+            },
+        }
     }
-    record.duration = started.elapsed();
-    state.finish(counters, &record);
+}
+
+/// Send a frozen connection to the process taking over (through the control plane's
+/// sink). Gives the state back when no upgrade takes it.
+fn hand_over(
+    ctx: &WorkerCtx,
+    state: &ListenerState,
+    link: &Established<'_>,
+    frozen: Frozen,
+) -> Result<(), Frozen> {
+    let Some(sink) = ctx.moved.borrow().clone() else {
+        return Err(frozen);
+    };
+    // Every operation on the sockets has completed when the relay returns, so `link` holds
+    // the only other references; duplicates keep ours valid if the sink refuses.
+    let (Ok(client), Ok(backend)) = (link.client.try_clone(), link.backend.try_clone()) else {
+        log::warn!(
+            "listener {}: cannot duplicate a connection's sockets to hand it over; it stays here",
+            state.name
+        );
+        return Err(frozen);
+    };
+    let moved = MovedConn {
+        worker: ctx.id,
+        listener: state.name.clone(),
+        backend: link.label.to_string(),
+        client_addr: link.peer,
+        client,
+        backend_socket: backend,
+        age: link.started.elapsed(),
+        idle: frozen.idle,
+        frozen_at: crate::handover::monotonic_now(),
+        to_backend: frozen.to_backend,
+        to_client: frozen.to_client,
+        bytes_in: frozen.bytes_in,
+        bytes_out: frozen.bytes_out,
+    };
+    sink.send(moved).map_err(|returned| {
+        let m = returned.into_inner();
+        Frozen {
+            to_backend: m.to_backend,
+            to_client: m.to_client,
+            idle: m.idle,
+            bytes_in: m.bytes_in,
+            bytes_out: m.bytes_out,
+        }
+    })
+}
+
+/// Take over a connection a previous process froze: account it as this process's own and
+/// relay it on, writing first what the previous process had read and not written.
+pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved: MovedConn) {
+    let state = &accounting.state;
+    // Already admitted by the previous process: count it whatever the limit.
+    if !state.try_admit(u32::MAX) {
+        return;
+    }
+    let _admission = Admission(state);
+    let _live = ctx.enter_relay();
+    let snapshot = state.scheduler.snapshot();
+    let backend = snapshot
+        .backends()
+        .iter()
+        .find(|b| b.spec.label == moved.backend);
+    // A backend that a reload removed meanwhile is still this connection's backend.
+    let _active = backend.map(|b| b.state.acquire());
+    let link = Established {
+        client: Rc::new(moved.client),
+        backend: Rc::new(moved.backend_socket),
+        peer: moved.client_addr,
+        label: &moved.backend,
+        started: Instant::now()
+            .checked_sub(moved.age)
+            .unwrap_or_else(Instant::now),
+    };
+    let resumed = Frozen {
+        to_backend: moved.to_backend,
+        to_client: moved.to_client,
+        idle: moved.idle,
+        bytes_in: moved.bytes_in,
+        bytes_out: moved.bytes_out,
+    };
+    forward(&ctx, &accounting, link, Some(resumed)).await;
 }
 
 /// `local` is asked only when a header is sent: it costs a getsockname.

@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use socket2::Socket;
 
 use crate::ctx::WorkerCtx;
+use crate::handover::MovedConn;
 use crate::listener::ListenerState;
 use crate::outcome::DenyReason;
 use crate::ratelog::RateLog;
@@ -58,6 +59,13 @@ impl TcpListener {
     pub(crate) fn rename(&self, worker: usize, state: Arc<ListenerState>) {
         let previous = self.accounting.replace(Rc::new(Accounting::new(state)));
         previous.publish(worker);
+    }
+
+    /// Take over a connection the previous process froze in a live upgrade.
+    pub(crate) fn adopt(&self, ctx: &Rc<WorkerCtx>, moved: MovedConn) {
+        let ctx = Rc::clone(ctx);
+        let accounting = self.accounting();
+        tokio_uring::spawn(async move { conn::resume(ctx, accounting, moved).await });
     }
 
     /// Stop accepting; established connections go on.

@@ -46,12 +46,16 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Serve on `inherited` (a live upgrade's) or on a new socket bound to `addr`.
     pub(super) fn spawn(
         addr: SocketAddr,
+        inherited: Option<TcpListener>,
         registry: Arc<Registry>,
     ) -> Result<AdminServer, AdminError> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
+        let listener = match inherited {
+            Some(listener) => listener,
+            None => TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?,
+        };
         let local = listener
             .local_addr()
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -76,6 +80,11 @@ impl AdminServer {
     /// The address actually bound (resolved when the config says port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// A duplicate of the listening socket (for a live upgrade to hand over).
+    pub fn try_clone_listener(&self) -> std::io::Result<TcpListener> {
+        self.listener.try_clone()
     }
 
     /// Stops accepting and waits for the accept thread to end.
@@ -519,6 +528,7 @@ mod tests {
     fn serves_limits_and_stops() {
         let server = AdminServer::spawn(
             "127.0.0.1:0".parse().unwrap(),
+            None,
             Arc::new(Registry::default()),
         )
         .unwrap();
@@ -579,7 +589,7 @@ mod tests {
     fn bind_errors_are_returned() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        match AdminServer::spawn(addr, Arc::new(Registry::default())) {
+        match AdminServer::spawn(addr, None, Arc::new(Registry::default())) {
             Err(AdminError::Bind { addr: a, .. }) => assert_eq!(a, addr),
             other => panic!("expected a bind error, got {other:?}"),
         }

@@ -32,6 +32,15 @@ impl ControlPlane {
         addr: SocketAddr,
     ) {
         let shared = self.new_shared(&listener, addr);
+        match sockets.iter().map(Socket::try_clone).collect::<Result<Vec<_>, _>>() {
+            Ok(dups) => {
+                self.sockets.insert(listener.name.clone(), dups);
+            }
+            Err(e) => warn!(
+                "listener {}: cannot keep a copy of its sockets ({e}); a live upgrade will rebind it",
+                listener.name
+            ),
+        }
         for (worker, socket) in self.workers.iter().zip(sockets) {
             if !worker.send(Command::Start {
                 listener: Arc::clone(&shared),
@@ -52,6 +61,9 @@ impl ControlPlane {
             return;
         };
         let shared = self.new_shared(&listener, running.bound);
+        if let Some(sockets) = self.sockets.remove(old) {
+            self.sockets.insert(listener.name.clone(), sockets);
+        }
         self.broadcast(|| Command::Rename {
             old: old.to_string(),
             listener: Arc::clone(&shared),
@@ -69,10 +81,35 @@ impl ControlPlane {
 
     /// Stops accepting on a listener; its connections drain.
     pub(super) fn stop_listener(&mut self, name: &str) {
+        self.sockets.remove(name);
         if self.listeners.remove(name).is_some() {
             self.broadcast(|| Command::Stop {
                 name: name.to_string(),
             });
+        }
+    }
+
+    /// Every worker accepts again on its own socket of every listener (after a live
+    /// upgrade was called off: freezing stopped the accept loops, not the sockets).
+    pub(super) fn restart_accepting(&self) {
+        for (name, state) in &self.listeners {
+            let Some(sockets) = self.sockets.get(name) else {
+                continue;
+            };
+            for (worker, socket) in self.workers.iter().zip(sockets) {
+                match socket.try_clone() {
+                    Ok(socket) => {
+                        worker.send(Command::Start {
+                            listener: Arc::clone(state),
+                            socket,
+                        });
+                    }
+                    Err(e) => error!(
+                        "listener {name}: worker {} cannot accept again: {e}",
+                        worker.id
+                    ),
+                }
+            }
         }
     }
 

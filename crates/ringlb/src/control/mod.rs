@@ -17,11 +17,13 @@ macro_rules! info { ($($arg:tt)+) => { log::info!(target: "ringlb::control", $($
 macro_rules! warn { ($($arg:tt)+) => { log::warn!(target: "ringlb::control", $($arg)+) }; }
 macro_rules! error { ($($arg:tt)+) => { log::error!(target: "ringlb::control", $($arg)+) }; }
 
+mod inherit;
 mod listeners;
 mod plan;
 mod reload;
 mod shutdown;
 mod startup;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +39,7 @@ use crate::registry::Registry;
 use crate::signals::ControlSignal;
 
 pub use startup::run;
+use startup::Exit;
 
 struct ControlPlane {
     /// Exactly what runs: a listener a reload failed to bind is kept here as it still runs
@@ -51,22 +54,42 @@ struct ControlPlane {
     transitions: Sender<Transition>,
     registry: Arc<Registry>,
     log_level_from_env: bool,
+    /// A duplicate of every worker's listening socket, by listener: what a live upgrade
+    /// hands to the new process, and what accepting again starts from if it is called off.
+    sockets: HashMap<String, Vec<socket2::Socket>>,
+    /// A duplicate of the admin endpoint's socket, for the same reason.
+    admin_socket: Option<std::net::TcpListener>,
 }
 
 impl ControlPlane {
-    fn serve(mut self, signals: Receiver<ControlSignal>, transitions: Receiver<Transition>) {
+    fn serve(
+        mut self,
+        signals: Receiver<ControlSignal>,
+        transitions: Receiver<Transition>,
+    ) -> Exit {
         loop {
             select! {
                 recv(signals) -> signal => match signal {
                     Ok(ControlSignal::Reload) => self.reload(),
+                    Ok(ControlSignal::Upgrade) => match self.upgrade(None) {
+                        Ok(handed) => {
+                            info!(
+                                "upgrade: handed {} listener(s) and {} connection(s) to pid {} in {:?}; exiting",
+                                handed.listeners, handed.conns, handed.pid, handed.took
+                            );
+                            self.shutdown(nix::sys::signal::Signal::SIGUSR2, &signals, &transitions);
+                            return Exit::Upgraded;
+                        }
+                        Err(e) => error!("upgrade failed: {e}; this process keeps serving"),
+                    },
                     Ok(ControlSignal::Shutdown(sig)) => {
                         self.shutdown(sig, &signals, &transitions);
-                        return;
+                        return Exit::Shutdown;
                     }
                     Err(_) => {
                         error!("signal thread ended; shutting down");
                         self.shutdown(nix::sys::signal::Signal::SIGTERM, &signals, &transitions);
-                        return;
+                        return Exit::Shutdown;
                     }
                 },
                 recv(transitions) -> transition => {

@@ -11,11 +11,14 @@ use crossbeam_channel::{Receiver, Sender};
 use ringlb_config::{Config, Listener, Workers};
 use ringlb_dataplane::sys::{self, BindError, UringUnavailable};
 use ringlb_dataplane::worker::{self, WorkerEvent, WorkerHandle};
+use ringlb_prober::Transition;
 use socket2::Socket;
 use thiserror::Error;
 
+use super::inherit::{self, Inherited};
 use super::listeners::bind;
 use super::ControlPlane;
+use crate::admin::AdminServer;
 use crate::registry::Registry;
 use crate::signals;
 
@@ -41,11 +44,66 @@ pub enum RunError {
     Worker { worker: usize, error: String },
     #[error("workers did not start within {0:?}")]
     WorkerTimeout(Duration),
+    #[error("live upgrade: {0}")]
+    Upgrade(String),
 }
 
-/// Serves `config` until SIGTERM/SIGINT has drained the workers. `path` is re-read on
-/// SIGHUP; `workers_override` (the command line) wins over the file's `workers`.
+/// Serves `config` until SIGTERM/SIGINT has drained the workers, or a live upgrade has
+/// handed everything to a new process. `path` is re-read on SIGHUP; `workers_override`
+/// (the command line) wins over the file's `workers`.
 pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Result<(), RunError> {
+    let mut inherited = match inherit::from_env() {
+        Some(Ok(inherited)) => Some(inherited),
+        Some(Err(e)) => return Err(RunError::Upgrade(e)),
+        None => None,
+    };
+    let result = start(config, path, workers_override, &mut inherited);
+    if let (Err(e), Some(inherited)) = (&result, &inherited) {
+        inherited.fail(&e.to_string());
+    }
+    let (plane, admin, transitions) = result?;
+    let signals = signals::listen().map_err(|source| RunError::Thread {
+        what: "the signal thread",
+        source,
+    })?;
+    info!(
+        "ready: {} listener(s) on {} worker(s)",
+        plane.listeners.len(),
+        plane.workers.len()
+    );
+    if let Some(inherited) = inherited {
+        plane.take_over(inherited);
+    }
+    match plane.serve(signals, transitions) {
+        Exit::Shutdown => {
+            // Served through the drain; stopped once the workers are gone.
+            if let Some(admin) = admin {
+                admin.stop();
+            }
+        }
+        // The admin socket is the new process's now: shutting it down here would stop
+        // its endpoint too. The thread ends with this process.
+        Exit::Upgraded => std::mem::forget(admin),
+    }
+    Ok(())
+}
+
+/// How serving ended.
+pub(super) enum Exit {
+    Shutdown,
+    Upgraded,
+}
+
+type Started = (ControlPlane, Option<AdminServer>, Receiver<Transition>);
+
+/// Everything up to serving: bind (or take the old process's sockets), start the workers,
+/// the admin endpoint and the prober.
+fn start(
+    config: Config,
+    path: PathBuf,
+    workers_override: Option<usize>,
+    inherited: &mut Option<Inherited>,
+) -> Result<Started, RunError> {
     // Before any thread exists, so every thread inherits the mask.
     signals::block().map_err(RunError::Signals)?;
     sys::probe_io_uring()?;
@@ -54,26 +112,44 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
     let cpus = sys::allowed_cpus();
-    let worker_count = workers_override.unwrap_or(match config.workers {
-        Workers::Auto => cpus.len().max(1),
-        Workers::Count(n) => n,
-    });
+    let worker_count = match inherited {
+        // The inherited sockets are one per worker of the old process.
+        Some(inherited) => inherited.workers,
+        None => workers_override.unwrap_or(match config.workers {
+            Workers::Auto => cpus.len().max(1),
+            Workers::Count(n) => n,
+        }),
+    };
 
     // Bind everything before starting threads: a port in use fails the start cleanly.
     let bound = config
         .listeners
         .iter()
         .map(|listener| {
-            let (sockets, addr) = bind(listener, worker_count)?;
+            let taken = inherited.as_mut().and_then(|i| i.take(listener));
+            let (sockets, addr) = match taken {
+                Some(taken) => taken,
+                None => bind(listener, worker_count)?,
+            };
             Ok((listener.clone(), sockets, addr))
         })
         .collect::<Result<Vec<_>, RunError>>()?;
     // Also before any thread: an admin port in use fails the start as cleanly.
     let registry = Arc::new(Registry::default());
     let admin = match config.admin {
-        Some(addr) => Some(crate::admin::spawn(addr, Arc::clone(&registry))?),
+        Some(addr) => {
+            let socket = inherited.as_mut().and_then(|i| i.admin.take());
+            Some(crate::admin::spawn(addr, socket, Arc::clone(&registry))?)
+        }
         None => None,
     };
+    let admin_socket = admin.as_ref().and_then(|a| match a.try_clone_listener() {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            warn!("cannot keep a copy of the admin socket ({e}); a live upgrade will rebind it");
+            None
+        }
+    });
 
     let (event_tx, event_rx) = crossbeam_channel::unbounded();
     let workers = spawn_workers(worker_count, &cpus, &event_tx)?;
@@ -96,22 +172,10 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         registry,
         log_level_from_env: std::env::var_os("RUST_LOG").is_some(),
         config,
+        sockets: HashMap::new(),
+        admin_socket,
     };
-    let plane = plane.start(bound);
-    let signals = signals::listen().map_err(|source| RunError::Thread {
-        what: "the signal thread",
-        source,
-    })?;
-    info!(
-        "ready: {} listener(s) on {worker_count} worker(s)",
-        plane.listeners.len()
-    );
-    plane.serve(signals, transition_rx);
-    // Served through the drain; stopped once the workers are gone.
-    if let Some(admin) = admin {
-        admin.stop();
-    }
-    Ok(())
+    Ok((plane.start(bound), admin, transition_rx))
 }
 
 /// One worker per CPU slot, round-robin over the CPUs this process may run on.

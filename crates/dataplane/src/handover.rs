@@ -1,0 +1,43 @@
+//! What moves between two ringlb processes in a live upgrade: established TCP connections,
+//! frozen at a clean point. The wire format lives with the upgrade in the binary crate;
+//! this is the data plane's side of it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::Socket;
+
+/// One established TCP connection leaving this process, or arriving from the previous one.
+#[derive(Debug)]
+pub struct MovedConn {
+    /// The worker it ran on (the new process puts it on the worker of the same index).
+    pub worker: usize,
+    pub listener: String,
+    /// The backend's label (its `addr` as written in the config).
+    pub backend: String,
+    pub client_addr: SocketAddr,
+    pub client: Socket,
+    pub backend_socket: Socket,
+    /// Since it was accepted.
+    pub age: Duration,
+    /// Since its last byte either way.
+    pub idle: Duration,
+    /// CLOCK_MONOTONIC when it froze ([`monotonic_now`]): the same clock in every process
+    /// of the host, so the new process can tell how long the connection paused.
+    pub frozen_at: Duration,
+    /// Read from the client, not yet written to the backend.
+    pub to_backend: Vec<u8>,
+    /// Read from the backend, not yet written to the client.
+    pub to_client: Vec<u8>,
+    /// Forwarded so far, client → backend and backend → client.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// CLOCK_MONOTONIC now, comparable across processes on one host (unlike `Instant`, whose
+/// values cannot be sent to another process).
+pub fn monotonic_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(Duration::from)
+        .unwrap_or_default()
+}

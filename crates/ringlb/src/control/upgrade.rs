@@ -1,0 +1,296 @@
+//! Live upgrade, old process's side: start the new binary on the same configuration, hand
+//! it the listening sockets, wait until it serves, then freeze every established TCP
+//! connection and hand it over (both sockets and the bytes in flight). The protocol is in
+//! docs/upgrade.md; the new process's side is in `inherit`.
+//!
+//! Until the new process says `ready`, nothing here changes what this process serves: on
+//! any failure it is killed and this process goes on. After that, a new process that dies
+//! gives back every connection it had not acknowledged, and this process serves them again.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use ringlb_dataplane::worker::{Command, WorkerEvent};
+use ringlb_dataplane::MovedConn;
+
+use super::ControlPlane;
+use crate::upgrade::wire::{Channel, ConnHeader, Msg, WireError, CHUNK, ENV_FD, MAX_FDS, VERSION};
+
+/// How long the new process may take to start and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it may take to start its workers on the sockets it was given.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Poll granularity while waiting on the channel and the workers together.
+const TICK: Duration = Duration::from_millis(1);
+
+/// What an upgrade did, for its summary line.
+pub(super) struct Handed {
+    pub(super) pid: u32,
+    pub(super) listeners: usize,
+    pub(super) conns: u64,
+    pub(super) took: Duration,
+}
+
+impl ControlPlane {
+    /// Upgrade to `binary` (default: the binary this process was started from). `Ok`: the
+    /// new process serves everything and this one may exit. `Err`: this process still
+    /// serves everything it served (or got back), and the reason.
+    pub(super) fn upgrade(&mut self, binary: Option<PathBuf>) -> Result<Handed, String> {
+        let started = Instant::now();
+        let binary = match binary {
+            Some(b) => b,
+            None => running_binary()?,
+        };
+        let (ours, theirs) =
+            Channel::pair().map_err(|e| format!("cannot create the handover channel: {e}"))?;
+        let mut child = spawn_new(&binary, &self.path, &theirs)?;
+        drop(theirs);
+        let pid = child.id();
+        info!(
+            "upgrade: started {} (pid {pid}) on {}",
+            binary.display(),
+            self.path.display()
+        );
+        if let Err(e) = self.until_ready(&ours, &mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        let conns = self.move_connections(&ours)?;
+        let _ = ours.send(&Msg::Done { conns }, &[], &[]);
+        Ok(Handed {
+            pid,
+            listeners: self.listeners.len(),
+            conns,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Hello, listening sockets, ready. Nothing this process serves changes here.
+    fn until_ready(&self, ch: &Channel, child: &mut Child) -> Result<(), String> {
+        match wait_msg(ch, child, HELLO_TIMEOUT)? {
+            Msg::Hello { v, .. } if v == VERSION => {}
+            Msg::Hello { v, .. } => {
+                return Err(format!(
+                    "the new binary speaks handover version {v}, this one {VERSION}"
+                ))
+            }
+            Msg::Failed { reason } => return Err(format!("the new process failed: {reason}")),
+            other => {
+                return Err(format!(
+                    "unexpected first message from the new process: {other:?}"
+                ))
+            }
+        }
+        let mut names: Vec<&String> = self.listeners.keys().collect();
+        names.sort();
+        for name in names {
+            let (Some(state), Some(sockets)) = (self.listeners.get(name), self.sockets.get(name))
+            else {
+                continue;
+            };
+            let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+            if fds.len() > MAX_FDS {
+                return Err(format!(
+                    "listener {name} has {} sockets, more than a frame carries ({MAX_FDS})",
+                    fds.len()
+                ));
+            }
+            let msg = Msg::Listener {
+                name: name.clone(),
+                protocol: state.protocol.as_str().to_string(),
+                bound: state.bound.to_string(),
+                sockets: fds.len(),
+            };
+            ch.send(&msg, &[], &fds).map_err(|e| e.to_string())?;
+        }
+        if let Some(admin) = &self.admin_socket {
+            let msg = Msg::Listener {
+                name: String::new(),
+                protocol: "admin".into(),
+                bound: admin
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                sockets: 1,
+            };
+            ch.send(&msg, &[], &[admin.as_raw_fd()])
+                .map_err(|e| e.to_string())?;
+        }
+        ch.send(
+            &Msg::ListenersEnd {
+                workers: self.workers.len(),
+            },
+            &[],
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+        match wait_msg(ch, child, READY_TIMEOUT)? {
+            Msg::Ready => Ok(()),
+            Msg::Failed { reason } => Err(format!("the new process failed: {reason}")),
+            other => Err(format!(
+                "unexpected message from the new process: {other:?}"
+            )),
+        }
+    }
+
+    /// Freeze every TCP connection and send it over; wait for each acknowledgement. If the
+    /// new process goes away, what it had not acknowledged is served here again.
+    fn move_connections(&mut self, ch: &Channel) -> Result<u64, String> {
+        let (sink, moved) = crossbeam_channel::unbounded();
+        self.broadcast(|| Command::Freeze { sink: sink.clone() });
+        drop(sink);
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let mut unacked: HashMap<u64, MovedConn> = HashMap::new();
+        let (mut next_id, mut frozen) = (0u64, 0usize);
+        let failure = loop {
+            if frozen == self.workers.len() && unacked.is_empty() && moved.is_empty() {
+                return Ok(next_id);
+            }
+            if Instant::now() >= deadline {
+                break format!(
+                    "connections still moving after {:?} (shutdown_timeout)",
+                    self.config.shutdown_timeout
+                );
+            }
+            if let Ok(conn) = moved.recv_timeout(TICK) {
+                if let Err(e) = send_conn(ch, next_id, &conn) {
+                    unacked.insert(next_id, conn);
+                    break e.to_string();
+                }
+                unacked.insert(next_id, conn);
+                next_id += 1;
+            }
+            while let Ok(event) = self.events.try_recv() {
+                if let WorkerEvent::Frozen { .. } = event {
+                    frozen += 1;
+                }
+            }
+            match ch.recv(Duration::ZERO) {
+                Ok(frame) => {
+                    if let Msg::Adopted { id } = frame.msg {
+                        unacked.remove(&id);
+                    }
+                }
+                Err(WireError::Timeout(_)) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        self.call_off(unacked.into_values().collect(), &moved);
+        Err(failure)
+    }
+
+    /// The new process is gone or too slow: serve here again every connection it has not
+    /// acknowledged, and accept again on every listener.
+    fn call_off(&mut self, mut back: Vec<MovedConn>, moved: &Receiver<MovedConn>) {
+        self.broadcast(|| Command::Thaw);
+        // Until every worker has thawed, frozen connections may still arrive.
+        let mut thawed = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while thawed < self.workers.len() && Instant::now() < deadline {
+            if let Ok(WorkerEvent::Thawed { .. }) = self.events.recv_timeout(TICK) {
+                thawed += 1;
+            }
+        }
+        back.extend(moved.try_iter());
+        let n = back.len();
+        for conn in back {
+            if let Some(worker) = self.workers.get(conn.worker % self.workers.len().max(1)) {
+                worker.send(Command::Adopt(conn));
+            }
+        }
+        self.restart_accepting();
+        warn!("upgrade called off: {n} connection(s) served here again; accepting again");
+    }
+}
+
+/// The binary this process was started from. When a package replaced it, /proc/self/exe
+/// names the old file with " (deleted)": the path is what counts.
+fn running_binary() -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the running binary: {e}"))?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+/// Start `binary run --config PATH` with the channel's other end inherited.
+fn spawn_new(binary: &Path, config: &Path, theirs: &Channel) -> Result<Child, String> {
+    let fd = theirs.raw();
+    // The channel is CLOEXEC; the child's end must survive the exec (and only that end).
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| format!("cannot pass the handover channel: {e}"))?;
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    Process::new(binary)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env(ENV_FD, fd.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))
+}
+
+/// The next message, or why there is none: the new process exited, hung or broke the channel.
+fn wait_msg(ch: &Channel, child: &mut Child, timeout: Duration) -> Result<Msg, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the new process exited ({status}) before it was ready; its log says why"
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the new process did not answer within {timeout:?}"));
+        }
+        match ch.recv(left.min(Duration::from_millis(100))) {
+            Ok(frame) => return Ok(frame.msg),
+            Err(WireError::Timeout(_)) => {}
+            Err(WireError::Closed) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                return Err(format!(
+                    "the new process closed the handover channel ({status}); its log says why"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// One connection: a `conn` frame with both sockets and the first carried bytes, then
+/// `data` frames for the rest.
+fn send_conn(ch: &Channel, id: u64, conn: &MovedConn) -> Result<(), WireError> {
+    let header = ConnHeader {
+        id,
+        worker: conn.worker,
+        listener: conn.listener.clone(),
+        backend: conn.backend.clone(),
+        client: conn.client_addr.to_string(),
+        age_us: conn.age.as_micros() as u64,
+        idle_us: conn.idle.as_micros() as u64,
+        bytes_in: conn.bytes_in,
+        bytes_out: conn.bytes_out,
+        to_backend: conn.to_backend.len(),
+        to_client: conn.to_client.len(),
+        frozen_at_ns: conn.frozen_at.as_nanos() as u64,
+    };
+    let carried: Vec<u8> = [conn.to_backend.as_slice(), conn.to_client.as_slice()].concat();
+    let mut chunks = carried.chunks(CHUNK);
+    let first = chunks.next().unwrap_or(&[]);
+    let fds = [conn.client.as_raw_fd(), conn.backend_socket.as_raw_fd()];
+    ch.send(&Msg::Conn(header), first, &fds)?;
+    for chunk in chunks {
+        ch.send(&Msg::Data { id }, chunk, &[])?;
+    }
+    Ok(())
+}
