@@ -1297,15 +1297,24 @@ impl Drop for Netns {
 /// that a client caught on the dead path still gets served by the retry.
 #[test]
 fn namespace_backend_link_down_is_detected_as_timeout() {
-    skip_unless!(is_root(), "needs root to create a network namespace");
-    skip_unless!(have_command("ip"), "`ip` (iproute2) is not installed");
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
-        Err(e) => {
-            skip_unless!(false, "cannot set up a network namespace: {e}");
-            return;
-        }
-    };
+    skip_unless!(
+        Requirement::Root,
+        is_root(),
+        "needs root to create a network namespace"
+    );
+    skip_unless!(
+        Requirement::Command("ip"),
+        have_command("ip"),
+        "`ip` (iproute2) is not installed"
+    );
+    let ns = Netns::create();
+    skip_unless!(
+        Requirement::NetNs,
+        ns.is_ok(),
+        "cannot set up a network namespace: {}",
+        ns.as_ref().err().map_or("", String::as_str)
+    );
+    let Ok(ns) = ns else { return };
     let listener = ns.listen(0).expect("listen inside the namespace");
     let remote = TaggedEcho::on(listener, "ns");
     let remote_addr = remote.addr();

@@ -715,13 +715,13 @@ fn both_legs_have_tcp_nodelay() {
     assert_echo(&mut c, b"nodelay?");
     // SAFETY: plain syscalls on our own child's pid; every fd we receive is closed below.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, lb.pid() as libc::pid_t, 0) } as i32;
-    if pidfd < 0 {
-        eprintln!(
-            "SKIPPED: both_legs_have_tcp_nodelay: pidfd_open: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
+    // pidfd_getfd needs ptrace rights over the child, which root always has.
+    skip_unless!(
+        Requirement::Root,
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
     let mut established = 0;
     for entry in std::fs::read_dir(format!("/proc/{}/fd", lb.pid())).unwrap() {
         let entry = entry.unwrap();
@@ -738,8 +738,7 @@ fn both_legs_have_tcp_nodelay() {
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             unsafe { libc::close(pidfd) };
-            eprintln!("SKIPPED: both_legs_have_tcp_nodelay: pidfd_getfd: {e}");
-            return;
+            skip_unless!(Requirement::Root, false, "pidfd_getfd: {e}");
         }
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         // Connected IP stream sockets only: ringlb may also hold inherited Unix sockets.

@@ -4,7 +4,7 @@
 //! Owns: loopback test backends ([`EchoBackend`], [`SinkSourceBackend`],
 //! [`HalfCloseBackend`], [`ResetBackend`], [`BlackholeBackend`], [`SlowBackend`],
 //! [`UdpEchoBackend`], [`refused_addr`]), the [`Ringlb`] process handle, client helpers
-//! and skip helpers. Test-only: plain std threads and blocking sockets, panics with
+//! and skip helpers ([`skip_unless!`], [`Requirement`]). Test-only: plain std threads and blocking sockets, panics with
 //! clear messages instead of error plumbing.
 //!
 //! Must not: touch anything but 127.0.0.0/8, leave threads or sockets behind (every
@@ -48,6 +48,10 @@
 //! Health checks: when a listener has `health_check`, the prober's connects show up in
 //! a backend's [`EchoBackend::accepted`] and [`EchoBackend::conns`] too (with
 //! `bytes_in == 0`); filter on bytes when counting client connections.
+//!
+//! Skips: `skip_unless!(Requirement::Root, is_root(), "why")` returns from a test that
+//! cannot run here, and records it in the file named by [`SKIP_LOG_ENV`];
+//! `scripts/test.sh` lists those and fails if the requirement was available after all.
 
 mod blackhole;
 mod checksum;
@@ -72,7 +76,7 @@ pub use process::{
     ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal, READY_TIMEOUT,
 };
 pub use server::{ConnEnd, ConnRecord};
-pub use skip::{have_command, io_uring_available, is_root};
+pub use skip::{have_command, io_uring_available, is_root, Requirement, SKIP_LOG_ENV};
 pub use tcp::{
     refused_addr, EchoBackend, HalfCloseBackend, HalfCloseRecord, ResetBackend, SinkRecord,
     SinkSourceBackend, SlowBackend,
