@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ringlb_bench::backend::{Kind, Running};
 use ringlb_bench::load::{self, Direction, LoadConfig, Mode};
+use ringlb_testkit::EchoBackend;
 
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -220,8 +221,8 @@ fn idle_holds_and_verifies_every_connection() {
 
 #[test]
 fn idle_notices_a_backend_that_goes_away() {
-    let b = Running::tcp(any(), Kind::Echo, None).unwrap();
-    let addr = b.addr;
+    let b = EchoBackend::start();
+    let addr = b.addr();
     let mode = Mode::Idle {
         connections: 20,
         request: 8,
@@ -229,8 +230,13 @@ fn idle_notices_a_backend_that_goes_away() {
         connect_concurrency: 20,
     };
     let run = std::thread::spawn(move || load::run(&mode, &cfg(addr, 3.0)).unwrap());
-    // The backend stops (its drain waits 1 s, then its connections close) mid-hold.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once every connection is up (and so holding), the backend goes away: dropping it
+    // shuts all of them down, mid-hold.
+    assert!(
+        b.wait_accepted(20, Duration::from_secs(10)),
+        "the idle mode opened {} of 20 connections",
+        b.accepted()
+    );
     drop(b);
     let r = run.join().unwrap();
     assert_eq!(r.requests, 0, "{r:?}");

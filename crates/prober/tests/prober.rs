@@ -4,11 +4,9 @@
 //! Bounds carry generous slack for a loaded 2-core machine; measured times are printed
 //! (`cargo test -p ringlb-prober -- --nocapture`).
 
-use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -16,148 +14,20 @@ use ringlb_prober::machine::first_check_offset;
 use ringlb_prober::{
     probe_once, BackendState, HealthCheck, Outcome, ProbeBackend, ProbeListener, Prober, Transition,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use ringlb_testkit::{refused_addr, wait_until, BlackholeBackend, EchoBackend};
 
 /// Scheduling slack on a shared, loaded machine.
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// A backend that accepts and drops connections, counting them.
-struct LiveBackend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LiveBackend {
-    fn start(addr: SocketAddr) -> io::Result<LiveBackend> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        // Rebinding a port whose previous listener just closed.
-        socket.set_reuse_address(true)?;
-        socket.bind(&SockAddr::from(addr))?;
-        socket.listen(128)?;
-        socket.set_nonblocking(true)?;
-        let addr = socket
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("not an inet address"))?;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match socket.accept() {
-                        Ok(_) => {
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-                // `socket` drops here: the port refuses from now on.
-            })
-        };
-        Ok(LiveBackend {
-            addr,
-            accepted,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn any() -> LiveBackend {
-        LiveBackend::start("127.0.0.1:0".parse().unwrap()).expect("start backend")
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Waits until the backend has accepted more than `n` connections.
-    fn wait_accepted_above(&self, n: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.accepted() <= n {
-            assert!(
-                Instant::now() < deadline,
-                "backend {} saw no check within {within:?}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Closes the listening socket; returns once the port refuses.
-    fn close(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for LiveBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A loopback port where nothing listens (bound then released).
-fn refusing_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// A loopback address whose connects time out: a listener with backlog 0 whose accept
-/// queue is full and never drained. Linux then drops incoming SYNs (the client retries
-/// after 1 s, far beyond our check timeouts). Returns None, after verifying, if this
-/// kernel behaves otherwise.
-struct Blackhole {
-    addr: SocketAddr,
-    _listener: Socket,
-    _fillers: Vec<TcpStream>,
-}
-
-fn blackhole() -> Option<Blackhole> {
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    listener
-        .bind(&SockAddr::from(
-            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
-        ))
-        .unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-            Ok(stream) => fillers.push(stream),
-            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                return Some(Blackhole {
-                    addr,
-                    _listener: listener,
-                    _fillers: fillers,
-                });
-            }
-            Err(err) => panic!("unexpected error filling the accept queue: {err}"),
-        }
-    }
-    None
-}
-
-macro_rules! blackhole_or_skip {
-    () => {
-        match blackhole() {
-            Some(b) => b,
-            None => {
-                eprintln!(
-                    "SKIPPED: this kernel completes connects to a full backlog-0 listener; no loopback blackhole"
-                );
-                return;
-            }
-        }
-    };
+/// Waits until `live` has accepted more than `n` connections (the prober's checks connect
+/// and close; the backend counts them).
+fn wait_checks_above(live: &EchoBackend, n: usize, within: Duration) {
+    assert!(
+        live.wait_accepted(n + 1, within),
+        "backend {} saw {} check(s) within {within:?}, expected more than {n}",
+        live.addr(),
+        live.accepted()
+    );
 }
 
 fn check(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> HealthCheck {
@@ -214,6 +84,24 @@ fn wait_for(
     }
 }
 
+/// The first transition of the backend labelled `label` within `within`, and every other
+/// transition received before it.
+fn wait_for_backend(
+    rx: &Receiver<Transition>,
+    within: Duration,
+    label: &str,
+) -> (Transition, Vec<Transition>) {
+    let deadline = Instant::now() + within;
+    let mut others = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(t) if t.backend == label => return (t, others),
+            Ok(t) => others.push(t),
+            Err(_) => panic!("no transition of {label} within {within:?}; saw {others:?}"),
+        }
+    }
+}
+
 /// Every transition for `backend` received within `within`.
 fn collect_for(rx: &Receiver<Transition>, within: Duration, backend: &str) -> Vec<Transition> {
     let deadline = Instant::now() + within;
@@ -229,19 +117,19 @@ fn collect_for(rx: &Receiver<Transition>, within: Duration, backend: &str) -> Ve
 #[test]
 fn closed_backend_goes_down_and_restarted_backend_comes_back() {
     let (interval, timeout, rise, fall) = (100, 100, 2, 3);
-    let live = LiveBackend::any();
-    let addr = live.addr;
+    let mut live = EchoBackend::start();
+    let addr = live.addr();
     let b = backend(addr);
     let state = Arc::clone(&b.state);
     let (l, calls) = listener("settlement", check(interval, timeout, rise, fall), vec![b]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l], tx).unwrap();
 
-    live.wait_accepted_above(0, SLACK);
+    wait_checks_above(&live, 0, SLACK);
     assert!(state.is_up());
 
     let closed_at = Instant::now();
-    live.close();
+    live.close_listener();
     let bound = Duration::from_millis(fall as u64 * interval + timeout);
     let down = wait_for(&rx, bound + SLACK, |t| !t.up);
     let took = down.at.duration_since(closed_at);
@@ -255,7 +143,7 @@ fn closed_backend_goes_down_and_restarted_backend_comes_back() {
     assert!(took <= bound + SLACK, "took {took:?}");
 
     let restarted_at = Instant::now();
-    let live = LiveBackend::start(addr).expect("rebind the same port");
+    live.reopen();
     let bound = Duration::from_millis(rise as u64 * interval);
     let up = wait_for(&rx, bound + SLACK, |t| t.up);
     let took = up.at.duration_since(restarted_at);
@@ -265,14 +153,10 @@ fn closed_backend_goes_down_and_restarted_backend_comes_back() {
     assert!(state.is_up());
     assert!(took <= bound + SLACK, "took {took:?}");
     // on_change runs right after the flip, on the prober thread.
-    let deadline = Instant::now() + SLACK;
-    while calls.load(Ordering::SeqCst) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "on_change not called for both flips"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(
+        wait_until(SLACK, || calls.load(Ordering::SeqCst) >= 2),
+        "on_change not called for both flips"
+    );
     prober.stop();
     drop(live);
 }
@@ -280,15 +164,15 @@ fn closed_backend_goes_down_and_restarted_backend_comes_back() {
 #[test]
 fn probe_once_classifies_refused_and_timeout() {
     assert_eq!(
-        probe_once(refusing_addr(), Duration::from_secs(2)),
+        probe_once(refused_addr(), Duration::from_secs(2)),
         Outcome::Refused
     );
-    let live = LiveBackend::any();
-    assert_eq!(probe_once(live.addr, Duration::from_secs(2)), Outcome::Ok);
+    let live = EchoBackend::start();
+    assert_eq!(probe_once(live.addr(), Duration::from_secs(2)), Outcome::Ok);
 
-    let hole = blackhole_or_skip!();
+    let hole = BlackholeBackend::start();
     let started = Instant::now();
-    let outcome = probe_once(hole.addr, Duration::from_millis(150));
+    let outcome = probe_once(hole.addr(), Duration::from_millis(150));
     let took = started.elapsed();
     println!("blackhole probe: {outcome} after {took:?}");
     assert_eq!(outcome, Outcome::Timeout);
@@ -298,30 +182,32 @@ fn probe_once_classifies_refused_and_timeout() {
 
 #[test]
 fn silent_backend_goes_down_with_timeout_without_stalling_other_checks() {
-    let hole = blackhole_or_skip!();
-    let live = LiveBackend::any();
-    let (slow, _) = listener("slow", check(100, 400, 1, 2), vec![backend(hole.addr)]);
-    let (fast, _) = listener("fast", check(50, 50, 1, 3), vec![backend(live.addr)]);
+    let hole = BlackholeBackend::start();
+    let live = EchoBackend::start();
+    let (slow, _) = listener("slow", check(100, 400, 1, 2), vec![backend(hole.addr())]);
+    let (fast, _) = listener("fast", check(50, 50, 1, 3), vec![backend(live.addr())]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let started = Instant::now();
     let prober = Prober::spawn(vec![slow, fast], tx).unwrap();
 
-    // While the blackhole's checks hang for 400 ms each, the fast listener keeps its pace.
-    live.wait_accepted_above(0, SLACK);
-    let before = live.accepted();
-    let window = Instant::now();
-    std::thread::sleep(Duration::from_millis(600));
-    let checks = live.accepted() - before;
-    let elapsed = window.elapsed();
-    println!("fast backend: {checks} checks in {elapsed:?} while the blackhole check hung (interval 50 ms)");
-    assert!(
-        checks >= 5,
-        "fast listener stalled: {checks} checks in {elapsed:?}"
-    );
-
     let down = wait_for(&rx, Duration::from_millis(2 * 100 + 400) + SLACK, |t| {
         t.listener == "slow"
     });
+    // The verdict took two full 400 ms timeouts, during which a blackhole check hung
+    // nearly all the time; the fast listener (interval 50 ms) kept its pace meanwhile.
+    // Counted by accept time, which is never before the handshake: checks accepted after
+    // the verdict do not count.
+    let checks = live
+        .conns()
+        .iter()
+        .filter(|c| c.accepted_at <= down.at)
+        .count();
+    let window = down.at.duration_since(started);
+    println!("fast backend: {checks} checks in the {window:?} before the blackhole's verdict");
+    assert!(
+        checks >= 5,
+        "fast listener stalled: {checks} checks in {window:?}"
+    );
     println!(
         "blackhole → down after {:?}: {down}",
         down.at.duration_since(started)
@@ -336,22 +222,25 @@ fn silent_backend_goes_down_with_timeout_without_stalling_other_checks() {
 
 #[test]
 fn passive_failures_mark_down_and_active_checks_recover() {
-    let live = LiveBackend::any();
-    let b = backend(live.addr);
+    let live = EchoBackend::start();
+    let b = backend(live.addr());
     let state = Arc::clone(&b.state);
     let (interval, rise, fall) = (200, 2, 3);
     let (l, _) = listener("passive", check(interval, 200, rise, fall), vec![b]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l], tx).unwrap();
-    live.wait_accepted_above(0, SLACK);
+    wait_checks_above(&live, 0, SLACK);
 
     // Fewer than `fall` passive failures, then a successful active check: streak reset.
     state.record_connect_failure();
     state.record_connect_failure();
-    std::thread::sleep(Duration::from_millis(40)); // let the prober sample them (≤ 10 ms)
+    // Three more checks: the prober starts a check only after recording the previous
+    // one's result, so once the third is accepted the second's success is recorded; and
+    // the second started a whole interval after the first, long after the prober sampled
+    // the two failures (it samples every loop, at most 10 ms apart). So the machine saw
+    // failure, failure, success.
     let seen = live.accepted();
-    live.wait_accepted_above(seen, SLACK);
-    std::thread::sleep(Duration::from_millis(40)); // let it record that check's success
+    wait_checks_above(&live, seen + 2, Duration::from_millis(3 * interval) + SLACK);
     state.record_connect_failure();
     assert!(
         rx.recv_timeout(Duration::from_millis(150)).is_err(),
@@ -394,9 +283,9 @@ fn passive_failures_mark_down_and_active_checks_recover() {
 #[test]
 fn update_keeps_surviving_machines_starts_new_and_releases_removed() {
     let (a, b, c) = (
-        backend(refusing_addr()),
-        backend(refusing_addr()),
-        backend(refusing_addr()),
+        backend(refused_addr()),
+        backend(refused_addr()),
+        backend(refused_addr()),
     );
     let (a_state, b_state, c_state) = (
         Arc::clone(&a.state),
@@ -450,8 +339,8 @@ fn update_keeps_failure_streak_of_surviving_backend() {
     let interval = Duration::from_secs(600);
     let name = "streak";
     assert!(first_check_offset(name, 0, 1, interval) > Duration::from_secs(30));
-    let live = LiveBackend::any();
-    let b = backend(live.addr);
+    let live = EchoBackend::start();
+    let b = backend(live.addr());
     let state = Arc::clone(&b.state);
     let hc = HealthCheck {
         interval,
@@ -460,18 +349,45 @@ fn update_keeps_failure_streak_of_surviving_backend() {
         fall: 3,
         port: None,
     };
+    // Witnesses: backends of another listener with fall 1 that only passive failures can
+    // take down (they answer their checks). The prober samples every backend's failures
+    // in one pass, so a witness going down proves a pass ran after what was recorded
+    // before the witness's failure.
+    let answering = EchoBackend::start();
+    let witness = |label: &str| ProbeBackend {
+        label: label.into(),
+        addr: answering.addr(),
+        state: Arc::new(BackendState::new()),
+    };
+    let (w1, w2) = (witness("w1"), witness("w2"));
+    let whc = HealthCheck { fall: 1, ..hc };
     let (l, _) = listener(name, hc, vec![b.clone()]);
+    let (wl, _) = listener("witness", whc, vec![w1.clone()]);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let prober = Prober::spawn(vec![l], tx).unwrap();
+    let prober = Prober::spawn(vec![l, wl], tx).unwrap();
     state.record_connect_failure();
     state.record_connect_failure();
-    std::thread::sleep(Duration::from_millis(50));
+    w1.state.record_connect_failure();
+    let (w1_down, mut others) = wait_for_backend(&rx, SLACK, "w1");
+    assert!(!w1_down.up && w1_down.passive, "{w1_down}");
+
+    // Reload with a new witness: its failure counts from the `update` call on, so its
+    // down line proves the prober runs the new set.
     let (l2, _) = listener(name, hc, vec![b]);
-    prober.update(vec![l2]);
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(rx.try_recv().is_err());
+    let (wl2, _) = listener("witness", whc, vec![w1, w2.clone()]);
+    prober.update(vec![l2, wl2]);
+    w2.state.record_connect_failure();
+    let (w2_down, more) = wait_for_backend(&rx, SLACK, "w2");
+    assert!(!w2_down.up && w2_down.passive, "{w2_down}");
+    others.extend(more);
+    assert!(
+        others.iter().all(|t| t.listener != name),
+        "two failures (fall 3) flipped nothing: {others:?}"
+    );
+
     state.record_connect_failure();
-    let down = wait_for(&rx, SLACK, |t| !t.up);
+    let down = wait_for(&rx, SLACK, |t| t.listener == name);
+    assert!(!down.up, "{down}");
     assert_eq!(
         down.consecutive, 3,
         "the streak of 2 survived the reload: {down}"
@@ -482,26 +398,26 @@ fn update_keeps_failure_streak_of_surviving_backend() {
 
 #[test]
 fn health_check_port_overrides_backend_port() {
-    let live = LiveBackend::any();
+    let live = EchoBackend::start();
     let mut hc = check(50, 100, 1, 1);
-    hc.port = Some(live.addr.port());
+    hc.port = Some(live.addr().port());
     // The backend's own port refuses; checks go to the override port and succeed.
-    let b = backend(refusing_addr());
+    let b = backend(refused_addr());
     let label = b.label.clone();
     let (l, _) = listener("override", hc, vec![b]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l], tx).unwrap();
-    live.wait_accepted_above(3, SLACK);
+    wait_checks_above(&live, 3, SLACK);
     assert!(collect_for(&rx, Duration::from_millis(100), &label).is_empty());
     prober.stop();
 }
 
 #[test]
 fn stop_is_prompt_with_checks_in_flight() {
-    let hole = blackhole_or_skip!();
-    let live = LiveBackend::any();
+    let hole = BlackholeBackend::start();
+    let live = EchoBackend::start();
     let backends: Vec<ProbeBackend> = (0..20)
-        .map(|_| backend(hole.addr))
+        .map(|_| backend(hole.addr()))
         .enumerate()
         .map(|(i, mut b)| {
             b.label = format!("hole-{i}");
@@ -509,10 +425,10 @@ fn stop_is_prompt_with_checks_in_flight() {
         })
         .collect();
     let (slow, _) = listener("slow", check(50, 5_000, 1, 1), backends);
-    let (fast, _) = listener("fast", check(20, 100, 1, 1), vec![backend(live.addr)]);
+    let (fast, _) = listener("fast", check(20, 100, 1, 1), vec![backend(live.addr())]);
     let (tx, _rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![slow, fast], tx).unwrap();
-    live.wait_accepted_above(2, SLACK);
+    wait_checks_above(&live, 2, SLACK);
     let started = Instant::now();
     prober.stop();
     let took = started.elapsed();
@@ -522,16 +438,15 @@ fn stop_is_prompt_with_checks_in_flight() {
 
 #[test]
 fn full_event_channel_drops_and_counts_but_health_still_flips() {
-    let b = backend(refusing_addr());
+    let b = backend(refused_addr());
     let state = Arc::clone(&b.state);
     let (l, calls) = listener("full", check(50, 50, 1, 1), vec![b]);
     let (tx, rx) = crossbeam_channel::bounded(0);
     let prober = Prober::spawn(vec![l], tx).unwrap();
-    let deadline = Instant::now() + SLACK;
-    while state.is_up() || calls.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "never marked down");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(
+        wait_until(SLACK, || !state.is_up() && calls.load(Ordering::SeqCst) > 0),
+        "never marked down"
+    );
     assert_eq!(prober.dropped_events(), 1);
     drop(rx);
     prober.stop();

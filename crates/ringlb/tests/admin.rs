@@ -149,10 +149,11 @@ impl Scrape {
 
 /// `promtool check metrics` (Prometheus' own parser and linter) when it is installed.
 fn promtool_check(text: &str) {
-    if !have_command("promtool") {
-        eprintln!("promtool not installed: /metrics checked by openmetrics-parser only");
-        return;
-    }
+    skip_unless!(
+        Requirement::Command("promtool"),
+        have_command("promtool"),
+        "promtool not installed: /metrics checked by openmetrics-parser only"
+    );
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -197,7 +198,11 @@ fn echo_round_trip(addr: SocketAddr, payload: &[u8]) -> Duration {
 
 #[test]
 fn metrics_follow_traffic() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     // Tagged: each sends "a\n" / "b\n" first, so bytes out differ from bytes in.
     let a = EchoBackend::tagged("a");
     let b = EchoBackend::tagged("b");
@@ -415,7 +420,11 @@ listeners:
 
 #[test]
 fn status_matches_schema() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     let a = EchoBackend::start();
     let b = EchoBackend::start();
     let down = refused_addr();
@@ -526,7 +535,11 @@ listeners:
 
 #[test]
 fn http_edges() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     let a = EchoBackend::start();
     let yaml = one_listener("127.0.0.1:0", a.addr());
     let lb = Ringlb::start(bin(), &yaml);
@@ -568,7 +581,11 @@ fn http_edges() {
 
 #[test]
 fn slow_admin_clients_stall_nothing() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     let a = EchoBackend::start();
     let yaml = one_listener("127.0.0.1:0", a.addr());
     let lb = Ringlb::start(bin(), &yaml);
@@ -626,7 +643,11 @@ fn slow_admin_clients_stall_nothing() {
 
 #[test]
 fn admin_port_in_use_fails_the_start() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap();
     let a = EchoBackend::start();

@@ -63,7 +63,11 @@ fn access_ends(lb: &Ringlb, listener: &str) -> Vec<String> {
 
 #[test]
 fn every_forwarded_connection_is_counted_and_logged_once() {
-    skip_unless!(io_uring_available(), "io_uring is not available here");
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
     const RESETS: usize = 30;
     let echo = EchoBackend::start();
     let resetting = ResetBackend::start();

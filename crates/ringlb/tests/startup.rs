@@ -69,10 +69,12 @@ fn deny_io_uring_setup() -> std::io::Result<()> {
 
 #[test]
 fn io_uring_blocked_exits_1_with_cause_before_binding() {
-    if std::env::consts::ARCH != "x86_64" && std::env::consts::ARCH != "aarch64" {
-        eprintln!("SKIPPED: io_uring_blocked: seccomp filter written for x86_64/aarch64 only");
-        return;
-    }
+    const ARCHS: &[&str] = &["x86_64", "aarch64"];
+    skip_unless!(
+        Requirement::Arch(ARCHS),
+        ARCHS.contains(&std::env::consts::ARCH),
+        "the seccomp filter is written for x86_64 and aarch64 only"
+    );
     // A port we own: if ringlb bound it, our second bind would fail.
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();

@@ -215,13 +215,7 @@ fn all_backends_down_closes_client_promptly() {
         return;
     };
     let end = read_until_end(&mut c, Duration::from_secs(5));
-    assert!(
-        matches!(
-            end,
-            ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }
-        ),
-        "{end:?}"
-    );
+    assert!(end.closed_without_data(), "{end:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -263,13 +257,7 @@ fn max_connections_rejects_beyond_limit() {
     // The reset may already be there when connect() checks the socket's error.
     if let Ok(mut extra) = connect_with_timeout(addr, Duration::from_secs(5)) {
         let end = read_until_end(&mut extra, Duration::from_secs(5));
-        assert!(
-            matches!(
-                end,
-                ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }
-            ),
-            "{end:?}"
-        );
+        assert!(end.closed_without_data(), "{end:?}");
     }
     assert_eq!(
         backend.accepted(),
@@ -301,13 +289,7 @@ fn allow_list_denies_other_sources() {
     match connect_from(Ipv4Addr::new(127, 0, 0, 2), addr) {
         Ok(mut denied) => {
             let end = read_until_end(&mut denied, Duration::from_secs(5));
-            assert!(
-                matches!(
-                    end,
-                    ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }
-                ),
-                "{end:?}"
-            );
+            assert!(end.closed_without_data(), "{end:?}");
         }
         // The reset can land before connect() reads the socket error.
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
@@ -649,13 +631,8 @@ fn backlogged_upload(lb: &Ringlb, backend: &SlowBackend, total: usize) -> std::n
 }
 
 fn metric(lb: &Ringlb, name: &str) -> u64 {
-    let (status, body) = lb.http_get("/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .find(|l| l.starts_with(&format!("{name}{{listener=\"t\"}}")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    lb.metric(&format!("{name}{{listener=\"t\"}}"))
+        .map_or(0, |v| v as u64)
 }
 
 /// `copy`: a bulk stream gets the 256 KiB buffer (counted).
@@ -715,13 +692,13 @@ fn both_legs_have_tcp_nodelay() {
     assert_echo(&mut c, b"nodelay?");
     // SAFETY: plain syscalls on our own child's pid; every fd we receive is closed below.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, lb.pid() as libc::pid_t, 0) } as i32;
-    if pidfd < 0 {
-        eprintln!(
-            "SKIPPED: both_legs_have_tcp_nodelay: pidfd_open: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
+    // pidfd_getfd needs ptrace rights over the child, which root always has.
+    skip_unless!(
+        Requirement::Root,
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
     let mut established = 0;
     for entry in std::fs::read_dir(format!("/proc/{}/fd", lb.pid())).unwrap() {
         let entry = entry.unwrap();
@@ -740,8 +717,7 @@ fn both_legs_have_tcp_nodelay() {
             let e = std::io::Error::last_os_error();
             // SAFETY: closing the pidfd this test opened.
             unsafe { libc::close(pidfd) };
-            eprintln!("SKIPPED: both_legs_have_tcp_nodelay: pidfd_getfd: {e}");
-            return;
+            skip_unless!(Requirement::Root, false, "pidfd_getfd: {e}");
         }
         // SAFETY: `fd` is a new descriptor this process owns from here on.
         let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };

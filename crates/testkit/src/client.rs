@@ -58,28 +58,37 @@ pub fn connect_from(local_ip: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStrea
 /// Reads one `TAG\n` line byte by byte (so no echoed data after it is consumed) and
 /// returns TAG. Panics if the stream ends or errors first.
 pub fn read_line_tag(stream: &mut TcpStream) -> String {
+    try_read_line_tag(stream).unwrap_or_else(|e| panic!("testkit: {e}"))
+}
+
+/// [`read_line_tag`] that returns what went wrong instead of panicking, for clients
+/// whose failures a test counts.
+pub fn try_read_line_tag(stream: &mut TcpStream) -> Result<String, String> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
         match stream.read(&mut b) {
-            Ok(0) => panic!(
-                "testkit: stream ended before a tag line; got {:?}",
-                String::from_utf8_lossy(&line)
-            ),
+            Ok(0) => {
+                return Err(format!(
+                    "stream ended before a tag line; got {:?}",
+                    String::from_utf8_lossy(&line)
+                ))
+            }
             Ok(_) if b[0] == b'\n' => break,
             Ok(_) => line.push(b[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!(
-                "testkit: reading a tag line: {e}; got {:?} so far",
-                String::from_utf8_lossy(&line)
-            ),
+            Err(e) => {
+                return Err(format!(
+                    "reading a tag line: {e}; got {:?} so far",
+                    String::from_utf8_lossy(&line)
+                ))
+            }
         }
-        assert!(
-            line.len() <= 256,
-            "testkit: tag line longer than 256 bytes: {line:?}"
-        );
+        if line.len() > 256 {
+            return Err(format!("tag line longer than 256 bytes: {line:?}"));
+        }
     }
-    String::from_utf8(line).unwrap_or_else(|e| panic!("testkit: tag is not UTF-8: {e}"))
+    String::from_utf8(line).map_err(|e| format!("tag is not UTF-8: {e}"))
 }
 
 /// Writes `payload` and reads back exactly as many bytes; panics unless they match.
@@ -186,6 +195,17 @@ pub enum ClientEnd {
         bytes: u64,
         kind: io::ErrorKind,
     },
+}
+
+impl ClientEnd {
+    /// Closed (EOF or reset) before any byte came: how ringlb turns away a client it
+    /// denies or cannot serve.
+    pub fn closed_without_data(&self) -> bool {
+        matches!(
+            self,
+            ClientEnd::Reset { bytes: 0 } | ClientEnd::Eof { bytes: 0 }
+        )
+    }
 }
 
 /// Reads and discards until EOF, reset, or `timeout`: tells a test whether the peer

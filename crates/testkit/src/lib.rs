@@ -1,11 +1,13 @@
 //! ringlb-testkit: the one place ringlb's integration tests get their backends, their
 //! running `ringlb`, and their client helpers from.
 //!
-//! Owns: loopback test backends ([`EchoBackend`], [`SinkSourceBackend`],
-//! [`HalfCloseBackend`], [`ResetBackend`], [`BlackholeBackend`], [`SlowBackend`],
-//! [`UdpEchoBackend`], [`refused_addr`]), the [`Ringlb`] process handle, client helpers
-//! and skip helpers. Test-only: plain std threads and blocking sockets, panics with
-//! clear messages instead of error plumbing.
+//! Owns: loopback test backends ([`EchoBackend`], restartable on its address,
+//! [`SinkSourceBackend`], [`HalfCloseBackend`], [`ResetBackend`], [`BlackholeBackend`],
+//! [`SlowBackend`], [`ProxyBackend`], [`UdpEchoBackend`], [`refused_addr`]), the
+//! [`Ringlb`] process handle with its log and metric readers ([`log_time`],
+//! [`HealthFlip`], [`Ringlb::metric`]), client helpers, a tagged client load ([`Load`]),
+//! and skip helpers ([`skip_unless!`], [`Requirement`]). Test-only: plain std threads and
+//! blocking sockets, panics with clear messages instead of error plumbing.
 //!
 //! Must not: touch anything but 127.0.0.0/8, leave threads or sockets behind (every
 //! handle stops what it started when dropped: listeners are shut down, connections shut
@@ -47,12 +49,20 @@
 //!
 //! Health checks: when a listener has `health_check`, the prober's connects show up in
 //! a backend's [`EchoBackend::accepted`] and [`EchoBackend::conns`] too (with
-//! `bytes_in == 0`); filter on bytes when counting client connections.
+//! `bytes_in == 0`); [`EchoBackend::client_conns`] counts only connections that carried
+//! bytes.
+//!
+//! Skips: `skip_unless!(Requirement::Root, is_root(), "why")` returns from a test that
+//! cannot run here, and records it in the file named by [`SKIP_LOG_ENV`];
+//! `scripts/test.sh` lists those and fails if the requirement was available after all.
 
 mod blackhole;
 mod checksum;
 mod client;
+mod load;
+mod log;
 mod process;
+mod proxy;
 mod server;
 #[doc(hidden)]
 pub mod skip;
@@ -65,14 +75,21 @@ pub use checksum::{checksum, pattern_checksum, Checksum, Pattern, BACKEND_SEED, 
 pub use client::{
     assert_echo, connect, connect_from, connect_with_timeout, read_line_tag, read_until_end,
     read_with_checksum, reset_close, send_with_checksum, sink_source_exchange, split_tag,
-    udp_client, udp_roundtrip, wait_until, ClientEnd, Exchange, IO_TIMEOUT,
+    try_read_line_tag, udp_client, udp_roundtrip, wait_until, ClientEnd, Exchange, IO_TIMEOUT,
 };
+pub use load::{
+    tag_counts, tagged_client, tagged_client_timed, tagged_clients, Load, LoadLog, Phases,
+};
+pub use log::{log_time, parse_health_flip, since, HealthFlip};
 pub use process::{
-    exit_code, http_get, parse_admin_line, parse_http_response, parse_listener_line,
+    exit_code, http_get, metric_value, parse_admin_line, parse_http_response, parse_listener_line,
     ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal, READY_TIMEOUT,
 };
+pub use proxy::{
+    parse_proxy_v1, parse_proxy_v2, ProxyBackend, ProxyHeader, ProxySeen, PROXY_V2_SIGNATURE,
+};
 pub use server::{ConnEnd, ConnRecord};
-pub use skip::{have_command, io_uring_available, is_root};
+pub use skip::{have_command, io_uring_available, is_root, Requirement, SKIP_LOG_ENV};
 pub use tcp::{
     refused_addr, EchoBackend, HalfCloseBackend, HalfCloseRecord, ResetBackend, SinkRecord,
     SinkSourceBackend, SlowBackend,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::log::{parse_health_flip, HealthFlip};
 use crate::server::lock;
 
 /// How long [`Ringlb::start`] waits for every listener (and the admin endpoint) to log
@@ -118,6 +119,21 @@ pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
             .map_err(|_| format!("bad status code in {status_line:?}")),
         _ => Err(format!("bad status line {status_line:?}")),
     }
+}
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus text
+/// exposition; `None` if absent.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 fn truncate(s: &str) -> String {
@@ -570,6 +586,17 @@ impl Ringlb {
         lock(&self.logs.lines).len()
     }
 
+    /// Every `backend up|down:` line of `backend` (its label, `addr` as configured) in
+    /// `listener` so far, in log order.
+    pub fn health_flips(&self, listener: &str, backend: &str) -> Vec<HealthFlip> {
+        lock(&self.logs.lines)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| parse_health_flip(i, l))
+            .filter(|f| f.listener == listener && f.backend == backend)
+            .collect()
+    }
+
     /// Lines containing `substr`.
     pub fn count_log(&self, substr: &str) -> usize {
         lock(&self.logs.lines)
@@ -696,6 +723,16 @@ impl Ringlb {
         let addr = self.admin_addr();
         http_get(addr, path).unwrap_or_else(|e| panic!("testkit: GET http://{addr}{path}: {e}"))
     }
+
+    /// Scrapes `/metrics` and returns the value of `series`, the sample name with its
+    /// labels exactly as ringlb writes them (e.g.
+    /// `ringlb_connect_failures_total{listener="t",backend="127.0.0.1:1"}`); `None` if
+    /// there is no such sample. Panics unless the scrape answers 200.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "testkit: GET /metrics: {body}");
+        metric_value(&body, series)
+    }
 }
 
 impl std::fmt::Debug for Ringlb {
@@ -726,6 +763,29 @@ impl Drop for Ringlb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_value_matches_the_whole_series() {
+        let text = "# HELP x y\n# TYPE ringlb_up gauge\n\
+                    ringlb_up{listener=\"t\",backend=\"127.0.0.1:1\"} 0\n\
+                    ringlb_up{listener=\"t\",backend=\"127.0.0.1:10\"} 1\n\
+                    ringlb_total 42\n";
+        assert_eq!(
+            metric_value(text, r#"ringlb_up{listener="t",backend="127.0.0.1:1"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            metric_value(text, r#"ringlb_up{listener="t",backend="127.0.0.1:10"}"#),
+            Some(1.0)
+        );
+        assert_eq!(metric_value(text, "ringlb_total"), Some(42.0));
+        assert_eq!(
+            metric_value(text, "ringlb_tot"),
+            None,
+            "a prefix is not a match"
+        );
+        assert_eq!(metric_value(text, "ringlb_up"), None);
+    }
 
     #[test]
     fn listener_line_with_env_logger_prefix() {

@@ -12,7 +12,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::client::wait_until;
 
 /// How a backend connection ended, as seen by the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,12 +37,43 @@ pub enum ConnEnd {
 pub struct ConnRecord {
     /// The connecting socket's address (ringlb's backend-side socket, or the prober's).
     pub peer: SocketAddr,
+    /// When accept(2) returned it (the handshake completed no later than this).
+    pub accepted_at: Instant,
     /// Bytes read from the peer.
     pub bytes_in: u64,
     /// Bytes written to the peer.
     pub bytes_out: u64,
     /// `None` while the connection is open.
     pub end: Option<ConnEnd>,
+}
+
+/// What a backend's handlers saw, one entry per connection, shared with its handle.
+pub(crate) struct Records<R>(Arc<Mutex<Vec<R>>>);
+
+impl<R> Clone for Records<R> {
+    fn clone(&self) -> Self {
+        Records(self.0.clone())
+    }
+}
+
+impl<R: Clone> Records<R> {
+    pub(crate) fn new() -> Self {
+        Records(Arc::new(Mutex::new(Vec::new())))
+    }
+
+    pub(crate) fn push(&self, r: R) {
+        lock(&self.0).push(r);
+    }
+
+    /// Every entry so far, in the order they were pushed.
+    pub(crate) fn all(&self) -> Vec<R> {
+        lock(&self.0).clone()
+    }
+
+    /// Waits until at least `n` entries exist.
+    pub(crate) fn wait(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || lock(&self.0).len() >= n)
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,13 +113,16 @@ pub(crate) struct Conn {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl Conn {
-    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads are counted in the connection's `bytes_in`.
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.stream.read(buf)?;
         lock(&self.shared.records)[self.idx].bytes_in += n as u64;
         Ok(n)
     }
+}
 
+impl Conn {
     /// Reads exactly `buf.len()` bytes; `Err(end)` if the connection ends first.
     pub(crate) fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnEnd> {
         let mut got = 0;
@@ -128,45 +164,115 @@ impl Conn {
 
 pub(crate) type Handler = dyn Fn(&mut Conn) -> ConnEnd + Send + Sync;
 
-/// A loopback TCP listener running `handler` on a thread per accepted connection.
-pub(crate) struct TcpServer {
-    addr: SocketAddr,
+/// The listening half of a [`TcpServer`]: its socket and accept thread. Has its own stop
+/// flag, so the listener can close while the connections it accepted live on.
+struct Acceptor {
     listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Acceptor {
+    /// Closes the listening socket (new connects are refused) and joins the thread.
+    fn close(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocked accept(2) (EINVAL) on Linux.
+        // SAFETY: the fd is owned by `self.listener`, alive until the end of this call.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        let _ = self.thread.join();
+    }
+}
+
+/// A loopback TCP listener running `handler` on a thread per accepted connection. The
+/// listener can be closed and reopened on the same address ([`TcpServer::close_listener`],
+/// [`TcpServer::reopen`]); connection records and open connections survive both.
+pub(crate) struct TcpServer {
+    what: String,
+    addr: SocketAddr,
+    handler: Arc<Handler>,
     pub(crate) shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    acceptor: Option<Acceptor>,
 }
 
 impl TcpServer {
     pub(crate) fn start(what: &str, handler: Arc<Handler>) -> TcpServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("testkit: {what}: bind 127.0.0.1:0: {e}"));
-        Self::start_on(what, listener, handler)
+        Self::start_on(what, bind_loopback(what), handler)
+    }
+
+    /// [`TcpServer::start`] with a handler that may record what it saw on a connection
+    /// in the returned [`Records`].
+    pub(crate) fn start_recording<R: Clone + Send + 'static>(
+        what: &str,
+        handler: impl Fn(&mut Conn, &Records<R>) -> ConnEnd + Send + Sync + 'static,
+    ) -> (TcpServer, Records<R>) {
+        let records = Records::new();
+        let recs = records.clone();
+        let server = Self::start(what, Arc::new(move |c: &mut Conn| handler(c, &recs)));
+        (server, records)
     }
 
     pub(crate) fn start_on(what: &str, listener: TcpListener, handler: Arc<Handler>) -> TcpServer {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("testkit: {what}: local_addr: {e}"));
-        let shared = Arc::new(Shared::default());
+        let mut server = TcpServer {
+            what: what.to_string(),
+            addr,
+            handler,
+            shared: Arc::new(Shared::default()),
+            acceptor: None,
+        };
+        server.acceptor = Some(server.spawn_acceptor(listener));
+        server
+    }
+
+    fn spawn_acceptor(&self, listener: TcpListener) -> Acceptor {
+        let what = &self.what;
         let l = listener
             .try_clone()
             .unwrap_or_else(|e| panic!("testkit: {what}: clone listener: {e}"));
-        let sh = shared.clone();
-        let name = format!("testkit-{what}-{}", addr.port());
-        let accept = thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sh, h) = (stop.clone(), self.shared.clone(), self.handler.clone());
+        let name = format!("testkit-{what}-{}", self.addr.port());
+        let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || accept_loop(l, sh, handler))
+            .spawn(move || accept_loop(l, st, sh, h))
             .unwrap_or_else(|e| panic!("testkit: {what}: spawn accept thread: {e}"));
-        TcpServer {
-            addr,
+        Acceptor {
             listener,
-            shared,
-            accept: Some(accept),
+            stop,
+            thread,
         }
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(crate) fn listening(&self) -> bool {
+        self.acceptor.is_some()
+    }
+
+    /// Stops accepting and closes the listening socket: new connects are refused once
+    /// this returns. Open connections are left alone.
+    pub(crate) fn close_listener(&mut self) {
+        if let Some(a) = self.acceptor.take() {
+            a.close();
+        }
+    }
+
+    /// Listens again on the same address (see [`bind_exact`]).
+    pub(crate) fn reopen(&mut self) {
+        assert!(
+            self.acceptor.is_none(),
+            "testkit: {}: {} is already listening",
+            self.what,
+            self.addr
+        );
+        let l = bind_exact(self.addr);
+        self.acceptor = Some(self.spawn_acceptor(l));
     }
 
     pub(crate) fn accepted(&self) -> usize {
@@ -189,10 +295,36 @@ impl TcpServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Arc<Handler>) {
+/// A listener on 127.0.0.1, ephemeral port.
+pub(crate) fn bind_loopback(what: &str) -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("testkit: {what}: bind 127.0.0.1:0: {e}"))
+}
+
+/// Binds exactly `addr`. std sets SO_REUSEADDR, so only a listener still open on it is
+/// in the way: retried for up to 5 s in case a previous one is still closing.
+pub(crate) fn bind_exact(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("testkit: bind {addr}: {e}"),
+        }
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+) {
     loop {
         let accepted = listener.accept();
-        if shared.stopping() {
+        if stop.load(Ordering::SeqCst) || shared.stopping() {
             return;
         }
         let (stream, peer) = match accepted {
@@ -210,6 +342,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Arc<Handler>
             let mut recs = lock(&shared.records);
             recs.push(ConnRecord {
                 peer,
+                accepted_at: Instant::now(),
                 bytes_in: 0,
                 bytes_out: 0,
                 end: None,
@@ -249,14 +382,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Arc<Handler>
 impl Drop for TcpServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept(2) (EINVAL) on Linux.
-        // SAFETY: the fd is owned by `self.listener`, which is alive.
-        unsafe {
-            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
-        }
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        self.close_listener();
         for s in lock(&self.shared.live).values() {
             let _ = s.shutdown(Shutdown::Both);
         }

@@ -1,17 +1,19 @@
 //! TCP backends on 127.0.0.1 ephemeral ports. Each stops (listener closed, connections
 //! shut down, threads joined) when its handle is dropped.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::checksum::{Checksum, Pattern, BACKEND_SEED};
 use crate::client::wait_until;
-use crate::server::{classify, lock, Conn, ConnEnd, ConnRecord, TcpServer};
+use crate::server::{
+    bind_exact, bind_loopback, classify, Conn, ConnEnd, ConnRecord, Records, TcpServer,
+};
 
 const BUF: usize = 64 * 1024;
 
@@ -52,6 +54,8 @@ macro_rules! tcp_backend_common {
     };
 }
 
+pub(crate) use tcp_backend_common;
+
 /// Echoes every byte back. After the peer's FIN it shuts down its own write side, so a
 /// client half-close comes back as EOF once the echo is flushed.
 pub struct EchoBackend {
@@ -62,23 +66,37 @@ pub struct EchoBackend {
 impl EchoBackend {
     /// A plain echo backend.
     pub fn start() -> EchoBackend {
-        Self::build(None)
+        Self::build_on(bind_loopback("echo"), None)
     }
 
     /// On each new connection first writes `TAG\n`, then echoes. Tests read the tag with
     /// [`crate::read_line_tag`] to see which backend a connection reached.
     pub fn tagged(tag: &str) -> EchoBackend {
+        Self::tagged_on(bind_loopback("echo"), tag)
+    }
+
+    /// [`EchoBackend::tagged`] listening on exactly `addr`, e.g. a backend restarted on
+    /// the port of one the test dropped (retried for up to 5 s while the old listener is
+    /// still closing).
+    pub fn tagged_at(addr: SocketAddr, tag: &str) -> EchoBackend {
+        Self::tagged_on(bind_exact(addr), tag)
+    }
+
+    /// [`EchoBackend::tagged`] on a listener the test created (say, inside a network
+    /// namespace).
+    pub fn tagged_on(listener: TcpListener, tag: &str) -> EchoBackend {
         assert!(
             !tag.contains('\n'),
             "testkit: a tag must not contain a newline: {tag:?}"
         );
-        Self::build(Some(tag.to_string()))
+        Self::build_on(listener, Some(tag.to_string()))
     }
 
-    fn build(tag: Option<String>) -> EchoBackend {
+    fn build_on(listener: TcpListener, tag: Option<String>) -> EchoBackend {
         let greeting = tag.as_ref().map(|t| format!("{t}\n").into_bytes());
-        let server = TcpServer::start(
+        let server = TcpServer::start_on(
             "echo",
+            listener,
             Arc::new(move |c: &mut Conn| {
                 if let Some(g) = &greeting {
                     if let Err(e) = c.write_all(g) {
@@ -94,10 +112,34 @@ impl EchoBackend {
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
     }
+
+    /// Connections that carried client bytes. Health checks connect and close without
+    /// sending any, so this counts the balancer's client connections only.
+    pub fn client_conns(&self) -> usize {
+        self.conns().iter().filter(|c| c.bytes_in > 0).count()
+    }
+
+    /// Whether the listening socket is open (see [`EchoBackend::close_listener`]).
+    pub fn listening(&self) -> bool {
+        self.server.listening()
+    }
+
+    /// Stops accepting and closes the listening socket: once this returns new connects
+    /// are refused. Established connections keep echoing; records are kept.
+    pub fn close_listener(&mut self) {
+        self.server.close_listener();
+    }
+
+    /// Listens again on the same address after [`EchoBackend::close_listener`]; new
+    /// connections are recorded after the earlier ones.
+    pub fn reopen(&mut self) {
+        self.server.reopen();
+    }
 }
 tcp_backend_common!(EchoBackend);
 
-fn echo_loop(c: &mut Conn) -> ConnEnd {
+/// Echoes until EOF (then shuts down its write side) or an error.
+pub(crate) fn echo_loop(c: &mut Conn) -> ConnEnd {
     let mut buf = vec![0u8; BUF];
     loop {
         match c.read(&mut buf) {
@@ -138,80 +180,75 @@ pub struct SinkRecord {
 /// Client side: [`crate::sink_source_exchange`].
 pub struct SinkSourceBackend {
     server: TcpServer,
-    records: Arc<Mutex<Vec<SinkRecord>>>,
+    records: Records<SinkRecord>,
 }
 
 impl SinkSourceBackend {
     pub fn start() -> SinkSourceBackend {
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let recs = records.clone();
-        let server = TcpServer::start(
-            "sinksource",
-            Arc::new(move |c: &mut Conn| {
-                let mut hdr = [0u8; 8];
-                if let Err(end) = c.read_exact(&mut hdr) {
-                    return end;
-                }
-                let requested = u64::from_be_bytes(hdr);
-                let mut wc = match c.try_clone() {
-                    Ok(w) => w,
-                    Err(e) => return classify(&e),
-                };
-                let writer = thread::spawn(move || -> (u64, Option<ConnEnd>) {
-                    let mut p = Pattern::new(BACKEND_SEED);
-                    let mut buf = vec![0u8; BUF];
-                    let mut sent = 0u64;
-                    while sent < requested {
-                        let n = (requested - sent).min(BUF as u64) as usize;
-                        p.fill(&mut buf[..n]);
-                        if let Err(e) = wc.write_all(&buf[..n]) {
-                            return (sent, Some(classify(&e)));
-                        }
-                        sent += n as u64;
-                    }
-                    let _ = wc.stream.shutdown(Shutdown::Write);
-                    (sent, None)
-                });
-                let mut sum = Checksum::new();
+        let (server, records) = TcpServer::start_recording("sinksource", move |c, recs| {
+            let mut hdr = [0u8; 8];
+            if let Err(end) = c.read_exact(&mut hdr) {
+                return end;
+            }
+            let requested = u64::from_be_bytes(hdr);
+            let mut wc = match c.try_clone() {
+                Ok(w) => w,
+                Err(e) => return classify(&e),
+            };
+            let writer = thread::spawn(move || -> (u64, Option<ConnEnd>) {
+                let mut p = Pattern::new(BACKEND_SEED);
                 let mut buf = vec![0u8; BUF];
-                let read_end = loop {
-                    match c.read(&mut buf) {
-                        Ok(0) => break c.eof(),
-                        Ok(n) => sum.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break classify(&e),
+                let mut sent = 0u64;
+                while sent < requested {
+                    let n = (requested - sent).min(BUF as u64) as usize;
+                    p.fill(&mut buf[..n]);
+                    if let Err(e) = wc.write_all(&buf[..n]) {
+                        return (sent, Some(classify(&e)));
                     }
-                };
-                if read_end != ConnEnd::Eof {
-                    // Unblock the writer if the reading half broke.
-                    let _ = c.stream.shutdown(Shutdown::Both);
+                    sent += n as u64;
                 }
-                let (sent, write_err) = writer.join().unwrap_or((0, Some(ConnEnd::Closed)));
-                let end = match (read_end, write_err) {
-                    (ConnEnd::Eof, Some(w)) => w,
-                    (r, _) => r,
-                };
-                lock(&recs).push(SinkRecord {
-                    requested,
-                    sent,
-                    received: sum.len(),
-                    checksum: sum.value(),
-                    end,
-                });
-                end
-            }),
-        );
+                let _ = wc.stream.shutdown(Shutdown::Write);
+                (sent, None)
+            });
+            let mut sum = Checksum::new();
+            let mut buf = vec![0u8; BUF];
+            let read_end = loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break c.eof(),
+                    Ok(n) => sum.update(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break classify(&e),
+                }
+            };
+            if read_end != ConnEnd::Eof {
+                // Unblock the writer if the reading half broke.
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
+            let (sent, write_err) = writer.join().unwrap_or((0, Some(ConnEnd::Closed)));
+            let end = match (read_end, write_err) {
+                (ConnEnd::Eof, Some(w)) => w,
+                (r, _) => r,
+            };
+            recs.push(SinkRecord {
+                requested,
+                sent,
+                received: sum.len(),
+                checksum: sum.value(),
+                end,
+            });
+            end
+        });
         SinkSourceBackend { server, records }
     }
 
     /// Records of finished connections that sent a header, in order of completion.
     pub fn records(&self) -> Vec<SinkRecord> {
-        lock(&self.records).clone()
+        self.records.all()
     }
 
     /// Waits until at least `n` records exist.
     pub fn wait_records(&self, n: usize, timeout: Duration) -> bool {
-        wait_until(timeout, || lock(&self.records).len() >= n)
+        self.records.wait(n, timeout)
     }
 }
 tcp_backend_common!(SinkSourceBackend);
@@ -226,7 +263,7 @@ pub struct HalfCloseRecord {
 /// Half-close backends, one per direction.
 pub struct HalfCloseBackend {
     server: TcpServer,
-    records: Arc<Mutex<Vec<HalfCloseRecord>>>,
+    records: Records<HalfCloseRecord>,
 }
 
 impl HalfCloseBackend {
@@ -245,48 +282,43 @@ impl HalfCloseBackend {
     }
 
     fn build(what: &str, payload: Option<Vec<u8>>) -> HalfCloseBackend {
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let recs = records.clone();
-        let server = TcpServer::start(
-            what,
-            Arc::new(move |c: &mut Conn| {
-                if let Some(p) = &payload {
-                    if let Err(e) = c.write_all(p) {
-                        return classify(&e);
-                    }
-                    if let Err(e) = c.stream.shutdown(Shutdown::Write) {
-                        return classify(&e);
-                    }
+        let (server, records) = TcpServer::start_recording(what, move |c, recs| {
+            if let Some(p) = &payload {
+                if let Err(e) = c.write_all(p) {
+                    return classify(&e);
                 }
-                let mut received = Vec::new();
-                let mut buf = vec![0u8; BUF];
-                let mut end = loop {
-                    match c.read(&mut buf) {
-                        Ok(0) => break c.eof(),
-                        Ok(n) => received.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break classify(&e),
-                    }
-                };
-                if payload.is_none() && end == ConnEnd::Eof {
-                    if let Err(e) = c.write_all(&received) {
-                        end = classify(&e);
-                    }
+                if let Err(e) = c.stream.shutdown(Shutdown::Write) {
+                    return classify(&e);
                 }
-                lock(&recs).push(HalfCloseRecord { received, end });
-                end
-            }),
-        );
+            }
+            let mut received = Vec::new();
+            let mut buf = vec![0u8; BUF];
+            let mut end = loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break c.eof(),
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break classify(&e),
+                }
+            };
+            if payload.is_none() && end == ConnEnd::Eof {
+                if let Err(e) = c.write_all(&received) {
+                    end = classify(&e);
+                }
+            }
+            recs.push(HalfCloseRecord { received, end });
+            end
+        });
         HalfCloseBackend { server, records }
     }
 
     /// Records of finished connections, in order of completion.
     pub fn records(&self) -> Vec<HalfCloseRecord> {
-        lock(&self.records).clone()
+        self.records.all()
     }
 
     pub fn wait_records(&self, n: usize, timeout: Duration) -> bool {
-        wait_until(timeout, || lock(&self.records).len() >= n)
+        self.records.wait(n, timeout)
     }
 }
 tcp_backend_common!(HalfCloseBackend);
@@ -386,8 +418,7 @@ impl SlowBackend {
     }
 
     fn build(rcvbuf: Option<usize>) -> SlowBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("testkit: slow: bind 127.0.0.1:0: {e}"));
+        let listener = bind_loopback("slow");
         if let Some(b) = rcvbuf {
             socket2::SockRef::from(&listener)
                 .set_recv_buffer_size(b)

@@ -80,6 +80,42 @@ fn drop_stops_listener_and_open_connections() {
 }
 
 #[test]
+fn echo_listener_closes_and_reopens_keeping_connections() {
+    let mut b = EchoBackend::tagged("r");
+    let addr = b.addr();
+    let mut c = connect(addr);
+    assert_eq!(read_line_tag(&mut c), "r");
+    assert!(b.listening());
+    b.close_listener();
+    assert!(!b.listening());
+    let e = connect_with_timeout(addr, Duration::from_secs(2)).expect_err("listener closed");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    assert_echo(&mut c, b"still echoing");
+    b.reopen();
+    assert!(b.listening());
+    let mut c2 = connect(addr);
+    assert_eq!(read_line_tag(&mut c2), "r");
+    assert_echo(&mut c2, b"again");
+    drop(connect(addr)); // a health check: no bytes
+    assert!(b.wait_accepted(3, T));
+    let conns = b.conns();
+    assert!(conns[0].accepted_at <= conns[1].accepted_at);
+    assert_eq!(b.client_conns(), 2, "{conns:?}");
+}
+
+#[test]
+fn tagged_at_takes_over_a_dropped_backends_port() {
+    let old = EchoBackend::tagged("old");
+    let addr = old.addr();
+    drop(old);
+    let new = EchoBackend::tagged_at(addr, "new");
+    assert_eq!(new.addr(), addr);
+    let mut c = connect(addr);
+    assert_eq!(read_line_tag(&mut c), "new");
+    assert_eq!(new.tag(), Some("new"));
+}
+
+#[test]
 fn drop_with_busy_handlers_does_not_hang() {
     // A sink-source writer blocked on a full socket buffer must be woken by Drop.
     let b = SinkSourceBackend::start();
