@@ -26,6 +26,8 @@ pub enum Signal {
     Term,
     Int,
     Kill,
+    /// Live upgrade.
+    Usr2,
 }
 
 impl Signal {
@@ -35,6 +37,7 @@ impl Signal {
             Signal::Term => libc::SIGTERM,
             Signal::Int => libc::SIGINT,
             Signal::Kill => libc::SIGKILL,
+            Signal::Usr2 => libc::SIGUSR2,
         }
     }
 }

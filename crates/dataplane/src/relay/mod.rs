@@ -142,6 +142,16 @@ impl Link<'_> {
         uring::cancel_all(self.backend.as_raw_fd()).await;
     }
 
+    /// A readiness wait, unless the link already ended or froze: an operation submitted
+    /// after `abort`/`freeze` cancelled the others would never be cancelled itself, so
+    /// every submission is checked right before it (no await in between).
+    async fn poll(&self, socket: &Rc<Socket>, events: u32) -> io::Result<u32> {
+        if self.is_aborted() {
+            return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+        }
+        uring::poll(socket, events).await
+    }
+
     /// Keep bytes read in `dir` and not written, for the process the link moves to.
     fn hold(&self, dir: Dir, bytes: &[u8]) {
         self.carry[dir as usize]
@@ -289,7 +299,7 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
         forwarded += n;
     }
     // Readiness gate: memory and splices are committed only once this direction has data.
-    match uring::poll(from, POLLIN).await {
+    match link.poll(from, POLLIN).await {
         Ok(_) => {}
         Err(e) if is_cancelled(&e) => return forwarded,
         Err(_) => {
@@ -455,7 +465,7 @@ async fn splice_half(
         if policy.after_burst(*forwarded - before) == SpliceStep::Copy {
             return SpliceEnd::BackToCopy;
         }
-        match uring::poll(from, POLLIN).await {
+        match link.poll(from, POLLIN).await {
             Ok(_) => {}
             Err(e) if is_cancelled(&e) => return SpliceEnd::Done,
             Err(_) => {
@@ -523,7 +533,7 @@ async fn drain_pipe<K: Unpin + 'static>(
             }
             Ok(m) => pending -= m.min(pending),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                match uring::poll(to, POLLOUT).await {
+                match link.poll(to, POLLOUT).await {
                     Ok(_) => {}
                     Err(e) if is_cancelled(&e) => return false,
                     Err(_) => {

@@ -1,0 +1,254 @@
+//! Live upgrade through running processes: established connections (copy, splice and auto
+//! forwarding) stream checksummed bytes both ways while ringlb upgrades itself several
+//! times with SIGUSR2, a connect loop runs beside them, and nothing is reset, refused, lost,
+//! duplicated or reordered. An upgrade whose new process cannot start (its config became
+//! invalid on disk) leaves the old one serving everything.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringlb_testkit::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ringlb"))
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Per connection and forwarding mode.
+const STREAMS: usize = 8;
+const UPGRADES: usize = 3;
+
+/// Processes the upgrades started: ended (SIGTERM, then SIGKILL) when the test ends.
+/// Declared after the `Ringlb` handle so it drops first: the handle's log readers end
+/// only once every process holding the log pipe is gone.
+struct Successors(Vec<u32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            signal(pid, libc::SIGTERM);
+        }
+        for &pid in &self.0 {
+            if !wait_until(Duration::from_secs(10), || !alive(pid)) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started (directly or through ringlb).
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Running (not a zombie, not gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The pid in the n-th (0-based) `upgrade: pid N took over` line.
+fn successor(lb: &Ringlb, n: usize) -> Option<u32> {
+    lb.logs()
+        .iter()
+        .filter_map(|l| l.split("upgrade: pid ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .nth(n)
+}
+
+/// One established connection echoing a deterministic stream back, chunk by chunk.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<u64, String>>,
+}
+
+fn stream(addr: SocketAddr, seed: u64, chunk: usize) -> Stream {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = thread::spawn(move || -> Result<u64, String> {
+        let mut c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        c.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+        let mut pattern = Pattern::new(seed);
+        let (mut out, mut back) = (vec![0u8; chunk], vec![0u8; chunk]);
+        let mut total = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            pattern.fill(&mut out);
+            c.write_all(&out)
+                .map_err(|e| format!("write after {total} bytes: {e}"))?;
+            c.read_exact(&mut back)
+                .map_err(|e| format!("read after {total} bytes: {e}"))?;
+            if back != out {
+                return Err(format!("echo differs after {total} bytes"));
+            }
+            total += chunk as u64;
+        }
+        c.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .map_err(|e| format!("final read: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} unexpected bytes at the end", rest.len()));
+        }
+        Ok(total)
+    });
+    Stream { stop, thread }
+}
+
+fn yaml(echo: SocketAddr, tagged: SocketAddr) -> String {
+    let mut y = String::from("admin: 127.0.0.1:0\nworkers: 2\nshutdown_timeout: 10s\nlisteners:\n");
+    for mode in ["copy", "splice", "auto"] {
+        y.push_str(&format!(
+            "  - name: {mode}\n    bind: 127.0.0.1:0\n    forwarding: {mode}\n    backends:\n      - addr: {echo}\n"
+        ));
+    }
+    y.push_str(&format!(
+        "  - name: loop\n    bind: 127.0.0.1:0\n    backends:\n      - addr: {tagged}\n"
+    ));
+    y
+}
+
+#[test]
+fn established_connections_and_new_connects_survive_upgrades() {
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
+    let echo = EchoBackend::start();
+    let tagged = EchoBackend::tagged("t");
+    let lb = Ringlb::start(bin(), &yaml(echo.addr(), tagged.addr()));
+    let mut successors = Successors(Vec::new());
+    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    let load = Load::start(lb.listener_addr("loop"), 2, Duration::from_millis(2));
+    let mut streams = Vec::new();
+    for (m, mode) in ["copy", "splice", "auto"].iter().enumerate() {
+        for i in 0..STREAMS {
+            // Small chunks for request/response links, big ones so bulk detection (and, in
+            // splice and auto, pipes with bytes in flight) is exercised.
+            let chunk = if i % 2 == 0 { 200 } else { 96 * 1024 };
+            streams.push(stream(lb.listener_addr(mode), (m * 100 + i) as u64, chunk));
+        }
+    }
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut current = lb.pid();
+    for n in 0..UPGRADES {
+        // Let traffic flow between upgrades.
+        let before = load.total();
+        assert!(
+            wait_until(WAIT, || load.total() >= before + 20),
+            "connect loop stalled"
+        );
+        let started = Instant::now();
+        signal(current, libc::SIGUSR2);
+        assert!(
+            wait_until(WAIT, || successor(&lb, n).is_some()),
+            "upgrade {n}: no process took over"
+        );
+        let next = successor(&lb, n).unwrap_or(0);
+        successors.0.push(next);
+        assert!(
+            wait_until(WAIT, || !alive(current)),
+            "upgrade {n}: the old process (pid {current}) did not exit"
+        );
+        eprintln!(
+            "upgrade {n}: pid {current} -> {next} in {:?}",
+            started.elapsed()
+        );
+        moved.fetch_add(1, Ordering::Relaxed);
+        current = next;
+    }
+    let before = load.total();
+    assert!(
+        wait_until(WAIT, || load.total() >= before + 20),
+        "connect loop stalled after the last upgrade"
+    );
+    for s in &streams {
+        s.stop.store(true, Ordering::Relaxed);
+    }
+    let mut bytes = 0;
+    for (i, s) in streams.into_iter().enumerate() {
+        match s.thread.join() {
+            Ok(Ok(n)) => bytes += n,
+            Ok(Err(e)) => panic!("stream {i}: {e}"),
+            Err(_) => panic!("stream {i} panicked"),
+        }
+    }
+    let log = load.finish();
+    assert!(
+        log.failures.is_empty(),
+        "connect loop failures: {:?}",
+        log.failures
+    );
+    assert!(!log.tags.is_empty());
+    // Every upgrade moved every stream: the summary lines say so.
+    let took_over: Vec<String> = lb
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("upgrade: pid "))
+        .collect();
+    assert_eq!(took_over.len(), UPGRADES, "{took_over:?}");
+    for line in &took_over {
+        let conns: usize = line
+            .split(" listener(s) and ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(conns >= 3 * STREAMS, "{line}");
+        eprintln!("{line}");
+    }
+    eprintln!("{bytes} bytes echoed through {UPGRADES} upgrades");
+    drop(successors);
+}
+
+#[test]
+fn an_upgrade_whose_new_process_cannot_start_changes_nothing() {
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
+    let echo = EchoBackend::start();
+    let tagged = EchoBackend::tagged("t");
+    let good = yaml(echo.addr(), tagged.addr());
+    let mut lb = Ringlb::start(bin(), &good);
+    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    let s = stream(lb.listener_addr("copy"), 1, 1000);
+    // The file on disk no longer validates: the new process exits 2 before it is ready.
+    lb.rewrite_config("listeners: [\n");
+    let mark = lb.log_mark();
+    lb.signal(Signal::Usr2);
+    assert!(
+        lb.wait_for_log_after(mark, "upgrade failed:", WAIT),
+        "no `upgrade failed` line"
+    );
+    assert!(alive(lb.pid()), "the old process must keep serving");
+    let load = Load::start(lb.listener_addr("loop"), 1, Duration::from_millis(2));
+    assert!(
+        wait_until(WAIT, || load.total() >= 20),
+        "no new connection served"
+    );
+    s.stop.store(true, Ordering::Relaxed);
+    let bytes = s
+        .thread
+        .join()
+        .unwrap_or_else(|_| panic!("stream panicked"));
+    assert!(bytes.is_ok(), "{bytes:?}");
+    let log = load.finish();
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    // The old process still answers SIGTERM as before.
+    lb.rewrite_config(&good);
+    lb.signal(Signal::Term);
+    let status = lb
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("no exit after SIGTERM"));
+    assert!(status.success(), "{status}");
+}
