@@ -21,6 +21,9 @@ impl ControlPlane {
         signals: &Receiver<ControlSignal>,
         transitions: &Receiver<Transition>,
     ) {
+        // The listening sockets close once the workers drop theirs: new connects are
+        // refused for the whole drain, not queued on copies kept for a live upgrade.
+        self.sockets.clear();
         let timeout = self.config.shutdown_timeout;
         let live: u32 = self.listeners.values().map(|l| l.active()).sum();
         info!("{signal}: stopped accepting; draining {live} connection(s) for up to {timeout:?}");
