@@ -9,7 +9,7 @@ use std::rc::Rc;
 use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
-use crate::handover::MovedConn;
+use crate::handover::Moved;
 use crate::pipes::PipePool;
 
 /// Worker-local context shared by every task on this worker (single thread: `Cell`s).
@@ -29,7 +29,10 @@ pub(crate) struct WorkerCtx {
     relays_idle: Notify,
     /// A live upgrade is taking the connections: every relay freezes and is sent here.
     pub(crate) handover: Cut,
-    pub(crate) moved: RefCell<Option<Sender<MovedConn>>>,
+    pub(crate) moved: RefCell<Option<Sender<Moved>>>,
+    /// Fired (open) unless a live upgrade is still bringing this process the old one's UDP
+    /// sessions: until then UDP receive loops wait, and datagrams queue in the sockets.
+    pub(crate) udp_open: Cut,
 }
 
 impl WorkerCtx {
@@ -50,6 +53,11 @@ impl WorkerCtx {
             relays_idle: Notify::new(),
             handover: Cut::default(),
             moved: RefCell::new(None),
+            udp_open: {
+                let open = Cut::default();
+                open.fire();
+                open
+            },
         }
     }
 

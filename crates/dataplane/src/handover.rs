@@ -1,11 +1,35 @@
 //! What moves between two ringlb processes in a live upgrade: established TCP connections,
-//! frozen at a clean point. The wire format lives with the upgrade in the binary crate;
+//! frozen at a clean point, and UDP sessions with their upstream sockets. The wire format lives with the upgrade in the binary crate;
 //! this is the data plane's side of it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::Socket;
+
+/// What a frozen worker sends to the upgrade.
+#[derive(Debug)]
+pub enum Moved {
+    Conn(MovedConn),
+    Session(MovedSession),
+}
+
+/// One UDP session leaving this process (or arriving from the previous one): its client,
+/// its backend and the connected socket the backend answers on.
+#[derive(Debug)]
+pub struct MovedSession {
+    pub worker: usize,
+    pub listener: String,
+    pub backend: String,
+    pub client: SocketAddr,
+    /// Wildcard listeners: the address the client sent to, which replies come from.
+    pub reply_from: Option<IpAddr>,
+    pub upstream: Socket,
+    pub age: Duration,
+    pub idle: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
 
 /// One established TCP connection leaving this process, or arriving from the previous one.
 #[derive(Debug)]

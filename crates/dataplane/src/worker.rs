@@ -14,7 +14,7 @@ use socket2::Socket;
 use tokio::sync::mpsc;
 
 use crate::ctx::WorkerCtx;
-use crate::handover::MovedConn;
+use crate::handover::Moved;
 use crate::listener::ListenerState;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
@@ -34,7 +34,9 @@ pub enum Command {
         socket: Socket,
     },
     /// Stop taking new clients on a listener (removed by a reload); its connections drain.
-    Stop { name: String },
+    Stop {
+        name: String,
+    },
     /// A reload renamed a TCP listener on the same bind: keep the socket (and the
     /// connections queued on it), account new connections to `listener`.
     Rename {
@@ -45,14 +47,18 @@ pub enum Command {
     /// same sockets), freeze every TCP connection and send it to `sink`; report `Frozen`
     /// when none is left.
     Freeze {
-        sink: crossbeam_channel::Sender<MovedConn>,
+        sink: crossbeam_channel::Sender<Moved>,
     },
     /// Live upgrade called off: connections relay normally again (listeners are started
     /// again with `Start`).
     Thaw,
-    /// Live upgrade: take over a connection the previous process (or, after a failed
-    /// upgrade, this one) froze.
-    Adopt(MovedConn),
+    /// Live upgrade: take over a connection or session the previous process (or, after a
+    /// failed upgrade, this one) froze.
+    Adopt(Moved),
+    /// Live upgrade, new process: UDP listeners do not receive until `OpenUdp` (the old
+    /// process's sessions arrive first; datagrams wait in the sockets meanwhile).
+    HoldUdp,
+    OpenUdp,
     /// Shutdown, phase 1: stop accepting everywhere; report `Drained` when no connection is left.
     Drain,
     /// Shutdown, phase 2: reset whatever is left, report `Finished`, exit.
@@ -202,7 +208,7 @@ async fn main_loop(
             }
             Command::Freeze { sink } => {
                 for (_, listener) in serving.drain() {
-                    listener.stop().await;
+                    listener.freeze(&sink).await;
                 }
                 *ctx.moved.borrow_mut() = Some(sink);
                 ctx.handover.fire();
@@ -218,23 +224,21 @@ async fn main_loop(
                 ctx.moved.borrow_mut().take();
                 let _ = events.send(WorkerEvent::Thawed { worker: ctx.id });
             }
-            Command::Adopt(moved) => match serving.get(&moved.listener) {
-                Some(listener) => {
-                    let name = moved.listener.clone();
-                    if !listener.adopt(&ctx, moved) {
-                        log::error!(
-                            "worker {}: listener {name} cannot take a TCP connection",
-                            ctx.id
-                        );
-                    }
+            Command::Adopt(moved) => {
+                let name = match &moved {
+                    Moved::Conn(c) => &c.listener,
+                    Moved::Session(s) => &s.listener,
+                };
+                match serving.get(name) {
+                    Some(listener) => listener.adopt(&ctx, moved),
+                    None => log::error!(
+                        "worker {}: no listener {name} for a handed-over connection or session; closing it",
+                        ctx.id
+                    ),
                 }
-                None => log::error!(
-                    "worker {}: no listener {} for a handed-over connection from {}; closing it",
-                    ctx.id,
-                    moved.listener,
-                    moved.client_addr
-                ),
-            },
+            }
+            Command::HoldUdp => ctx.udp_open.reset(),
+            Command::OpenUdp => ctx.udp_open.fire(),
             Command::Drain => {
                 for (_, listener) in serving.drain() {
                     listener.stop().await;

@@ -10,7 +10,7 @@ use ringlb_config::Protocol;
 use socket2::Socket;
 
 use crate::ctx::WorkerCtx;
-use crate::handover::MovedConn;
+use crate::handover::Moved;
 use crate::listener::ListenerState;
 use crate::tcp::TcpListener;
 use crate::udp::UdpListener;
@@ -64,15 +64,31 @@ impl WorkerListener {
         }
     }
 
-    /// Take over a TCP connection the previous process froze; false (and the connection
-    /// closed) if this is not a TCP listener.
-    pub(crate) fn adopt(&self, ctx: &Rc<WorkerCtx>, moved: MovedConn) -> bool {
+    /// Take over a connection or session the previous process handed over; one of the
+    /// other protocol is closed (and logged).
+    pub(crate) fn adopt(&self, ctx: &Rc<WorkerCtx>, moved: Moved) {
+        match (self, moved) {
+            (WorkerListener::Tcp(listener), Moved::Conn(conn)) => listener.adopt(ctx, conn),
+            (WorkerListener::Udp(listener), Moved::Session(session)) => listener.adopt(session),
+            (_, Moved::Conn(conn)) => log::error!(
+                "listener {}: not TCP; connection from {} closed",
+                conn.listener,
+                conn.client_addr
+            ),
+            (_, Moved::Session(session)) => log::error!(
+                "listener {}: not UDP; session of {} dropped",
+                session.listener,
+                session.client
+            ),
+        }
+    }
+
+    /// Live upgrade, old process: TCP stops accepting (its connections freeze on their
+    /// own); UDP stops receiving and sends its sessions to `sink`.
+    pub(crate) async fn freeze(&self, sink: &crossbeam_channel::Sender<Moved>) {
         match self {
-            WorkerListener::Tcp(listener) => {
-                listener.adopt(ctx, moved);
-                true
-            }
-            WorkerListener::Udp(_) => false,
+            WorkerListener::Tcp(listener) => listener.stop().await,
+            WorkerListener::Udp(listener) => listener.freeze(sink).await,
         }
     }
 

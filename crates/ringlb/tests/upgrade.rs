@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Per connection and forwarding mode.
 const STREAMS: usize = 8;
 const UPGRADES: usize = 3;
+const UDP_SESSIONS: usize = 20;
 
 /// Processes the upgrades started: ended (SIGTERM, then SIGKILL) when the test ends.
 /// Declared after the `Ringlb` handle so it drops first: the handle's log readers end
@@ -102,6 +103,27 @@ fn stream(addr: SocketAddr, seed: u64, chunk: usize) -> Stream {
     Stream { stop, thread }
 }
 
+/// A UDP client socket: one session in ringlb. Returns the tag of the backend that answered.
+fn udp_ask(sock: &std::net::UdpSocket, lb: SocketAddr, n: usize) -> Result<String, String> {
+    let query = format!("q{n}");
+    let mut buf = [0u8; 256];
+    // Loopback does not lose datagrams, but a retry keeps the test about backends, not luck.
+    for _ in 0..3 {
+        sock.send_to(query.as_bytes(), lb)
+            .map_err(|e| e.to_string())?;
+        if let Ok((len, _)) = sock.recv_from(&mut buf) {
+            let reply = String::from_utf8_lossy(&buf[..len]).to_string();
+            let (tag, body) = reply
+                .split_once('\n')
+                .ok_or(format!("untagged reply {reply:?}"))?;
+            if body == query {
+                return Ok(tag.to_string());
+            }
+        }
+    }
+    Err(format!("no answer to {query}"))
+}
+
 fn yaml(echo: SocketAddr, tagged: SocketAddr) -> String {
     let mut y = String::from("admin: 127.0.0.1:0\nworkers: 2\nshutdown_timeout: 10s\nlisteners:\n");
     for mode in ["copy", "splice", "auto"] {
@@ -115,6 +137,14 @@ fn yaml(echo: SocketAddr, tagged: SocketAddr) -> String {
     y
 }
 
+fn with_udp(mut y: String, backends: [SocketAddr; 2]) -> String {
+    y.push_str(&format!(
+        "  - name: dgram\n    bind: 127.0.0.1:0\n    protocol: udp\n    session_timeout: 60s\n    backends:\n      - addr: {}\n      - addr: {}\n",
+        backends[0], backends[1]
+    ));
+    y
+}
+
 #[test]
 fn established_connections_and_new_connects_survive_upgrades() {
     skip_unless!(
@@ -124,9 +154,28 @@ fn established_connections_and_new_connects_survive_upgrades() {
     );
     let echo = EchoBackend::start();
     let tagged = EchoBackend::tagged("t");
-    let lb = Ringlb::start(bin(), &yaml(echo.addr(), tagged.addr()));
+    let udp = [UdpEchoBackend::tagged("u1"), UdpEchoBackend::tagged("u2")];
+    let config = with_udp(
+        yaml(echo.addr(), tagged.addr()),
+        [udp[0].addr(), udp[1].addr()],
+    );
+    let lb = Ringlb::start(bin(), &config);
     let mut successors = Successors(Vec::new());
     assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    let dgram = lb.listener_addr("dgram");
+    let sessions: Vec<std::net::UdpSocket> = (0..UDP_SESSIONS)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            s
+        })
+        .collect();
+    let owners: Vec<String> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| udp_ask(s, dgram, i).unwrap_or_else(|e| panic!("session {i}: {e}")))
+        .collect();
     let load = Load::start(lb.listener_addr("loop"), 2, Duration::from_millis(2));
     let mut streams = Vec::new();
     for (m, mode) in ["copy", "splice", "auto"].iter().enumerate() {
@@ -162,6 +211,14 @@ fn established_connections_and_new_connects_survive_upgrades() {
             "upgrade {n}: pid {current} -> {next} in {:?}",
             started.elapsed()
         );
+        for (i, s) in sessions.iter().enumerate() {
+            let tag = udp_ask(s, dgram, 1000 * (n + 1) + i)
+                .unwrap_or_else(|e| panic!("upgrade {n}: session {i}: {e}"));
+            assert_eq!(
+                tag, owners[i],
+                "upgrade {n}: session {i} moved to another backend"
+            );
+        }
         moved.fetch_add(1, Ordering::Relaxed);
         current = next;
     }
@@ -197,15 +254,26 @@ fn established_connections_and_new_connects_survive_upgrades() {
     assert_eq!(took_over.len(), UPGRADES, "{took_over:?}");
     for line in &took_over {
         let conns: usize = line
-            .split(" listener(s) and ")
+            .split(" listener(s), ")
             .nth(1)
             .and_then(|r| r.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         assert!(conns >= 3 * STREAMS, "{line}");
+        assert!(
+            line.contains(&format!(" {UDP_SESSIONS} UDP session(s)")),
+            "{line}"
+        );
         eprintln!("{line}");
     }
     eprintln!("{bytes} bytes echoed through {UPGRADES} upgrades");
+    // The sessions moved with their upstream sockets: each backend still saw exactly one
+    // source per session, not a new one per process.
+    let sources = udp[0].distinct_sources().len() + udp[1].distinct_sources().len();
+    assert_eq!(
+        sources, UDP_SESSIONS,
+        "backends saw {sources} sources for {UDP_SESSIONS} sessions"
+    );
     drop(successors);
 }
 

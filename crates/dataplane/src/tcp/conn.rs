@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::Accounting;
 use crate::ctx::WorkerCtx;
-use crate::handover::MovedConn;
+use crate::handover::{Moved, MovedConn};
 use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::proxy_protocol;
@@ -209,16 +209,21 @@ fn hand_over(
         bytes_in: frozen.bytes_in,
         bytes_out: frozen.bytes_out,
     };
-    sink.send(moved).map_err(|returned| {
-        let m = returned.into_inner();
-        Frozen {
-            to_backend: m.to_backend,
-            to_client: m.to_client,
-            idle: m.idle,
-            bytes_in: m.bytes_in,
-            bytes_out: m.bytes_out,
-        }
-    })
+    sink.send(Moved::Conn(moved))
+        .map_err(|returned| match returned.into_inner() {
+            Moved::Conn(m) => Frozen {
+                to_backend: m.to_backend,
+                to_client: m.to_client,
+                idle: m.idle,
+                bytes_in: m.bytes_in,
+                bytes_out: m.bytes_out,
+            },
+            // What comes back is what was sent.
+            Moved::Session(_) => {
+                debug_assert!(false, "a refused connection came back as a session");
+                Frozen::default()
+            }
+        })
 }
 
 /// Take over a connection a previous process froze: account it as this process's own and

@@ -28,6 +28,7 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::ctx::{LiveGuard, WorkerCtx};
+use crate::handover::{Moved, MovedSession};
 use crate::listener::{is_allowed, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::proxy_protocol::{self, Transport};
@@ -105,6 +106,16 @@ impl UdpListener {
         tokio_uring::spawn(receive_loop(Rc::clone(&local)));
         tokio_uring::spawn(sweep_loop(Rc::clone(&local)));
         Ok(Rc::new(UdpListener { local }))
+    }
+
+    /// Live upgrade: hand every session to `sink` and stop receiving.
+    pub(crate) async fn freeze(&self, sink: &crossbeam_channel::Sender<Moved>) {
+        self.local.freeze(sink).await;
+    }
+
+    /// Live upgrade: take over a session of the previous process.
+    pub(crate) fn adopt(&self, moved: MovedSession) {
+        self.local.adopt(moved);
     }
 
     /// Stop admitting new clients. Established sessions keep flowing both ways until they
@@ -310,22 +321,26 @@ impl UdpWorkerListener {
                 return Err(reason);
             }
         };
-        let local_addr = SocketAddr::new(
-            flow.local.unwrap_or(self.listener.bound.ip()),
-            self.listener.bound.port(),
-        );
-        let header = match settings.proxy_protocol {
-            ProxyProtocol::V2 => Some(proxy_protocol::v2(client, local_addr, Transport::Datagram)),
-            // v1 cannot describe a datagram; config validation rejects it on udp.
-            ProxyProtocol::V1 | ProxyProtocol::None => None,
-        };
+        let header = self.proxy_header(client, flow.local);
+        self.counters().udp_sessions_created.add(1);
+        Ok(self.install(flow, leg, header, self.now_ms.get()))
+    }
+
+    /// Put an admitted session in the table and start its upstream loop.
+    fn install(
+        self: &Rc<Self>,
+        flow: Flow,
+        leg: Leg,
+        header: Option<Vec<u8>>,
+        last_ms: u64,
+    ) -> Rc<Session> {
         let socket = Rc::clone(&leg.socket);
         let session = Rc::new(Session {
-            client,
+            client: flow.client,
             reply_from: flow.local,
             header: header.filter(|h| h.len() <= HEADROOM),
             leg: RefCell::new(leg),
-            last: Cell::new(self.now_ms.get()),
+            last: Cell::new(last_ms),
             closed: Cell::new(false),
             refused: Cell::new(false),
             listener: Arc::clone(&self.listener),
@@ -333,11 +348,100 @@ impl UdpWorkerListener {
             _live: self.ctx.enter(),
         });
         self.table.borrow_mut().insert(flow, Rc::clone(&session));
-        let c = self.counters();
-        c.udp_sessions_created.add(1);
-        c.udp_sessions_active.add(1);
+        self.counters().udp_sessions_active.add(1);
         tokio_uring::spawn(upstream_loop(Rc::clone(self), Rc::clone(&session), socket));
-        Ok(session)
+        session
+    }
+
+    /// The PROXY v2 header every datagram of `client`'s session carries, if configured.
+    fn proxy_header(&self, client: SocketAddr, local: Option<IpAddr>) -> Option<Vec<u8>> {
+        let local_addr = SocketAddr::new(
+            local.unwrap_or(self.listener.bound.ip()),
+            self.listener.bound.port(),
+        );
+        match self.listener.settings.load().proxy_protocol {
+            ProxyProtocol::V2 => Some(proxy_protocol::v2(client, local_addr, Transport::Datagram)),
+            // v1 cannot describe a datagram; config validation rejects it on udp.
+            ProxyProtocol::V1 | ProxyProtocol::None => None,
+        }
+    }
+
+    /// Live upgrade, old process: stop receiving (the new process receives on the same
+    /// sockets once it has the sessions) and send every session, with its upstream socket,
+    /// to `sink`. Replies already queued on an upstream socket go with it.
+    async fn freeze(self: &Rc<Self>, sink: &crossbeam_channel::Sender<Moved>) {
+        // Take the sessions before finishing: the sweep, woken by `finish`, would end them.
+        let now = self.now_ms.get();
+        let sessions = self.table.borrow_mut().drain();
+        for (flow, session) in sessions {
+            session.closed.set(true);
+            let leg = session.leg.borrow();
+            let upstream = match leg.socket.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!(
+                        "listener {}: session {} cannot be handed over: {e}",
+                        self.listener.name,
+                        flow.client
+                    );
+                    continue;
+                }
+            };
+            cancel_socket(Rc::clone(&leg.socket));
+            let moved = MovedSession {
+                worker: self.worker,
+                listener: self.listener.name.clone(),
+                backend: leg.label.clone(),
+                client: flow.client,
+                reply_from: flow.local,
+                upstream,
+                age: leg.started.elapsed(),
+                idle: Duration::from_millis(now.saturating_sub(session.last.get())),
+                bytes_in: leg.bytes_in.get(),
+                bytes_out: leg.bytes_out.get(),
+            };
+            if sink.send(Moved::Session(moved)).is_err() {
+                log::warn!(
+                    "listener {}: session {} dropped: no upgrade takes it",
+                    self.listener.name,
+                    flow.client
+                );
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Live upgrade: take over a session the previous process handed over.
+    fn adopt(self: &Rc<Self>, moved: MovedSession) {
+        // Admitted by the previous process: count it whatever the limit.
+        if !self.listener.try_admit(u32::MAX) {
+            return;
+        }
+        let snapshot = self.listener.scheduler.snapshot();
+        // A backend a reload removed meanwhile is still this session's backend.
+        let state = snapshot
+            .backends()
+            .iter()
+            .find(|b| b.spec.label == moved.backend)
+            .map_or_else(|| Arc::new(BackendState::new()), |b| Arc::clone(&b.state));
+        let leg = Leg {
+            socket: Rc::new(moved.upstream),
+            label: moved.backend,
+            _active: state.acquire(),
+            state,
+            started: Instant::now()
+                .checked_sub(moved.age)
+                .unwrap_or_else(Instant::now),
+            bytes_in: Cell::new(moved.bytes_in),
+            bytes_out: Cell::new(moved.bytes_out),
+        };
+        let flow = Flow {
+            client: moved.client,
+            local: moved.reply_from,
+        };
+        let header = self.proxy_header(moved.client, moved.reply_from);
+        let idle_ms = moved.idle.as_millis() as u64;
+        self.install(flow, leg, header, self.now_ms.get().saturating_sub(idle_ms));
     }
 
     /// Pick a backend (never one in `tried`) and open a socket connected to it.
@@ -530,6 +634,8 @@ fn cancel_socket(socket: Rc<Socket>) {
 
 /// Client → backend: one recvmsg at a time on the listener socket, buffer reused.
 async fn receive_loop(local: Rc<UdpWorkerListener>) {
+    // A process started by a live upgrade receives only once it has the old one's sessions.
+    local.ctx.udp_open.wait().await;
     let mut d = Dgram::new();
     while !local.finished.get() {
         let (res, back) = ops::recvmsg(&local.socket, d, MAX_DATAGRAM).await;

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use ringlb_config::Listener;
 use ringlb_dataplane::worker::Command;
-use ringlb_dataplane::{monotonic_now, MovedConn};
+use ringlb_dataplane::{monotonic_now, Moved, MovedConn, MovedSession};
 use socket2::Socket;
 
 use super::ControlPlane;
-use crate::upgrade::wire::{Channel, ConnHeader, Frame, Msg, WireError, ENV_FD, VERSION};
+use crate::upgrade::wire::{
+    Channel, ConnHeader, Frame, Msg, SessionHeader, WireError, ENV_FD, VERSION,
+};
 
 /// How long the old process may take to send its listening sockets.
 const LISTENERS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,11 +166,13 @@ impl ControlPlane {
         let started = Instant::now();
         if let Err(e) = ch.send(&Msg::Ready, &[], &[]) {
             warn!("upgrade: the old process is gone ({e}); serving new connections only");
+            self.broadcast(|| Command::OpenUdp);
             return;
         }
         let mut pauses = hdrhistogram::Histogram::<u64>::new(3).ok();
         let mut pending: Option<(ConnHeader, Vec<OwnedFd>, Vec<u8>)> = None;
         let mut taken = 0u64;
+        let mut sessions = 0u64;
         loop {
             let frame = match ch.recv(CONN_SILENCE) {
                 Ok(frame) => frame,
@@ -189,6 +193,14 @@ impl ControlPlane {
                     }
                     _ => warn!("upgrade: data for unknown connection {id} ignored"),
                 },
+                Msg::Session(header) => {
+                    let id = header.id;
+                    match self.adopt_session(header, frame.fds) {
+                        Ok(()) => sessions += 1,
+                        Err(e) => warn!("upgrade: session {id} not taken over: {e}"),
+                    }
+                    let _ = ch.send(&Msg::Adopted { id }, &[], &[]);
+                }
                 Msg::Done { conns } => {
                     debug!("upgrade: old process done after {conns} connection(s)");
                     break;
@@ -220,8 +232,10 @@ impl ControlPlane {
         let (p50, p99, max) = pauses.map_or((0, 0, 0), |h| {
             (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
         });
+        // The old process's sessions are in the tables: receive on the UDP sockets now.
+        self.broadcast(|| Command::OpenUdp);
         info!(
-            "upgrade: pid {} took over {} listener(s) and {taken} connection(s) in {:?}; pause per connection p50 {p50} µs, p99 {p99} µs, max {max} µs",
+            "upgrade: pid {} took over {} listener(s), {taken} connection(s) and {sessions} UDP session(s) in {:?}; pause per connection p50 {p50} µs, p99 {p99} µs, max {max} µs",
             std::process::id(),
             self.listeners.len(),
             started.elapsed()
@@ -258,7 +272,42 @@ impl ControlPlane {
             .workers
             .get(conn.worker % self.workers.len().max(1))
             .ok_or("no worker")?;
-        if worker.send(Command::Adopt(conn)) {
+        if worker.send(Command::Adopt(Moved::Conn(conn))) {
+            Ok(())
+        } else {
+            Err(format!("worker {} is gone", worker.id))
+        }
+    }
+
+    /// One handed-over UDP session to the worker of the same index (whose socket of the
+    /// listener the kernel hashes its datagrams to, as in the old process).
+    fn adopt_session(&self, h: SessionHeader, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let upstream = fds.into_iter().next().ok_or("its socket did not arrive")?;
+        let client: SocketAddr = h
+            .client
+            .parse()
+            .map_err(|_| format!("bad client address {:?}", h.client))?;
+        let reply_from = match h.reply_from {
+            Some(a) => Some(a.parse().map_err(|_| format!("bad local address {a:?}"))?),
+            None => None,
+        };
+        let session = MovedSession {
+            worker: h.worker,
+            listener: h.listener,
+            backend: h.backend,
+            client,
+            reply_from,
+            upstream: Socket::from(upstream),
+            age: Duration::from_micros(h.age_us),
+            idle: Duration::from_micros(h.idle_us),
+            bytes_in: h.bytes_in,
+            bytes_out: h.bytes_out,
+        };
+        let worker = self
+            .workers
+            .get(session.worker % self.workers.len().max(1))
+            .ok_or("no worker")?;
+        if worker.send(Command::Adopt(Moved::Session(session))) {
             Ok(())
         } else {
             Err(format!("worker {} is gone", worker.id))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use ringlb_config::{Config, Listener, Workers};
 use ringlb_dataplane::sys::{self, BindError, UringUnavailable};
-use ringlb_dataplane::worker::{self, WorkerEvent, WorkerHandle};
+use ringlb_dataplane::worker::{self, Command, WorkerEvent, WorkerHandle};
 use ringlb_prober::Transition;
 use socket2::Socket;
 use thiserror::Error;
@@ -161,6 +161,12 @@ fn start(
         );
     }
 
+    if inherited.is_some() {
+        // UDP receives only once the old process's sessions are here (see `take_over`).
+        for worker in &workers {
+            worker.send(Command::HoldUdp);
+        }
+    }
     let (transition_tx, transition_rx) = crossbeam_channel::unbounded();
     let plane = ControlPlane {
         path,

@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use ringlb_dataplane::worker::{Command, WorkerEvent};
-use ringlb_dataplane::MovedConn;
+use ringlb_dataplane::{Moved, MovedConn, MovedSession};
 
 use super::ControlPlane;
-use crate::upgrade::wire::{Channel, ConnHeader, Msg, WireError, CHUNK, ENV_FD, MAX_FDS, VERSION};
+use crate::upgrade::wire::{
+    Channel, ConnHeader, Msg, SessionHeader, WireError, CHUNK, ENV_FD, MAX_FDS, VERSION,
+};
 
 /// How long the new process may take to start and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,7 +147,7 @@ impl ControlPlane {
         self.broadcast(|| Command::Freeze { sink: sink.clone() });
         drop(sink);
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        let mut unacked: HashMap<u64, MovedConn> = HashMap::new();
+        let mut unacked: HashMap<u64, Moved> = HashMap::new();
         let (mut next_id, mut frozen) = (0u64, 0usize);
         let failure = loop {
             if frozen == self.workers.len() && unacked.is_empty() && moved.is_empty() {
@@ -157,13 +159,16 @@ impl ControlPlane {
                     self.config.shutdown_timeout
                 );
             }
-            if let Ok(conn) = moved.recv_timeout(TICK) {
-                if let Err(e) = send_conn(ch, next_id, &conn) {
-                    unacked.insert(next_id, conn);
+            if let Ok(item) = moved.recv_timeout(TICK) {
+                let sent = match &item {
+                    Moved::Conn(conn) => send_conn(ch, next_id, conn),
+                    Moved::Session(session) => send_session(ch, next_id, session),
+                };
+                unacked.insert(next_id, item);
+                next_id += 1;
+                if let Err(e) = sent {
                     break e.to_string();
                 }
-                unacked.insert(next_id, conn);
-                next_id += 1;
             }
             while let Ok(event) = self.events.try_recv() {
                 if let WorkerEvent::Frozen { .. } = event {
@@ -186,7 +191,7 @@ impl ControlPlane {
 
     /// The new process is gone or too slow: serve here again every connection it has not
     /// acknowledged, and accept again on every listener.
-    fn call_off(&mut self, mut back: Vec<MovedConn>, moved: &Receiver<MovedConn>) {
+    fn call_off(&mut self, mut back: Vec<Moved>, moved: &Receiver<Moved>) {
         self.broadcast(|| Command::Thaw);
         // Until every worker has thawed, frozen connections may still arrive.
         let mut thawed = 0;
@@ -198,13 +203,18 @@ impl ControlPlane {
         }
         back.extend(moved.try_iter());
         let n = back.len();
-        for conn in back {
-            if let Some(worker) = self.workers.get(conn.worker % self.workers.len().max(1)) {
-                worker.send(Command::Adopt(conn));
+        // Listeners first: what comes back is adopted by the listener of its name.
+        self.restart_accepting();
+        for item in back {
+            let index = match &item {
+                Moved::Conn(c) => c.worker,
+                Moved::Session(s) => s.worker,
+            };
+            if let Some(worker) = self.workers.get(index % self.workers.len().max(1)) {
+                worker.send(Command::Adopt(item));
             }
         }
-        self.restart_accepting();
-        warn!("upgrade called off: {n} connection(s) served here again; accepting again");
+        warn!("upgrade called off: {n} connection(s) and session(s) served here again; accepting again");
     }
 }
 
@@ -293,4 +303,21 @@ fn send_conn(ch: &Channel, id: u64, conn: &MovedConn) -> Result<(), WireError> {
         ch.send(&Msg::Data { id }, chunk, &[])?;
     }
     Ok(())
+}
+
+/// One UDP session: a `session` frame with its upstream socket.
+fn send_session(ch: &Channel, id: u64, session: &MovedSession) -> Result<(), WireError> {
+    let header = SessionHeader {
+        id,
+        worker: session.worker,
+        listener: session.listener.clone(),
+        backend: session.backend.clone(),
+        client: session.client.to_string(),
+        reply_from: session.reply_from.map(|a| a.to_string()),
+        age_us: session.age.as_micros() as u64,
+        idle_us: session.idle.as_micros() as u64,
+        bytes_in: session.bytes_in,
+        bytes_out: session.bytes_out,
+    };
+    ch.send(&Msg::Session(header), &[], &[session.upstream.as_raw_fd()])
 }

@@ -48,6 +48,8 @@ pub enum Msg {
     /// old → new: one established TCP connection (client and backend sockets attached).
     /// The carried bytes follow as payload, in this and then `data` frames.
     Conn(ConnHeader),
+    /// old → new: one UDP session (its connected upstream socket attached).
+    Session(SessionHeader),
     /// old → new: more carried bytes of connection `id`.
     Data { id: u64 },
     /// new → old: connection `id` is the new process's now; the old closes its copies.
@@ -74,6 +76,22 @@ pub struct ConnHeader {
     pub to_client: usize,
     /// CLOCK_MONOTONIC (ns) when the old process froze it: the new one reports the pause.
     pub frozen_at_ns: u64,
+}
+
+/// What a moved UDP session carries besides its upstream socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHeader {
+    pub id: u64,
+    pub worker: usize,
+    pub listener: String,
+    pub backend: String,
+    pub client: String,
+    /// Wildcard listeners: the local address replies come from.
+    pub reply_from: Option<String>,
+    pub age_us: u64,
+    pub idle_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// A received frame.
