@@ -172,91 +172,128 @@ async fn main_loop(
     mut inbox: mpsc::UnboundedReceiver<Command>,
     events: Sender<WorkerEvent>,
 ) -> usize {
-    let mut serving: HashMap<String, WorkerListener> = HashMap::new();
+    let mut worker = Worker {
+        ctx,
+        serving: HashMap::new(),
+        events,
+    };
     while let Some(command) = inbox.recv().await {
+        if let Some(cut) = worker.handle(command).await {
+            return cut;
+        }
+    }
+    0
+}
+
+/// The command loop's state: the listeners this worker serves, by name.
+struct Worker {
+    ctx: Rc<WorkerCtx>,
+    serving: HashMap<String, WorkerListener>,
+    events: Sender<WorkerEvent>,
+}
+
+impl Worker {
+    /// Carry out one command; `Some(cut)` when the worker is done (the shutdown cut).
+    async fn handle(&mut self, command: Command) -> Option<usize> {
+        let ctx = &self.ctx;
         match command {
             Command::Start { listener, socket } => {
                 let name = listener.name.clone();
-                match WorkerListener::start(&ctx, listener, socket) {
+                match WorkerListener::start(ctx, listener, socket) {
                     Ok(started) => {
-                        if let Some(old) = serving.insert(name, started) {
+                        if let Some(old) = self.serving.insert(name, started) {
                             old.stop().await;
                         }
                     }
                     Err(e) => log::error!("worker {}: cannot start listener {name}: {e}", ctx.id),
                 }
             }
-            Command::Rename { old, listener } => {
-                let Some(running) = serving.remove(&old) else {
-                    continue;
-                };
-                let name = listener.name.clone();
-                match running.rename(ctx.id, listener) {
-                    Ok(()) => {
-                        serving.insert(name, running);
-                    }
-                    Err(e) => {
-                        log::error!("worker {}: listener {old}: {e}; stopping it", ctx.id);
-                        running.stop().await;
-                    }
-                }
-            }
+            Command::Rename { old, listener } => self.rename(&old, listener).await,
             Command::Stop { name } => {
-                if let Some(old) = serving.remove(&name) {
+                if let Some(old) = self.serving.remove(&name) {
                     old.stop().await;
                 }
             }
             Command::Freeze { sink } => {
-                for (_, listener) in serving.drain() {
+                for (_, listener) in self.serving.drain() {
                     listener.freeze(&sink).await;
                 }
                 *ctx.moved.borrow_mut() = Some(sink);
                 ctx.handover.fire();
-                let ctx = Rc::clone(&ctx);
-                let events = events.clone();
-                tokio_uring::spawn(async move {
-                    ctx.wait_no_relays().await;
-                    let _ = events.send(WorkerEvent::Frozen { worker: ctx.id });
-                });
+                self.report_when(
+                    |ctx| async move { ctx.wait_no_relays().await },
+                    |worker| WorkerEvent::Frozen { worker },
+                );
             }
             Command::Thaw => {
                 ctx.handover.reset();
                 ctx.moved.borrow_mut().take();
-                let _ = events.send(WorkerEvent::Thawed { worker: ctx.id });
+                let _ = self.events.send(WorkerEvent::Thawed { worker: ctx.id });
             }
-            Command::Adopt(moved) => {
-                let name = match &moved {
-                    Moved::Conn(c) => &c.listener,
-                    Moved::Session(s) => &s.listener,
-                };
-                match serving.get(name) {
-                    Some(listener) => listener.adopt(&ctx, moved),
-                    None => log::error!(
-                        "worker {}: no listener {name} for a handed-over connection or session; closing it",
-                        ctx.id
-                    ),
-                }
-            }
+            Command::Adopt(moved) => self.adopt(moved),
             Command::HoldUdp => ctx.udp_open.reset(),
             Command::OpenUdp => ctx.udp_open.fire(),
             Command::Drain => {
-                for (_, listener) in serving.drain() {
+                for (_, listener) in self.serving.drain() {
                     listener.stop().await;
                 }
-                let ctx = Rc::clone(&ctx);
-                let events = events.clone();
-                tokio_uring::spawn(async move {
-                    ctx.wait_idle().await;
-                    let _ = events.send(WorkerEvent::Drained { worker: ctx.id });
-                });
+                self.report_when(
+                    |ctx| async move { ctx.wait_idle().await },
+                    |worker| WorkerEvent::Drained { worker },
+                );
             }
             Command::Cut => {
                 let cut = ctx.live();
                 ctx.cut.fire();
                 let _ = tokio::time::timeout(CUT_GRACE, ctx.wait_idle()).await;
-                return cut;
+                return Some(cut);
+            }
+        }
+        None
+    }
+
+    async fn rename(&mut self, old: &str, listener: Arc<ListenerState>) {
+        let Some(running) = self.serving.remove(old) else {
+            return;
+        };
+        let name = listener.name.clone();
+        match running.rename(self.ctx.id, listener) {
+            Ok(()) => {
+                self.serving.insert(name, running);
+            }
+            Err(e) => {
+                log::error!("worker {}: listener {old}: {e}; stopping it", self.ctx.id);
+                running.stop().await;
             }
         }
     }
-    0
+
+    fn adopt(&self, moved: Moved) {
+        let name = match &moved {
+            Moved::Conn(c) => &c.listener,
+            Moved::Session(s) => &s.listener,
+        };
+        match self.serving.get(name) {
+            Some(listener) => listener.adopt(&self.ctx, moved),
+            None => log::error!(
+                "worker {}: no listener {name} for a handed-over connection or session; closing it",
+                self.ctx.id
+            ),
+        }
+    }
+
+    /// Report `event` once `until` completes, without blocking the command loop.
+    fn report_when<F, Fut>(&self, until: F, event: fn(usize) -> WorkerEvent)
+    where
+        F: FnOnce(Rc<WorkerCtx>) -> Fut + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let ctx = Rc::clone(&self.ctx);
+        let events = self.events.clone();
+        tokio_uring::spawn(async move {
+            let worker = ctx.id;
+            until(ctx).await;
+            let _ = events.send(event(worker));
+        });
+    }
 }
