@@ -320,3 +320,170 @@ fn an_upgrade_whose_new_process_cannot_start_changes_nothing() {
         .unwrap_or_else(|| panic!("no exit after SIGTERM"));
     assert!(status.success(), "{status}");
 }
+
+/// Open file descriptors of `pid` (0 when it is gone).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// SIGKILL of the new process while connections move: every connection either keeps
+/// working, byte-exact (the old process took it back), or is closed (the new process had
+/// taken it, and died with it) — never both, never a hang or wrong bytes. The old process
+/// accepts again, and a second upgrade then moves what it kept.
+#[test]
+fn new_process_killed_mid_handover_loses_no_connection_twice() {
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
+    const IDLE: usize = 150;
+    let echo = EchoBackend::start();
+    let tagged = EchoBackend::tagged("t");
+    let lb = Ringlb::start(bin(), &yaml(echo.addr(), tagged.addr()));
+    let mut successors = Successors(Vec::new());
+    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    let addr = lb.listener_addr("copy");
+    // Many idle links make the move long enough to land the kill in its middle.
+    let mut idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| {
+            let c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            c
+        })
+        .collect();
+    for c in idle.iter_mut() {
+        c.write_all(b"hi").unwrap_or_else(|e| panic!("{e}"));
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let old = lb.pid();
+    let mark = lb.log_mark();
+    lb.signal(Signal::Usr2);
+    let new = {
+        let started = Instant::now();
+        loop {
+            let pid = lb.logs()[mark..].iter().find_map(|l| {
+                l.split("upgrade: started ")
+                    .nth(1)?
+                    .split("(pid ")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            });
+            if let Some(pid) = pid {
+                break pid;
+            }
+            assert!(started.elapsed() < WAIT, "no new process started");
+            thread::sleep(Duration::from_millis(1));
+        }
+    };
+    successors.0.push(new);
+    // Kill once the new process holds some of the connections' sockets (its fd count
+    // passes what the listeners alone take), or give up waiting and kill anyway.
+    // After the new process's `ready:` line it holds its listeners; the connections come next.
+    let started = Instant::now();
+    while !lb.logs()[mark..].iter().any(|l| l.contains("] ready: ")) && started.elapsed() < WAIT {
+        thread::sleep(Duration::from_micros(200));
+    }
+    let first = fd_count(new);
+    while fd_count(new) < first + 20 && started.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_micros(200));
+    }
+    signal(new, libc::SIGKILL);
+    assert!(
+        lb.wait_for_log_after(mark, "upgrade failed:", WAIT)
+            || lb.wait_for_log_after(mark, "took over", Duration::ZERO),
+        "the old process did not notice the new one's death"
+    );
+    let completed = lb.logs()[mark..]
+        .iter()
+        .any(|l| l.contains("upgrade: handed"));
+    if completed {
+        // The kill came after the whole move (rare: moving 150 links takes tens of ms and
+        // the kill is aimed at its start): the new process owned every link, and they all
+        // closed with it.
+        eprintln!("the kill landed after the handover finished");
+        for c in idle.iter_mut() {
+            let mut b = [0u8; 2];
+            assert!(c
+                .write_all(b"ok")
+                .and_then(|_| c.read_exact(&mut b))
+                .is_err());
+        }
+        return;
+    }
+    assert!(alive(old), "the old process must keep serving");
+    // Every link: working or closed, never both, never garbage.
+    let (mut working, mut closed) = (0, 0);
+    let mut kept = [false; IDLE];
+    for (i, c) in idle.iter_mut().enumerate() {
+        let mut b = [0u8; 2];
+        match c.write_all(b"ok").and_then(|_| c.read_exact(&mut b)) {
+            Ok(()) => {
+                assert_eq!(&b, b"ok", "a surviving link returned other bytes");
+                kept[i] = true;
+                working += 1;
+            }
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "a link hangs instead of working or closing: {e}"
+                );
+                closed += 1;
+            }
+        }
+    }
+    eprintln!("after SIGKILL of the new process: {working} link(s) kept by the old process, {closed} closed with the new one");
+    // Exactly the links the old process says it took back keep working.
+    let taken_back: usize = lb.logs()[mark..]
+        .iter()
+        .find_map(|l| {
+            l.split("upgrade called off: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        working, taken_back,
+        "links working vs. taken back by the old process"
+    );
+    // New connections are served again.
+    let load = Load::start(lb.listener_addr("loop"), 1, Duration::from_millis(1));
+    assert!(
+        wait_until(WAIT, || load.total() >= 20),
+        "the old process does not accept again"
+    );
+    let log = load.finish();
+    assert!(log.failures.is_empty(), "{:?}", log.failures);
+    // And a second upgrade moves what the old process kept.
+    let mark = lb.log_mark();
+    lb.signal(Signal::Usr2);
+    assert!(
+        lb.wait_for_log_after(mark, "took over", WAIT),
+        "second upgrade did not finish"
+    );
+    if let Some(pid) = successor(&lb, 0) {
+        successors.0.push(pid);
+    }
+    for (i, c) in idle.iter_mut().enumerate().filter(|(i, _)| kept[*i]) {
+        let mut b = [0u8; 2];
+        c.write_all(b"zz")
+            .and_then(|_| c.read_exact(&mut b))
+            .unwrap_or_else(|e| {
+                panic!("link {i}, kept by the old process, lost in the second upgrade: {e}")
+            });
+        assert_eq!(&b, b"zz");
+    }
+    drop(idle);
+    drop(successors);
+}

@@ -62,7 +62,17 @@ impl ControlPlane {
             let _ = child.wait();
             return Err(e);
         }
-        let conns = self.move_connections(&ours)?;
+        let conns = match self.move_connections(&ours) {
+            Ok(conns) => conns,
+            Err(e) => {
+                // Dead, or alive and owning what it acknowledged: either way not ours to
+                // kill. Reap it whenever it exits.
+                let _ = std::thread::Builder::new()
+                    .name("ringlb-reap".into())
+                    .spawn(move || child.wait());
+                return Err(e);
+            }
+        };
         let _ = ours.send(&Msg::Done { conns }, &[], &[]);
         Ok(Handed {
             pid,
