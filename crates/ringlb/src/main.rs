@@ -5,6 +5,9 @@
 
 mod admin;
 mod control;
+mod control_socket;
+mod notify;
+mod readiness;
 mod registry;
 mod signals;
 
