@@ -323,13 +323,18 @@ impl ReadTimeout for TcpStream {
     }
 }
 
-/// `GET /metrics`, `GET /status`; other paths 404, other methods on known paths 405.
+/// `GET /metrics`, `GET /status`, `GET /ready`; other paths 404, other methods on known
+/// paths 405.
 pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response {
     // Scrapers may add a query string; it selects nothing here.
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let known = matches!(path, "/metrics" | "/status");
+    let known = matches!(path, "/metrics" | "/status" | "/ready");
     if !known {
-        return Response::text(404, "Not Found", "not found; try /metrics or /status\n");
+        return Response::text(
+            404,
+            "Not Found",
+            "not found; try /metrics, /status or /ready\n",
+        );
     }
     if method != "GET" {
         let mut response = Response::text(405, "Method Not Allowed", "only GET is allowed\n");
@@ -337,6 +342,12 @@ pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response
         return response;
     }
     match path {
+        // What routers, keepalived and routing daemons key on: 200 while this process
+        // should receive traffic, 503 with the reason otherwise.
+        "/ready" => match registry.readiness.check() {
+            Ok(()) => Response::text(200, "OK", "ready\n"),
+            Err(why) => Response::text(503, "Service Unavailable", &format!("not ready: {why}\n")),
+        },
         "/metrics" => Response {
             status: 200,
             reason: "OK",
@@ -487,6 +498,31 @@ mod tests {
         assert_eq!(post.status, 405);
         assert_eq!(post.extra_headers, vec![("Allow", "GET")]);
         assert_eq!(route("DELETE", "/nope", &registry).status, 404);
+        assert_eq!(route("POST", "/ready", &registry).status, 405);
+    }
+
+    #[test]
+    fn ready_is_503_with_the_reason_until_serving() {
+        use crate::readiness::Phase;
+        let registry = Registry::default();
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready: starting\n"));
+        registry.readiness.set_phase(Phase::Serving);
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+        registry.readiness.set_node_failed(true);
+        assert_eq!(
+            route("GET", "/ready", &registry).body,
+            "not ready: node failed\n"
+        );
+        registry.readiness.set_phase(Phase::HandingOver);
+        assert_eq!(
+            route("GET", "/ready", &registry).body,
+            "not ready: handing over\n"
+        );
+        registry.readiness.set_phase(Phase::Draining);
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready: draining\n"));
     }
 
     #[test]

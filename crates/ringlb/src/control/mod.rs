@@ -9,6 +9,10 @@
 //! - `reload`: loads the file, carries a plan out and keeps as the running configuration
 //!   only what really runs.
 //! - `shutdown`: drain, then cut.
+//! - `commands`: control-socket requests (`ringlb ctl`), applied here.
+//! - `admin_book`: the operator's admin state and weights, and the `state_file`.
+//! - `ports`: refusing a port another process already serves.
+//! - `upgrade`: the live-upgrade hook.
 
 // Every control-plane line keeps the target `ringlb::control`, whichever file of this
 // module writes it: operators filter (`RUST_LOG`) and grep on it.
@@ -17,11 +21,15 @@ macro_rules! info { ($($arg:tt)+) => { log::info!(target: "ringlb::control", $($
 macro_rules! warn { ($($arg:tt)+) => { log::warn!(target: "ringlb::control", $($arg)+) }; }
 macro_rules! error { ($($arg:tt)+) => { log::error!(target: "ringlb::control", $($arg)+) }; }
 
+mod admin_book;
+mod commands;
 mod listeners;
 mod plan;
+mod ports;
 mod reload;
 mod shutdown;
 mod startup;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,8 +41,10 @@ use ringlb_dataplane::worker::{WorkerEvent, WorkerHandle};
 use ringlb_dataplane::ListenerState;
 use ringlb_prober::{Prober, Transition};
 
+use crate::control_socket::ControlRequest;
 use crate::registry::Registry;
 use crate::signals::ControlSignal;
+use admin_book::AdminBook;
 
 pub use startup::run;
 
@@ -51,6 +61,10 @@ struct ControlPlane {
     transitions: Sender<Transition>,
     registry: Arc<Registry>,
     log_level_from_env: bool,
+    /// Control-socket requests (`ringlb ctl`), answered on this thread.
+    requests: Receiver<ControlRequest>,
+    /// The operator's admin state and weights; the truth every new scheduler is given.
+    book: AdminBook,
 }
 
 impl ControlPlane {
@@ -59,6 +73,16 @@ impl ControlPlane {
             select! {
                 recv(signals) -> signal => match signal {
                     Ok(ControlSignal::Reload) => self.reload(),
+                    Ok(ControlSignal::Upgrade) => {
+                        info!("SIGUSR2: starting a live upgrade");
+                        match self.start_upgrade(None) {
+                            Ok(outcome) => info!("upgrade: pid {} now serves", outcome.new_pid),
+                            Err(why) => error!("upgrade (SIGUSR2): {why}"),
+                        }
+                    }
+                    Ok(ControlSignal::Ignored(sig)) => {
+                        info!("{sig}: ignored (logs go to stderr: there is no log file to reopen)");
+                    }
                     Ok(ControlSignal::Shutdown(sig)) => {
                         self.shutdown(sig, &signals, &transitions);
                         return;
@@ -79,7 +103,80 @@ impl ControlPlane {
                         debug!("worker event: {event:?}");
                     }
                 }
+                recv(self.requests) -> request => {
+                    if let Ok(r) = request {
+                        let reply = self.handle_request(r.request);
+                        let _ = r.reply.send(reply);
+                    }
+                }
             }
+        }
+    }
+
+    /// Gives every running listener's backends their settings from the book and drops
+    /// the settings of backends that no longer run (logged), saving the book if that
+    /// changed it.
+    fn sync_book(&mut self) {
+        for shared in self.listeners.values() {
+            self.book.apply(&shared.name, &shared.scheduler);
+        }
+        let listeners = &self.listeners;
+        let dropped = self.book.retain_running(|listener, backend| {
+            listeners.get(listener).is_some_and(|l| {
+                l.scheduler
+                    .snapshot()
+                    .backends()
+                    .iter()
+                    .any(|b| b.spec.label == backend)
+            })
+        });
+        for (listener, backend, setting) in &dropped {
+            info!(
+                "admin state of listener \"{listener}\" backend {backend} ({}) forgotten: it is not in the configuration",
+                setting.state
+            );
+        }
+        if !dropped.is_empty() {
+            if let Err(e) = self.save_book() {
+                warn!("{e}");
+            }
+        }
+    }
+
+    /// Writes the book to `state_file`, if there is one.
+    fn save_book(&self) -> Result<(), String> {
+        let Some(path) = &self.config.state_file else {
+            return Ok(());
+        };
+        self.book.save(path).map_err(|e| {
+            let message = format!(
+                "state_file {}: cannot write it: {e}; the change applies but will not survive a restart",
+                path.display()
+            );
+            warn!("{message}");
+            message
+        })
+    }
+
+    /// Reads `state_file` at start; a file that cannot be read is reported and ignored.
+    fn load_book(&mut self) {
+        let Some(path) = self.config.state_file.clone() else {
+            return;
+        };
+        match AdminBook::load(&path) {
+            Ok(Some(book)) => {
+                info!("state_file {}: admin state restored", path.display());
+                self.registry.readiness.set_node_failed(book.node_failed);
+                if book.node_failed {
+                    warn!("node failed (from state_file): /ready answers 503 until `ringlb ctl node ok`");
+                }
+                self.book = book;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(
+                "state_file {}: {e}; ignored: every backend starts ready",
+                path.display()
+            ),
         }
     }
 

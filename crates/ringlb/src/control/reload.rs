@@ -10,6 +10,7 @@ use ringlb_config::{Config, ConfigErrors, Listener};
 use super::listeners::bind;
 use super::plan::{plan, NeedsRestart, ReloadPlan, Rename, Update};
 use super::ControlPlane;
+use crate::notify::{notify_or_log, reloading_message};
 
 /// What a reload really did. Its `Display` is the one summary line every applied reload
 /// logs (its parts are described in docs/operations.md).
@@ -83,11 +84,19 @@ pub(super) fn effective_config(old: &Config, new: &Config, applied: &Applied) ->
 }
 
 impl ControlPlane {
+    /// SIGHUP. systemd hears `RELOADING=1` before and `READY=1` after, applied or not.
     pub(super) fn reload(&mut self) {
+        notify_or_log(&reloading_message());
+        self.reload_file();
+        notify_or_log("READY=1");
+    }
+
+    fn reload_file(&mut self) {
         let new = match ringlb_config::load(&self.path) {
             Ok(config) => config,
             Err(errors) => return self.reject(&errors),
         };
+        let old_state_file = self.config.state_file.clone();
         let plan = plan(&self.config, &new);
         let applied = self.apply(plan, &new);
         self.config = effective_config(&self.config, &new, &applied);
@@ -100,6 +109,13 @@ impl ControlPlane {
                     .all(|l| self.listeners.contains_key(&l.name)),
             "the stored configuration must name exactly the running listeners"
         );
+        self.sync_book();
+        if self.config.state_file != old_state_file {
+            // The admin state moves to the new file (or stays in memory only).
+            if let Err(e) = self.save_book() {
+                warn!("{e}");
+            }
+        }
         self.publish_registry();
         self.restart_prober();
         self.registry.reloads_ok.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ pub mod protocol;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,13 +47,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ControlRequest {
     pub request: Request,
     pub reply: Sender<Reply>,
-}
-
-impl ControlRequest {
-    /// Answers; a client that has gone away is nobody's problem.
-    pub fn answer(self, reply: Reply) {
-        let _ = self.reply.send(reply);
-    }
 }
 
 /// The running control socket. [`stop`](Self::stop) or drop stops accepting, joins the
@@ -96,10 +89,6 @@ impl ControlServer {
             stopping,
             thread: Some(thread),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn stop(mut self) {
@@ -329,7 +318,7 @@ mod tests {
         let plane = std::thread::spawn(move || {
             for r in rx {
                 let name = r.request.command();
-                r.answer(Reply::message(name));
+                let _ = r.reply.send(Reply::message(name));
             }
         });
         assert_eq!(
