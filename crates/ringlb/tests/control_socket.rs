@@ -66,10 +66,14 @@ fn the_protocol_is_one_json_line_each_way_on_a_private_socket() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let mut s = open(&path);
+    // The listeners log before the process declares itself serving: wait for it.
+    assert!(wait_until(WAIT, || {
+        exchange(&mut s, b"{\"v\":1,\"cmd\":\"ping\"}\n")["ready"] == true
+    }));
     let ping = exchange(&mut s, b"{\"v\":1,\"cmd\":\"ping\"}\n");
     assert_eq!(ping["ok"], true);
     assert_eq!(ping["pid"], lb.pid());
-    assert_eq!(ping["ready"], true);
+    assert_eq!(ping["not_ready"], Value::Null);
     let status = exchange(&mut s, b"{\"v\":1,\"cmd\":\"status\"}\n");
     assert_eq!(status["v"], 1);
     assert_eq!(status["pid"], lb.pid());
@@ -244,7 +248,7 @@ fn sigusr1_and_sigpipe_lose_nothing_and_sigquit_drains() {
     kill(lb.pid(), libc::SIGPIPE);
     load.wait_rounds(20);
     // Still the same process, serving; no connection of the load failed.
-    assert_eq!(lb.http_get("/ready").0, 200);
+    assert!(wait_until(WAIT, || lb.http_get("/ready").0 == 200));
     load.finish();
 
     // SIGQUIT: stop accepting, let the open connection finish, exit 0.

@@ -262,6 +262,8 @@ fn maint_stops_health_checks_and_ready_resumes_them() {
 fn node_fail_turns_ready_to_503_and_node_ok_back() {
     let (b1, b2) = (EchoBackend::tagged("b1"), EchoBackend::tagged("b2"));
     let lb = Ringlb::start(bin(), &two_backends(&b1, &b2, "", ""));
+    // The listeners log before the process declares itself serving: wait for it.
+    assert!(wait_until(WAIT, || lb.http_get("/ready").0 == 200));
     assert_eq!(lb.http_get("/ready"), (200, "ready\n".to_string()));
     let out = ctl_ok(lb.config_path(), &["node", "fail"]);
     assert!(out.contains("node failed"), "{out}");
