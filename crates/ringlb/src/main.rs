@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod bounded;
 mod control;
 mod control_socket;
 mod ctl;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bounded::{ReadTimeout, Slot};
 use crate::registry::Registry;
 
 use super::{metrics, status, AdminError};
@@ -116,15 +117,6 @@ impl Drop for AdminServer {
     }
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Registry>) {
     let live = Arc::new(AtomicUsize::new(0));
     loop {
@@ -147,13 +139,11 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Reg
                 continue;
             }
         };
-        if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            live.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&live, MAX_CONNECTIONS) else {
             log::debug!("admin endpoint: {MAX_CONNECTIONS} connections busy; 503 to {peer}");
             refuse_busy(stream);
             continue;
-        }
-        let slot = Slot(Arc::clone(&live));
+        };
         let registry = Arc::clone(registry);
         let spawned = std::thread::Builder::new()
             .name("ringlb-admin-conn".to_string())
@@ -312,17 +302,6 @@ pub(super) fn read_head(stream: &mut impl ReadTimeout, deadline: Instant) -> Hea
     }
 }
 
-/// A stream whose reads can be bounded in time (a `TcpStream`; a fake one in tests).
-pub(super) trait ReadTimeout: Read {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-}
-
-impl ReadTimeout for TcpStream {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))
-    }
-}
-
 /// `GET /metrics`, `GET /status`, `GET /ready`; other paths 404, other methods on known
 /// paths 405.
 pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response {
@@ -389,42 +368,7 @@ fn linger_close(mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Serves reads from a list of chunks; a `None` chunk is a read timeout.
-    struct Script {
-        chunks: std::collections::VecDeque<Option<Vec<u8>>>,
-    }
-
-    impl Script {
-        fn new(chunks: Vec<Option<&[u8]>>) -> Script {
-            Script {
-                chunks: chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect(),
-            }
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.chunks.pop_front() {
-                None => Ok(0),
-                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Some(mut chunk)) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        self.chunks.push_front(Some(chunk.split_off(n)));
-                    }
-                    Ok(n)
-                }
-            }
-        }
-    }
-
-    impl ReadTimeout for Script {
-        fn set_timeout(&mut self, _timeout: Duration) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::bounded::Script;
 
     fn head(chunks: Vec<Option<&[u8]>>) -> Head {
         read_head(

@@ -213,17 +213,15 @@ mod tests {
         }
     }
 
+    const DRAINED: Setting = Setting {
+        state: AdminState::Drain,
+        weight: None,
+    };
+
     #[test]
     fn default_settings_are_not_stored() {
         let mut book = AdminBook::default();
-        book.set(
-            "l",
-            "b",
-            Setting {
-                state: AdminState::Drain,
-                weight: None,
-            },
-        );
+        book.set("l", "b", DRAINED);
         assert_eq!(book.get("l", "b").state, AdminState::Drain);
         book.set("l", "b", Setting::default());
         assert_eq!(book, AdminBook::default());
@@ -306,14 +304,7 @@ mod tests {
         let path = dir.join("state.json");
         assert_eq!(AdminBook::load(&path), Ok(None));
         let mut book = AdminBook::default();
-        book.set(
-            "l",
-            "b",
-            Setting {
-                state: AdminState::Drain,
-                weight: None,
-            },
-        );
+        book.set("l", "b", DRAINED);
         book.save(&path).unwrap();
         assert_eq!(AdminBook::load(&path), Ok(Some(book)));
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();

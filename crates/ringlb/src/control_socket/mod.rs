@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::{json, Map};
 
+use crate::bounded::Slot;
 use crate::registry::Registry;
 use protocol::{decode, Line, LineReader, Reply, Request, MAX_REQUEST_LINE};
 
@@ -124,15 +125,6 @@ impl Drop for ControlServer {
     }
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(
     listener: &UnixListener,
     stopping: &AtomicBool,
@@ -160,15 +152,13 @@ fn accept_loop(
                 continue;
             }
         };
-        if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            live.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&live, MAX_CONNECTIONS) else {
             refuse(
                 stream,
                 "busy: too many control connections at once; try again",
             );
             continue;
-        }
-        let slot = Slot(Arc::clone(&live));
+        };
         let requests = requests.clone();
         let registry = Arc::clone(registry);
         let spawned = std::thread::Builder::new()

@@ -5,11 +5,13 @@
 //! Request: `{"v":1,"cmd":"drain","listener":"settlement","backend":"10.0.0.11:7000"}`.
 //! Reply: `{"v":1,"ok":true,...}` or `{"v":1,"ok":false,"error":"..."}`.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ringlb_scheduler::AdminState;
+
+use crate::bounded::ReadTimeout;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
@@ -102,8 +104,9 @@ pub enum DecodeError {
     Unexpected { cmd: &'static str, field: String },
 }
 
-/// Decodes one request line (without its newline).
-pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
+/// A line's JSON object with its `"v"` checked and taken out: what requests and replies
+/// share.
+fn versioned_object(line: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
@@ -111,10 +114,15 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::NotAnObject);
     };
     match fields.remove("v") {
-        None => return Err(DecodeError::NoVersion),
-        Some(v) if v.as_u64() == Some(VERSION) => {}
-        Some(v) => return Err(DecodeError::Version(shorten(&v.to_string()))),
+        None => Err(DecodeError::NoVersion),
+        Some(v) if v.as_u64() == Some(VERSION) => Ok(fields),
+        Some(v) => Err(DecodeError::Version(shorten(&v.to_string()))),
     }
+}
+
+/// Decodes one request line (without its newline).
+pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
+    let mut fields = versioned_object(line)?;
     let cmd = match fields.remove("cmd") {
         None => return Err(DecodeError::NoCommand),
         Some(Value::String(cmd)) => cmd,
@@ -345,17 +353,7 @@ impl Reply {
 
     /// Decodes a reply line (the client side).
     pub fn decode(line: &[u8]) -> Result<Reply, DecodeError> {
-        let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let Value::Object(mut fields) = value else {
-            return Err(DecodeError::NotAnObject);
-        };
-        match fields.remove("v") {
-            None => return Err(DecodeError::NoVersion),
-            Some(v) if v.as_u64() == Some(VERSION) => {}
-            Some(v) => return Err(DecodeError::Version(shorten(&v.to_string()))),
-        }
+        let mut fields = versioned_object(line)?;
         match fields.remove("ok") {
             Some(Value::Bool(true)) => Ok(Reply::Ok(fields)),
             Some(Value::Bool(false)) => Ok(Reply::Refused(
@@ -390,17 +388,6 @@ pub enum Line {
     Failed,
 }
 
-/// A stream whose reads can be bounded in time.
-pub trait TimedRead: Read {
-    fn set_read_deadline(&mut self, left: Duration) -> io::Result<()>;
-}
-
-impl TimedRead for std::os::unix::net::UnixStream {
-    fn set_read_deadline(&mut self, left: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(left))
-    }
-}
-
 /// Reads lines of at most `max` bytes; bytes after a line stay buffered for the next one.
 #[derive(Debug)]
 pub struct LineReader {
@@ -419,7 +406,7 @@ impl LineReader {
     }
 
     /// The next line, read within `deadline`.
-    pub fn read_line(&mut self, stream: &mut impl TimedRead, deadline: Instant) -> Line {
+    pub fn read_line(&mut self, stream: &mut impl ReadTimeout, deadline: Instant) -> Line {
         let mut chunk = [0u8; 1024];
         loop {
             if let Some(line) = self.take_line() {
@@ -432,7 +419,7 @@ impl LineReader {
                 };
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_deadline(left).is_err() {
+            if left.is_zero() || stream.set_timeout(left).is_err() {
                 return Line::Timeout;
             }
             match stream.read(&mut chunk) {
@@ -478,7 +465,9 @@ fn trim_cr(mut line: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bounded::Script;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn requests() -> Vec<Request> {
         vec![
@@ -649,40 +638,8 @@ mod tests {
         assert!(Reply::decode(br#"{"v":3,"ok":true}"#).is_err());
     }
 
-    /// Serves reads from a list of chunks; a `None` chunk is a read timeout.
-    struct Script(std::collections::VecDeque<Option<Vec<u8>>>);
-
-    impl Script {
-        fn new(chunks: &[Option<&[u8]>]) -> Script {
-            Script(chunks.iter().map(|c| c.map(<[u8]>::to_vec)).collect())
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.pop_front() {
-                None => Ok(0),
-                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Some(mut chunk)) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        self.0.push_front(Some(chunk.split_off(n)));
-                    }
-                    Ok(n)
-                }
-            }
-        }
-    }
-
-    impl TimedRead for Script {
-        fn set_read_deadline(&mut self, _left: Duration) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     fn lines(max: usize, chunks: &[Option<&[u8]>]) -> Vec<Line> {
-        let mut script = Script::new(chunks);
+        let mut script = Script::new(chunks.to_vec());
         let mut reader = LineReader::new(max);
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut out = Vec::new();
@@ -732,7 +689,7 @@ mod tests {
 
     #[test]
     fn an_expired_deadline_reads_nothing() {
-        let mut script = Script::new(&[Some(b"{}\n")]);
+        let mut script = Script::new(vec![Some(b"{}\n")]);
         let mut reader = LineReader::new(10);
         assert_eq!(reader.read_line(&mut script, Instant::now()), Line::Timeout);
     }
