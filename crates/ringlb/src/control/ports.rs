@@ -103,9 +103,10 @@ pub fn inode(socket: &impl AsFd) -> io::Result<u64> {
     Ok(nix::sys::stat::fstat(socket.as_fd().as_raw_fd())?.st_ino)
 }
 
-/// One line of /proc/net/{tcp,udp} and their IPv6 twins: `sl local rem st ... uid timeout inode ...`. A TCP
-/// socket counts when it listens (state 0A); a UDP one when it is not connected
-/// (remote port 0): the sockets a new listener would share its traffic with.
+/// One line of /proc/net/{tcp,udp} (or their IPv6 twins): `sl local rem st ... uid
+/// timeout inode ...`. A TCP socket counts when it listens (state 0A); a UDP one when it
+/// is not connected (remote port 0): the sockets a new listener would share its traffic
+/// with.
 fn parse_entry(line: &str, udp: bool) -> Option<Entry> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let (local, remote, state, inode) = (
