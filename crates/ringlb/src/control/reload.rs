@@ -62,14 +62,15 @@ impl fmt::Display for Applied {
     }
 }
 
-/// The configuration that runs after `applied`: the new file, except `workers` and `admin`
-/// (only a restart applies them) and the listeners whose bind failed. Such a listener runs
+/// The configuration that runs after `applied`: the new file, except `workers`, `admin`
+/// and `control` (only a restart applies them) and the listeners whose bind failed. Such a listener runs
 /// on as before with its old settings and bind when it was being re-bound, and does not
 /// run at all when it was new.
 pub(super) fn effective_config(old: &Config, new: &Config, applied: &Applied) -> Config {
     let mut config = new.clone();
     config.workers = old.workers;
     config.admin = old.admin;
+    config.control.clone_from(&old.control);
     config.listeners = new
         .listeners
         .iter()
@@ -146,6 +147,9 @@ impl ControlPlane {
                 ),
                 NeedsRestart::Admin => warn!(
                     "reload: `admin` changes need a restart; keeping the current admin endpoint"
+                ),
+                NeedsRestart::Control => warn!(
+                    "reload: `control` changes need a restart; keeping the current control socket"
                 ),
             }
         }
