@@ -2,6 +2,7 @@
 //! is left that the data plane would have to interpret.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -18,6 +19,12 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// One info line per finished TCP connection / expired UDP session.
     pub access_log: bool,
+    /// The control socket (`ringlb ctl`); `None`: a path derived from the config file's
+    /// own path (docs/control-protocol.md).
+    pub control: Option<PathBuf>,
+    /// Where the operator's admin state (drain, maintenance, weights, node fail) is kept
+    /// across restarts; `None`: it lasts as long as the process.
+    pub state_file: Option<PathBuf>,
     pub listeners: Vec<Listener>,
 }
 
@@ -160,7 +167,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `addr` exactly as written in the file: the `backend` label in metrics and logs.
     pub label: String,
-    /// ≥ 1; default 1.
+    /// 0..=65535; default 1. 0 means drained: no new connections, health checks go on.
     pub weight: u32,
     /// 0 = unlimited; also the capacity C_i of `dynamic_weight`.
     pub max_connections: u32,

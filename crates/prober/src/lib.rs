@@ -4,7 +4,8 @@
 //! every health-checked listener, on ONE thread (`ringlb-prober`) that multiplexes
 //! non-blocking connects with poll(2); ingestion of passive failures (real client
 //! connects the data plane saw refused or time out); the pure rise/fall state machine
-//! ([`machine`]); publishing up/down into [`BackendState::set_up`] — the prober is the
+//! ([`machine`]), skipping backends the operator put in maintenance
+//! ([`ringlb_scheduler::AdminState::Maint`]); publishing up/down into [`BackendState::set_up`] — the prober is the
 //! only writer of it — and sending every [`Transition`] over a crossbeam channel.
 //!
 //! Must not: block on one backend, spawn a thread per check, depend on the scheduler's

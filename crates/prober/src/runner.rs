@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use ringlb_config::HealthCheck;
-use ringlb_scheduler::BackendState;
+use ringlb_scheduler::{AdminState, BackendState};
 use socket2::Socket;
 
 use crate::machine::{first_check_offset, next_check, Flip, Machine, Observation};
@@ -231,6 +231,11 @@ impl Runner {
                 if current <= target.passive_seen {
                     continue;
                 }
+                if in_maintenance(&target.state) {
+                    // Not judged while in maintenance: the count is taken as seen.
+                    target.passive_seen = current;
+                    continue;
+                }
                 let increase = current - target.passive_seen;
                 target.passive_seen = current;
                 let failures = u32::try_from(increase).unwrap_or(u32::MAX);
@@ -262,13 +267,19 @@ impl Runner {
         }
     }
 
-    /// Starts every check that is due and not already in flight.
+    /// Starts every check that is due and not already in flight. A backend in
+    /// maintenance is skipped (its next check moves one interval on), so its machine and
+    /// up flag stay as they were until it leaves maintenance.
     fn start_due(&mut self, now: Instant) {
         for li in 0..self.listeners.len() {
             let check = self.listeners[li].check;
             for ti in 0..self.listeners[li].targets.len() {
                 let target = &mut self.listeners[li].targets[ti];
                 if target.inflight.is_some() || target.next_due > now {
+                    continue;
+                }
+                if in_maintenance(&target.state) {
+                    target.next_due = next_check(now, now, check.interval);
                     continue;
                 }
                 match probe::start(target.addr) {
@@ -422,6 +433,11 @@ impl Runner {
             self.last_local_warning = Some(now);
         }
     }
+}
+
+/// `ringlb ctl maint`: the operator works on the backend; it gets no checks.
+fn in_maintenance(state: &BackendState) -> bool {
+    state.admin_state() == AdminState::Maint
 }
 
 /// A panicking callback must not kill health checking for every listener.

@@ -451,3 +451,56 @@ fn full_event_channel_drops_and_counts_but_health_still_flips() {
     drop(rx);
     prober.stop();
 }
+
+#[test]
+fn a_backend_in_maintenance_gets_no_checks_and_no_passive_verdict() {
+    use ringlb_scheduler::AdminState;
+    let (maint, control) = (EchoBackend::start(), EchoBackend::start());
+    let (m, c) = (backend(maint.addr()), backend(control.addr()));
+    let state = Arc::clone(&m.state);
+    let (l, _) = listener("maint", check(50, 50, 1, 1), vec![m, c]);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let prober = Prober::spawn(vec![l], tx).unwrap();
+    assert!(
+        maint.wait_accepted(1, SLACK),
+        "backend {} saw no check in time",
+        maint.addr()
+    );
+
+    state.set_admin_state(AdminState::Maint);
+    // A check already in flight when the state changed may still land: at most one.
+    let before = maint.accepted();
+    let base = control.accepted();
+    // Positive control: the other backend keeps being checked, 10 more times.
+    assert!(
+        control.wait_accepted(base + 10 + 1, SLACK * 4),
+        "backend {} saw no check in time",
+        control.addr()
+    );
+    assert!(
+        maint.accepted() <= before + 1,
+        "checked in maintenance: {} → {}",
+        before,
+        maint.accepted()
+    );
+    // Passive failures are not judged either (fall is 1).
+    state.record_connect_failure();
+    let base = control.accepted();
+    assert!(
+        control.wait_accepted(base + 3 + 1, SLACK * 4),
+        "backend {} saw no check in time",
+        control.addr()
+    );
+    assert!(state.is_up(), "maintenance must not mark a backend down");
+    assert!(rx.try_recv().is_err(), "no transition expected");
+
+    // Back to ready: checks resume.
+    state.set_admin_state(AdminState::Ready);
+    let resumed = maint.accepted();
+    assert!(
+        maint.wait_accepted(resumed + 1, SLACK),
+        "backend {} saw no check in time",
+        maint.addr()
+    );
+    prober.stop();
+}

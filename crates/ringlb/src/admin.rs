@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4) and `GET /status`
-//! (JSON), served from the [`Registry`] on threads of its own.
+//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4), `GET /status`
+//! (JSON) and `GET /ready` (200 or 503 with the reason), served from the [`Registry`] on
+//! threads of its own.
 //!
 //! Owns: the admin listening socket, its accept thread and one short-lived thread per
 //! admin connection (at most [`server::MAX_CONNECTIONS`] at once), and the rendering of
@@ -20,6 +21,7 @@ use thiserror::Error;
 use crate::registry::Registry;
 
 pub use server::AdminServer;
+pub use status::listeners as status_listeners;
 
 #[derive(Debug, Error)]
 pub enum AdminError {

@@ -1,10 +1,16 @@
 //! ringlb: the binary. Parses the command line, loads the configuration, starts the control
-//! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config).
+//! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config;
+//! `ctl`: 0 applied, 1 refused, 2 usage, 3 no running instance).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod bounded;
 mod control;
+mod control_socket;
+mod ctl;
+mod notify;
+mod readiness;
 mod registry;
 mod signals;
 mod upgrade;
@@ -50,6 +56,21 @@ enum Command {
         #[arg(long, value_name = "IP:PORT")]
         client: SocketAddr,
     },
+    /// Talk to a running instance over its control socket: status, drain, maint, ready,
+    /// weight, failback, node fail|ok, upgrade.
+    Ctl(ctl::CtlArgs),
+    /// Replace the running binary of an instance without dropping connections (the same
+    /// as `ringlb ctl upgrade`).
+    Upgrade {
+        #[command(flatten)]
+        target: ctl::Target,
+        /// The new binary (default: the path the running process was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Print the instance's JSON reply as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit status for an invalid configuration (or, for `explain`, an unknown listener name).
@@ -66,6 +87,16 @@ fn main() -> ExitCode {
             listener,
             client,
         } => explain(&config, &listener, client),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Upgrade {
+            target,
+            binary,
+            json,
+        } => ctl::run(ctl::CtlArgs {
+            target,
+            json,
+            command: ctl::CtlCommand::Upgrade { binary },
+        }),
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use ringlb_dataplane::ListenerState;
 
+use crate::readiness::Readiness;
+
 /// The last health transition of one backend.
 #[derive(Debug, Clone)]
 pub struct HealthRecord {
@@ -27,6 +29,8 @@ pub struct Registry {
     pub transitions_total: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// What `/ready` answers; the control plane sets it.
+    pub readiness: Readiness,
 }
 
 impl Registry {

@@ -146,7 +146,7 @@ fn check_accepts_every_example_config() {
 fn check_reports_every_problem_with_exit_2() {
     let (code, out) = Ringlb::check(
         bin(),
-        "listeners:\n  - name: a\n    bind: 127.0.0.1:7000\n    backends:\n      - addr: 10.0.0.1\n        weight: 0\n",
+        "listeners:\n  - name: a\n    bind: 127.0.0.1:7000\n    backends:\n      - addr: 10.0.0.1\n        weight: -1\n",
     );
     assert_eq!(code, 2, "{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();

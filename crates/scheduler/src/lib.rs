@@ -30,7 +30,10 @@
 //! pub struct Tried;  // small set of backend indices: new(), insert(i), contains(i), len()
 //! ```
 //!
-//! Additions: [`Scheduler::for_listener`] / [`Scheduler::reconfigure_from`] (from a
+//! Additions: [`AdminState`] with [`BackendState::set_admin_state`],
+//! [`BackendState::set_weight_override`], [`Scheduler::admin_changed`],
+//! [`Backend::admin_state`] and [`Backend::effective_weight`] (the operator's drain,
+//! maintenance and weight); [`Scheduler::for_listener`] / [`Scheduler::reconfigure_from`] (from a
 //! validated listener), [`explain`] (what `ringlb explain` prints),
 //! [`Snapshot::is_candidate`], [`Snapshot::maglev_table_size`], [`Snapshot::maglev_slot_counts`],
 //! [`Backend::try_acquire`] / [`BackendState::try_acquire`] (a hard `max_connections`),
@@ -58,7 +61,7 @@ pub use explain::{explain, pins_clients, Chosen, Explanation};
 pub use failure::ConnectFailure;
 pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
-pub use state::{ActiveGuard, BackendState};
+pub use state::{ActiveGuard, AdminState, BackendState};
 pub use tables::{maglev_table_size, MAGLEV_DEFAULT_SIZE};
 pub use tried::Tried;
 
@@ -69,7 +72,8 @@ pub struct BackendSpec {
     /// `addr` exactly as written in the config: identity across reloads, metric label,
     /// and the maglev permutation key.
     pub label: String,
-    /// ≥ 1 (0 is treated as 1).
+    /// As configured: 0 means drained (no new connections; see [`Backend::admin_state`]).
+    /// Tables treat any weight below 1 as 1.
     pub weight: u32,
     /// 0 = unlimited.
     pub max_connections: u32,
@@ -103,6 +107,20 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The weight in use: the operator's override if set, else the configured one.
+    pub fn effective_weight(&self) -> u32 {
+        self.state.weight_override().unwrap_or(self.spec.weight)
+    }
+
+    /// The admin state in effect: the operator's, except that a `ready` backend whose
+    /// effective weight is 0 is drained (`weight: 0` in the file means drained).
+    pub fn admin_state(&self) -> AdminState {
+        match self.state.admin_state() {
+            AdminState::Ready if self.effective_weight() == 0 => AdminState::Drain,
+            state => state,
+        }
+    }
+
     /// Counts a connection against this backend unless it is at `max_connections`.
     pub fn try_acquire(&self) -> Option<ActiveGuard> {
         self.state.try_acquire(self.spec.max_connections)
@@ -180,6 +198,17 @@ impl Scheduler {
             return;
         }
         let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec(), Some(&old));
+        self.current.store(Arc::new(rebuilt));
+    }
+
+    /// Called after the operator changed a backend's admin state or weight override (see
+    /// [`BackendState::set_admin_state`]): rebuilds every table from scratch, since a new
+    /// weight changes even the health-independent ones (the maglev permutation fill).
+    /// Picks refuse a backend that is not `ready` from the moment its state is set.
+    pub fn admin_changed(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec(), None);
         self.current.store(Arc::new(rebuilt));
     }
 

@@ -24,6 +24,11 @@ const FALLBACK_REHASHES: u64 = 8;
 #[derive(Debug)]
 struct Hot {
     state: Arc<BackendState>,
+    /// The configured weight as written (0: drained by the file); a live weight override
+    /// in `state` takes its place.
+    configured: u32,
+    /// The effective weight when the snapshot was built (override or configured), at
+    /// least 1: the tables are built from it.
     weight: u32,
     /// 0 = unlimited.
     max: u32,
@@ -73,7 +78,8 @@ pub struct Snapshot {
     primary: Tier,
     backup: Tier,
     cursor: Cursor,
-    /// Up flags the tables were built from; `health_changed` skips a rebuild when equal.
+    /// Which backends took new connections (up, ready, non-zero weight) when the tables
+    /// were built; `health_changed` skips a rebuild when that is unchanged.
     built_up: Box<[bool]>,
     maglev_size: Option<usize>,
 }
@@ -99,7 +105,7 @@ impl Snapshot {
         let hot: Box<[Hot]> = backends
             .iter()
             .map(|b| {
-                let weight = b.spec.weight.max(1);
+                let weight = b.effective_weight().max(1);
                 let capacity = if b.spec.max_connections > 0 {
                     b.spec.max_connections
                 } else {
@@ -107,6 +113,7 @@ impl Snapshot {
                 };
                 Hot {
                     state: Arc::clone(&b.state),
+                    configured: b.spec.weight,
                     weight,
                     max: b.spec.max_connections,
                     capacity: f64::from(capacity),
@@ -115,7 +122,10 @@ impl Snapshot {
                 }
             })
             .collect();
-        let built_up: Box<[bool]> = backends.iter().map(|b| b.state.is_up()).collect();
+        let built_up: Box<[bool]> = backends
+            .iter()
+            .map(|b| b.state.admits(b.spec.weight))
+            .collect();
         let maglev_size =
             (algorithm == Algorithm::Maglev).then(|| maglev_table_size(backends.len()) as usize);
         let tier = |backup: bool| {
@@ -123,8 +133,9 @@ impl Snapshot {
                 .filter(|&i| backends[i].spec.backup == backup)
                 .map(|i| i as u32)
                 .collect();
-            // Tables that depend on health cover the members up now; when none is, all of
-            // them (the live check in `pick` still refuses down ones until the rebuild).
+            // Tables that depend on health cover the members taking connections now (up,
+            // ready, weighted); when none is, all of them (the live check in `pick` still
+            // refuses the others until the rebuild).
             let mut up: Vec<u32> = members
                 .iter()
                 .copied()
@@ -222,17 +233,18 @@ impl Snapshot {
         counts
     }
 
-    /// True when the up flags differ from the ones the tables were built from.
+    /// True when the set of backends taking connections differs from the one the tables
+    /// were built from.
     pub(crate) fn health_differs(&self) -> bool {
-        self.backends
+        self.hot
             .iter()
             .zip(self.built_up.iter())
-            .any(|(b, &was)| b.state.is_up() != was)
+            .any(|(h, &was)| h.state.admits(h.configured) != was)
     }
 
-    /// Whether backend `index` may take this connection now: up, below its
-    /// `max_connections`, not tried yet, and in the tier that is serving (backups only
-    /// while no primary is up).
+    /// Whether backend `index` may take this connection now: up, `ready` with a non-zero
+    /// weight (not drained or in maintenance), below its `max_connections`, not tried yet,
+    /// and in the tier that is serving (backups only while no primary takes connections).
     pub fn is_candidate(&self, index: usize, tried: &Tried) -> bool {
         let Some(b) = self.backends.get(index) else {
             return false;
@@ -282,15 +294,19 @@ impl Snapshot {
         found.map(|i| i as usize)
     }
 
+    /// Whether any primary takes new connections: up and neither drained nor in
+    /// maintenance. Primaries all drained by the operator hand over to the backups, as
+    /// primaries all down do.
     #[inline]
     fn primary_up(&self) -> bool {
-        self.primary
-            .members
-            .iter()
-            .any(|&i| self.hot[i as usize].state.is_up())
+        self.primary.members.iter().any(|&i| {
+            let h = &self.hot[i as usize];
+            h.state.admits(h.configured)
+        })
     }
 
-    /// Primaries while any is up (live flags, not the build-time ones), else backups.
+    /// Primaries while any takes connections (live flags, not the build-time ones), else
+    /// backups.
     #[inline]
     fn serving_tier(&self) -> Option<&Tier> {
         let tier = if self.primary_up() {
@@ -306,7 +322,7 @@ impl Snapshot {
     fn eligible(&self, index: u32, tried: &Tried) -> bool {
         let h = &self.hot[index as usize];
         !tried.contains(index as usize)
-            && h.state.is_up()
+            && h.state.admits(h.configured)
             && (h.max == 0 || h.state.active() < h.max)
     }
 
@@ -314,7 +330,7 @@ impl Snapshot {
     #[inline]
     fn load_if_eligible(&self, index: u32, tried: &Tried) -> Option<u32> {
         let h = &self.hot[index as usize];
-        if tried.contains(index as usize) || !h.state.is_up() {
+        if tried.contains(index as usize) || !h.state.admits(h.configured) {
             return None;
         }
         let active = h.state.active();
@@ -378,8 +394,9 @@ impl Snapshot {
             let i = members[j];
             let h = &self.hot[i as usize];
             let active = h.state.active();
-            let ok =
-                h.state.is_up() & !tried.contains(i as usize) & ((h.max == 0) | (active < h.max));
+            let ok = h.state.admits(h.configured)
+                & !tried.contains(i as usize)
+                & ((h.max == 0) | (active < h.max));
             if ok & (active == 0) {
                 // Nothing beats an idle backend, and ties keep the first one met.
                 return Some(i);

@@ -1,7 +1,76 @@
 //! Live per-backend state shared by workers, the prober and the admin endpoint.
 //! Plain atomics: a worker's pick reads them, nobody takes a lock.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// What the operator says about a backend (`ringlb ctl drain|maint|ready`), independent of
+/// its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AdminState {
+    /// Normal: a candidate for new connections while it is up.
+    Ready,
+    /// No new connections; established ones stay; health checks go on.
+    Drain,
+    /// Like `Drain`, and the prober does not check it either.
+    Maint,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AdminState> {
+        AdminState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    fn to_bits(self) -> u64 {
+        match self {
+            AdminState::Ready => 0,
+            AdminState::Drain => 1,
+            AdminState::Maint => 2,
+        }
+    }
+
+    fn from_bits(bits: u64) -> AdminState {
+        match bits {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The operator's settings packed in one word, so a pick reads both with one load:
+/// bits 0..32 the weight override (`NO_OVERRIDE`: none), bits 32..40 the [`AdminState`].
+const NO_OVERRIDE: u64 = u32::MAX as u64;
+const WEIGHT_MASK: u64 = 0xffff_ffff;
+const READY_NO_OVERRIDE: u64 = NO_OVERRIDE;
+
+fn pack(state: AdminState, weight: Option<u32>) -> u64 {
+    (state.to_bits() << 32) | weight.map_or(NO_OVERRIDE, u64::from)
+}
+
+fn unpack(word: u64) -> (AdminState, Option<u32>) {
+    let weight = word & WEIGHT_MASK;
+    (
+        AdminState::from_bits(word >> 32),
+        (weight != NO_OVERRIDE).then_some(weight as u32),
+    )
+}
 
 /// Live state of one backend. It outlives snapshots: a backend that survives a reload
 /// (same listener, same `addr` text) keeps the same `Arc<BackendState>`.
@@ -15,6 +84,9 @@ pub struct BackendState {
     active: AtomicU32,
     /// Monotonic count of real client connects that were refused or timed out.
     passive_failures: AtomicU64,
+    /// The operator's [`AdminState`] and weight override, packed (see [`pack`]). Only the
+    /// control plane writes it.
+    admin: AtomicU64,
 }
 
 impl Default for BackendState {
@@ -30,7 +102,59 @@ impl BackendState {
             up: AtomicBool::new(true),
             active: AtomicU32::new(0),
             passive_failures: AtomicU64::new(0),
+            admin: AtomicU64::new(READY_NO_OVERRIDE),
         }
+    }
+
+    /// The operator's state as set; a backend whose effective weight is 0 takes no new
+    /// connection even when this says `Ready` (see [`crate::Backend::admin_state`]).
+    pub fn admin_state(&self) -> AdminState {
+        unpack(self.admin.load(Ordering::Acquire)).0
+    }
+
+    /// The weight the operator set in place of the configured one, if any.
+    pub fn weight_override(&self) -> Option<u32> {
+        unpack(self.admin.load(Ordering::Acquire)).1
+    }
+
+    /// Sets the operator's state; returns the previous one. Call
+    /// [`Scheduler::admin_changed`](crate::Scheduler::admin_changed) afterwards so the
+    /// tables follow (picks already refuse a backend that is not `Ready`).
+    pub fn set_admin_state(&self, state: AdminState) -> AdminState {
+        unpack(self.update_admin(|(_, weight)| pack(state, weight))).0
+    }
+
+    /// Sets (or with `None` clears) the weight override; returns the previous one. Values
+    /// above `u32::MAX - 1` are clamped (`u32::MAX` marks "no override"). Call
+    /// [`Scheduler::admin_changed`](crate::Scheduler::admin_changed) afterwards.
+    pub fn set_weight_override(&self, weight: Option<u32>) -> Option<u32> {
+        let weight = weight.map(|w| w.min(u32::MAX - 1));
+        unpack(self.update_admin(|(state, _)| pack(state, weight))).1
+    }
+
+    /// Replaces the admin word with `f(current)`; returns the previous word.
+    fn update_admin(&self, f: impl Fn((AdminState, Option<u32>)) -> u64) -> u64 {
+        let mut current = self.admin.load(Ordering::Acquire);
+        loop {
+            match self.admin.compare_exchange_weak(
+                current,
+                f(unpack(current)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(previous) => return previous,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Whether this backend may take a new connection as far as health and the operator
+    /// go: up, `Ready`, and a non-zero effective weight (`configured` unless overridden).
+    /// Limits and retries are the snapshot's business.
+    #[inline]
+    pub fn admits(&self, configured: u32) -> bool {
+        let (state, weight) = unpack(self.admin.load(Ordering::Acquire));
+        state == AdminState::Ready && weight.unwrap_or(configured) > 0 && self.is_up()
     }
 
     pub fn is_up(&self) -> bool {
@@ -110,5 +234,50 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let previous = self.state.active.fetch_sub(1, Ordering::Relaxed);
         debug_assert!(previous > 0, "active connection count underflow");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_word_round_trips() {
+        for state in AdminState::ALL {
+            for weight in [None, Some(0), Some(1), Some(65_535), Some(u32::MAX - 1)] {
+                assert_eq!(unpack(pack(state, weight)), (state, weight));
+            }
+            assert_eq!(AdminState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(AdminState::parse("READY"), None);
+    }
+
+    #[test]
+    fn admits_needs_up_ready_and_a_weight() {
+        let s = BackendState::new();
+        assert!(s.admits(1));
+        assert!(!s.admits(0), "configured weight 0 means drained");
+        s.set_weight_override(Some(3));
+        assert!(
+            s.admits(0),
+            "an override gives a weight-0 backend its weight"
+        );
+        s.set_weight_override(Some(0));
+        assert!(!s.admits(5));
+        assert_eq!(s.set_weight_override(None), Some(0));
+        for state in [AdminState::Drain, AdminState::Maint] {
+            s.set_admin_state(state);
+            assert!(!s.admits(1), "{state}");
+            assert_eq!(
+                s.weight_override(),
+                None,
+                "state and weight are independent"
+            );
+        }
+        assert_eq!(s.set_admin_state(AdminState::Ready), AdminState::Maint);
+        s.set_up(false);
+        assert!(!s.admits(1));
+        s.set_weight_override(Some(u32::MAX));
+        assert_eq!(s.weight_override(), Some(u32::MAX - 1));
     }
 }

@@ -62,15 +62,9 @@ fn backend(errs: &mut Errors, path: &str, rb: &RawBackend) -> Option<Backend> {
         }
         Some(s) => destination(errs, &p("addr"), s),
     };
-    let weight = opt_int(
-        errs,
-        &p("weight"),
-        rb.weight.as_ref(),
-        1,
-        1,
-        MAX_WEIGHT,
-        " (to take a backend out of rotation remove it or mark it backup: true)",
-    );
+    // 0 is allowed and means drained: no new connections, health checks go on (the
+    // same as `ringlb ctl drain`), so a backend can be taken out of rotation by the file.
+    let weight = opt_int(errs, &p("weight"), rb.weight.as_ref(), 1, 0, MAX_WEIGHT, "");
     let max_connections = opt_int(
         errs,
         &p("max_connections"),
@@ -208,16 +202,21 @@ mod tests {
     }
 
     #[test]
-    fn weight_at_least_one() {
+    fn weight_0_to_65535_where_0_means_drained() {
+        assert_eq!(
+            ok(&with_backends("      - {addr: 10.0.0.1:80, weight: 0}\n")).listeners[0].backends[0]
+                .weight,
+            0
+        );
         assert_one_error(
-            &with_backends("      - {addr: 10.0.0.1:80, weight: 0}\n"),
+            &with_backends("      - {addr: 10.0.0.1:80, weight: -1}\n"),
             "listeners[0].backends[0].weight",
-            "must be at least 1, got 0",
+            "must be at least 0, got -1",
         );
         assert_one_error(
             &with_backends("      - {addr: 10.0.0.1:80, weight: 65536}\n"),
             "listeners[0].backends[0].weight",
-            "expected 1..=65535",
+            "expected 0..=65535",
         );
         assert_eq!(
             ok(&with_backends(

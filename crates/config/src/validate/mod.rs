@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{Config, Protocol, Workers};
 use crate::raw::{RawConfig, Scalar, ScalarKind};
-use scalar::{boolean, choice, opt_duration, socket_addr, ZeroOk};
+use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 
 // Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +34,9 @@ pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_HC_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_HC_RISE: u32 = 2;
 pub const DEFAULT_HC_FALL: u32 = 3;
+
+/// Longest `control` path: a Unix socket address holds 108 bytes including the final NUL.
+pub const MAX_CONTROL_PATH: usize = 107;
 
 /// Upper bound of `workers`: far above any host this runs on, low enough that a typo
 /// (`workers: 10000`) does not spawn thousands of threads and rings.
@@ -93,6 +96,14 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .as_ref()
         .and_then(|s| boolean(&mut errs, "access_log", s))
         .unwrap_or(true);
+    let control = raw
+        .control
+        .as_ref()
+        .and_then(|s| absolute_path(&mut errs, "control", s, Some(MAX_CONTROL_PATH)));
+    let state_file = raw
+        .state_file
+        .as_ref()
+        .and_then(|s| absolute_path(&mut errs, "state_file", s, None));
 
     let mut listeners = Vec::new();
     match &raw.listeners {
@@ -120,6 +131,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             shutdown_timeout,
             log_level,
             access_log,
+            control,
+            state_file,
             listeners,
         })
     } else {
@@ -289,6 +302,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert!(c.access_log);
+        assert_eq!((c.control, c.state_file), (None, None));
         let l = &c.listeners[0];
         assert_eq!(l.algorithm, Algorithm::RoundRobin);
         assert_eq!(
@@ -363,15 +377,16 @@ mod tests {
     #[test]
     fn all_problems_are_reported_at_once() {
         let e = errors(
-            "workers: 0\nlisteners:\n  - name: l\n    bind: 127.0.0.1:7000\n    backends:\n\
-             \x20     - addr: 10.0.0.1\n        weight: 0\n",
+            "workers: 0\ncontrol: run/x.sock\nlisteners:\n  - name: l\n    bind: 127.0.0.1:7000\n    backends:\n\
+             \x20     - addr: 10.0.0.1\n        weight: -1\n",
         );
         assert_eq!(
             e,
             [
                 "workers: expected \"auto\" or an integer 1..=1024, got 0",
+                "control: \"run/x.sock\" is not an absolute path: write it from / (it must not depend on the directory ringlb is started from)",
                 "listeners[0].backends[0].addr: invalid socket address \"10.0.0.1\"",
-                "listeners[0].backends[0].weight: must be at least 1, got 0 (to take a backend out of rotation remove it or mark it backup: true)",
+                "listeners[0].backends[0].weight: must be at least 0, got -1",
             ]
         );
     }
@@ -413,6 +428,39 @@ mod tests {
         );
         // A udp listener on the same port is no conflict: the admin endpoint is tcp.
         ok(&format!("admin: 127.0.0.1:7000\n{}", one_udp("")));
+    }
+
+    #[test]
+    fn control_and_state_file_are_absolute_paths() {
+        let c = ok(&format!(
+            "control: /run/ringlb/edge.sock\nstate_file: /var/lib/ringlb/state.json\n{}",
+            one("")
+        ));
+        assert_eq!(
+            c.control,
+            Some(std::path::PathBuf::from("/run/ringlb/edge.sock"))
+        );
+        assert_eq!(
+            c.state_file,
+            Some(std::path::PathBuf::from("/var/lib/ringlb/state.json"))
+        );
+        for key in ["control", "state_file"] {
+            for (bad, needle) in [
+                ("ringlb.sock", "is not an absolute path"),
+                ("\"\"", "is empty"),
+                ("5", "expected a path"),
+                ("/run/ringlb/", "names a directory"),
+            ] {
+                assert_one_error(&format!("{key}: {bad}\n{}", one("")), key, needle);
+            }
+        }
+        let long = format!("/{}", "s".repeat(MAX_CONTROL_PATH));
+        assert_one_error(
+            &format!("control: {long}\n{}", one("")),
+            "control",
+            "at most 107 bytes",
+        );
+        ok(&format!("state_file: {long}\n{}", one("")));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! returns `None` (or the default) on error, so the caller carries on.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -31,6 +32,45 @@ pub(super) fn socket_addr(errs: &mut Errors, path: &str, s: &Scalar) -> Option<S
             errs.push(path, format!("invalid socket address {}", s.shown()));
             None
         }
+    }
+}
+
+/// An absolute path to a file (a trailing `/` names a directory and is refused), of at
+/// most `max_len` bytes when given.
+pub(super) fn absolute_path(
+    errs: &mut Errors,
+    path: &str,
+    s: &Scalar,
+    max_len: Option<usize>,
+) -> Option<PathBuf> {
+    let problem = if s.kind != ScalarKind::Str {
+        Some(format!("expected a path, got {}", s.shown()))
+    } else if s.text.is_empty() {
+        Some("is empty: give an absolute path, or leave the key out".to_string())
+    } else if !s.text.starts_with('/') {
+        Some(format!(
+            "{} is not an absolute path: write it from / (it must not depend on the directory ringlb is started from)",
+            s.shown()
+        ))
+    } else if s.text.ends_with('/') {
+        Some(format!("{} names a directory: give a file name", s.shown()))
+    } else if s.text.contains('\0') {
+        Some("contains a NUL byte".to_string())
+    } else {
+        max_len.filter(|&max| s.text.len() > max).map(|max| {
+            format!(
+                "{} is {} bytes long: a Unix socket path is at most {max} bytes",
+                s.shown(),
+                s.text.len()
+            )
+        })
+    };
+    match problem {
+        Some(message) => {
+            errs.push(path, message);
+            None
+        }
+        None => Some(PathBuf::from(&s.text)),
     }
 }
 

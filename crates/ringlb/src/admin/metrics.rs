@@ -14,6 +14,7 @@ use ringlb_config::Protocol;
 use ringlb_dataplane::stats::WorkerCounters;
 use ringlb_dataplane::ListenerState;
 use ringlb_dataplane::{DenyReason, EndReason};
+use ringlb_scheduler::AdminState;
 
 use crate::registry::Registry;
 
@@ -97,6 +98,7 @@ impl LatencyBuckets {
 struct BackendView {
     label: String,
     up: bool,
+    admin: AdminState,
     active: u32,
     connect_failures: u64,
     transitions: u64,
@@ -151,6 +153,7 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         .map(|b| BackendView {
             label: b.spec.label.clone(),
             up: b.state.is_up(),
+            admin: b.admin_state(),
             active: b.state.active(),
             connect_failures: b.state.passive_failures(),
             transitions: health
@@ -340,6 +343,27 @@ pub fn render(registry: &Registry) -> String {
         |b| u64::from(b.up),
     );
 
+    out.family(
+        "ringlb_backend_admin_state",
+        "gauge",
+        "1 for the backend's current admin state (ready, drain, maint; weight 0 reads as drain), 0 for the others.",
+    );
+    for v in &all {
+        for b in &v.backends {
+            for state in AdminState::ALL {
+                out.sample(
+                    "ringlb_backend_admin_state",
+                    &[
+                        ("listener", &v.name),
+                        ("backend", &b.label),
+                        ("state", state.as_str()),
+                    ],
+                    u64::from(b.admin == state),
+                );
+            }
+        }
+    }
+
     out.per_backend(
         "ringlb_connect_failures_total",
         "counter",
@@ -420,6 +444,17 @@ pub fn render(registry: &Registry) -> String {
         registry
             .transitions_total
             .load(std::sync::atomic::Ordering::Relaxed),
+    );
+
+    out.family(
+        "ringlb_ready",
+        "gauge",
+        "1 while /ready answers 200 (serving, node not failed), 0 otherwise.",
+    );
+    out.sample(
+        "ringlb_ready",
+        &[],
+        u64::from(registry.readiness.check().is_ok()),
     );
 
     out.family(
@@ -634,6 +669,7 @@ mod tests {
         web.workers[1].connect_latency.publish(h);
         let snap = web.scheduler.snapshot();
         snap.backends()[1].state.set_up(false);
+        snap.backends()[1].state.set_admin_state(AdminState::Maint);
         snap.backends()[0].state.record_connect_failure();
         let _guard = snap.backends()[0].state.acquire();
         let dns = listener("dns", Protocol::Udp, &["127.0.0.1:53"], 1);
@@ -662,6 +698,11 @@ mod tests {
             "ringlb_udp_sessions{listener=\"dns\"} 2",
             "ringlb_health_transitions_total 1",
             "ringlb_reloads_total{result=\"ok\"} 0",
+            "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9001\",state=\"ready\"} 1",
+            "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9001\",state=\"drain\"} 0",
+            "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9002\",state=\"maint\"} 1",
+            "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9002\",state=\"ready\"} 0",
+            "ringlb_ready 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bounded::{ReadTimeout, Slot};
 use crate::registry::Registry;
 
 use super::{metrics, status, AdminError};
@@ -125,15 +126,6 @@ impl Drop for AdminServer {
     }
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Registry>) {
     let live = Arc::new(AtomicUsize::new(0));
     loop {
@@ -156,13 +148,11 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Reg
                 continue;
             }
         };
-        if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            live.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&live, MAX_CONNECTIONS) else {
             log::debug!("admin endpoint: {MAX_CONNECTIONS} connections busy; 503 to {peer}");
             refuse_busy(stream);
             continue;
-        }
-        let slot = Slot(Arc::clone(&live));
+        };
         let registry = Arc::clone(registry);
         let spawned = std::thread::Builder::new()
             .name("ringlb-admin-conn".to_string())
@@ -321,24 +311,18 @@ pub(super) fn read_head(stream: &mut impl ReadTimeout, deadline: Instant) -> Hea
     }
 }
 
-/// A stream whose reads can be bounded in time (a `TcpStream`; a fake one in tests).
-pub(super) trait ReadTimeout: Read {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-}
-
-impl ReadTimeout for TcpStream {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))
-    }
-}
-
-/// `GET /metrics`, `GET /status`; other paths 404, other methods on known paths 405.
+/// `GET /metrics`, `GET /status`, `GET /ready`; other paths 404, other methods on known
+/// paths 405.
 pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response {
     // Scrapers may add a query string; it selects nothing here.
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let known = matches!(path, "/metrics" | "/status");
+    let known = matches!(path, "/metrics" | "/status" | "/ready");
     if !known {
-        return Response::text(404, "Not Found", "not found; try /metrics or /status\n");
+        return Response::text(
+            404,
+            "Not Found",
+            "not found; try /metrics, /status or /ready\n",
+        );
     }
     if method != "GET" {
         let mut response = Response::text(405, "Method Not Allowed", "only GET is allowed\n");
@@ -346,6 +330,12 @@ pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response
         return response;
     }
     match path {
+        // What routers, keepalived and routing daemons key on: 200 while this process
+        // should receive traffic, 503 with the reason otherwise.
+        "/ready" => match registry.readiness.check() {
+            Ok(()) => Response::text(200, "OK", "ready\n"),
+            Err(why) => Response::text(503, "Service Unavailable", &format!("not ready: {why}\n")),
+        },
         "/metrics" => Response {
             status: 200,
             reason: "OK",
@@ -387,42 +377,7 @@ fn linger_close(mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Serves reads from a list of chunks; a `None` chunk is a read timeout.
-    struct Script {
-        chunks: std::collections::VecDeque<Option<Vec<u8>>>,
-    }
-
-    impl Script {
-        fn new(chunks: Vec<Option<&[u8]>>) -> Script {
-            Script {
-                chunks: chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect(),
-            }
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.chunks.pop_front() {
-                None => Ok(0),
-                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Some(mut chunk)) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        self.chunks.push_front(Some(chunk.split_off(n)));
-                    }
-                    Ok(n)
-                }
-            }
-        }
-    }
-
-    impl ReadTimeout for Script {
-        fn set_timeout(&mut self, _timeout: Duration) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::bounded::Script;
 
     fn head(chunks: Vec<Option<&[u8]>>) -> Head {
         read_head(
@@ -496,6 +451,31 @@ mod tests {
         assert_eq!(post.status, 405);
         assert_eq!(post.extra_headers, vec![("Allow", "GET")]);
         assert_eq!(route("DELETE", "/nope", &registry).status, 404);
+        assert_eq!(route("POST", "/ready", &registry).status, 405);
+    }
+
+    #[test]
+    fn ready_is_503_with_the_reason_until_serving() {
+        use crate::readiness::Phase;
+        let registry = Registry::default();
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready: starting\n"));
+        registry.readiness.set_phase(Phase::Serving);
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+        registry.readiness.set_node_failed(true);
+        assert_eq!(
+            route("GET", "/ready", &registry).body,
+            "not ready: node failed\n"
+        );
+        registry.readiness.set_phase(Phase::HandingOver);
+        assert_eq!(
+            route("GET", "/ready", &registry).body,
+            "not ready: handing over\n"
+        );
+        registry.readiness.set_phase(Phase::Draining);
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready: draining\n"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `/status`: the listeners and their backends as JSON (schema in docs/metrics.md).
+//! `/status`: the listeners and their backends as JSON (schema in docs/metrics.md). The
+//! control socket's `status` reply carries the same listener list.
 
 use std::time::UNIX_EPOCH;
 
@@ -9,6 +10,11 @@ use crate::registry::{HealthRecord, Registry};
 /// Renders `{"listeners":[...]}`, listeners in name order (as the registry keeps them),
 /// backends in config order.
 pub fn render(registry: &Registry) -> String {
+    json!({ "listeners": listeners(registry) }).to_string()
+}
+
+/// The listener list of `/status`.
+pub fn listeners(registry: &Registry) -> Value {
     let listeners = registry.listeners.load_full();
     // Cloned out so the lock is held only for the copy, never while formatting.
     let health = registry
@@ -28,7 +34,9 @@ pub fn render(registry: &Registry) -> String {
                     let record = health.get(&(shared.name.clone(), b.spec.label.clone()));
                     json!({
                         "addr": b.spec.label,
-                        "weight": b.spec.weight,
+                        "weight": b.effective_weight(),
+                        "configured_weight": b.spec.weight,
+                        "admin_state": b.admin_state().as_str(),
                         "backup": b.spec.backup,
                         "max_connections": b.spec.max_connections,
                         "up": b.state.is_up(),
@@ -46,11 +54,13 @@ pub fn render(registry: &Registry) -> String {
                 "algorithm": snapshot.algorithm().as_str(),
                 "max_connections": settings.max_connections,
                 "active_connections": shared.active(),
+                "health_checked": settings.health_check.is_some(),
+                "failback": "immediate",
                 "backends": backends,
             })
         })
         .collect();
-    json!({ "listeners": list }).to_string()
+    Value::Array(list)
 }
 
 fn transition(record: &HealthRecord) -> Value {
@@ -79,6 +89,7 @@ mod tests {
         let web = listener("web", Protocol::Tcp, &["127.0.0.1:9001", "[::1]:9002"], 2);
         let snap = web.scheduler.snapshot();
         snap.backends()[1].state.set_up(false);
+        snap.backends()[1].state.set_weight_override(Some(0));
         let _g1 = snap.backends()[0].state.acquire();
         let _g2 = snap.backends()[0].state.acquire();
         snap.backends()[0].state.record_connect_failure();
@@ -96,6 +107,8 @@ mod tests {
         let b0 = &l["backends"][0];
         assert_eq!(b0["addr"], "127.0.0.1:9001");
         assert_eq!(b0["weight"], 1);
+        assert_eq!(b0["configured_weight"], 1);
+        assert_eq!(b0["admin_state"], "ready");
         assert_eq!(b0["backup"], false);
         assert_eq!(b0["up"], true);
         assert_eq!(b0["active_connections"], 2);
@@ -104,6 +117,8 @@ mod tests {
         let b1 = &l["backends"][1];
         assert_eq!(b1["addr"], "[::1]:9002");
         assert_eq!(b1["up"], false);
+        assert_eq!(b1["admin_state"], "drain");
+        assert_eq!(b1["weight"], 0);
         assert_eq!(b1["last_transition"]["up"], false);
         assert_eq!(b1["last_transition"]["reason"], "backend down: refused");
         let at = b1["last_transition"]["at_unix_ms"].as_u64().unwrap();

@@ -12,6 +12,7 @@ use ringlb_dataplane::worker::Command;
 use ringlb_dataplane::{monotonic_now, Moved, MovedConn, MovedSession};
 use socket2::Socket;
 
+use super::admin_book::AdminBook;
 use super::ControlPlane;
 use crate::upgrade::wire::{
     Channel, ConnHeader, Frame, Msg, SessionHeader, WireError, ENV_FD, VERSION,
@@ -29,6 +30,8 @@ pub(super) struct Inherited {
     pub(super) workers: usize,
     listeners: HashMap<String, InheritedListener>,
     pub(super) admin: Option<TcpListener>,
+    /// The old process's admin state, to start from.
+    pub(super) book: Option<AdminBook>,
 }
 
 struct InheritedListener {
@@ -74,6 +77,7 @@ fn receive(raw: &str) -> Result<Inherited, String> {
         workers: 0,
         listeners: HashMap::new(),
         admin: None,
+        book: None,
     };
     loop {
         let Frame { msg, fds, .. } = inherited
@@ -109,6 +113,10 @@ fn receive(raw: &str) -> Result<Inherited, String> {
                         sockets,
                     },
                 );
+            }
+            Msg::AdminState { book } => {
+                inherited.book =
+                    Some(AdminBook::from_json(&book).map_err(|e| format!("admin state: {e}"))?);
             }
             Msg::ListenersEnd { workers } => {
                 inherited.workers = workers.max(1);

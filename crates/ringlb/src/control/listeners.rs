@@ -11,16 +11,41 @@ use ringlb_dataplane::ListenerState;
 use ringlb_prober::{ProbeBackend, ProbeListener, Prober};
 use ringlb_scheduler::Scheduler;
 use socket2::Socket;
+use thiserror::Error;
 
+use super::ports::{self, PortTaken};
 use super::ControlPlane;
 
+#[derive(Debug, Error)]
+pub enum ListenerBindError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("listener \"{listener}\": {taken}")]
+    Taken { listener: String, taken: PortTaken },
+}
+
 /// One SO_REUSEPORT socket per worker on the listener's bind, and the address actually
-/// bound (the port resolved when the configuration says 0).
+/// bound (the port resolved when the configuration says 0). Refused when another process
+/// already has a socket there (see `ports`): checked before binding, and again after, for
+/// a process that bound in between.
 pub(super) fn bind(
     listener: &Listener,
     workers: usize,
-) -> Result<(Vec<Socket>, SocketAddr), BindError> {
-    sys::bind_reuseport(listener.bind, listener.protocol() == Protocol::Udp, workers)
+) -> Result<(Vec<Socket>, SocketAddr), ListenerBindError> {
+    let udp = listener.protocol() == Protocol::Udp;
+    let taken = |taken| ListenerBindError::Taken {
+        listener: listener.name.clone(),
+        taken,
+    };
+    ports::check(listener.bind, udp, &[]).map_err(taken)?;
+    let (sockets, addr) = sys::bind_reuseport(listener.bind, udp, workers)?;
+    let own: Vec<u64> = sockets
+        .iter()
+        .filter_map(|s| ports::inode(s).ok())
+        .collect();
+    // On a conflict the sockets just bound are dropped (closed) with the error.
+    ports::check(addr, udp, &own).map_err(taken)?;
+    Ok((sockets, addr))
 }
 
 impl ControlPlane {
@@ -121,11 +146,16 @@ impl ControlPlane {
         }
     }
 
+    /// The shared state of a listener about to start: its scheduler carries the
+    /// operator's admin state from the start, so no connection reaches a drained backend
+    /// in between.
     fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerState> {
+        let scheduler = Scheduler::for_listener(listener);
+        self.book.apply(&listener.name, &scheduler);
         Arc::new(ListenerState::new(
             listener.clone(),
             bound,
-            Arc::new(Scheduler::for_listener(listener)),
+            Arc::new(scheduler),
             self.workers.len(),
             self.config.access_log,
         ))

@@ -9,6 +9,10 @@
 //! - `reload`: loads the file, carries a plan out and keeps as the running configuration
 //!   only what really runs.
 //! - `shutdown`: drain, then cut.
+//! - `commands`: control-socket requests (`ringlb ctl`), applied here.
+//! - `admin_book`: the operator's admin state and weights, and the `state_file`.
+//! - `ports`: refusing a port another process already serves.
+//! - `upgrade`: the live-upgrade hook.
 
 // Every control-plane line keeps the target `ringlb::control`, whichever file of this
 // module writes it: operators filter (`RUST_LOG`) and grep on it.
@@ -17,9 +21,12 @@ macro_rules! info { ($($arg:tt)+) => { log::info!(target: "ringlb::control", $($
 macro_rules! warn { ($($arg:tt)+) => { log::warn!(target: "ringlb::control", $($arg)+) }; }
 macro_rules! error { ($($arg:tt)+) => { log::error!(target: "ringlb::control", $($arg)+) }; }
 
+mod admin_book;
+mod commands;
 mod inherit;
 mod listeners;
 mod plan;
+mod ports;
 mod reload;
 mod shutdown;
 mod startup;
@@ -35,8 +42,10 @@ use ringlb_dataplane::worker::{WorkerEvent, WorkerHandle};
 use ringlb_dataplane::ListenerState;
 use ringlb_prober::{Prober, Transition};
 
+use crate::control_socket::ControlRequest;
 use crate::registry::Registry;
 use crate::signals::ControlSignal;
+use admin_book::AdminBook;
 
 pub use startup::run;
 use startup::Exit;
@@ -54,11 +63,17 @@ struct ControlPlane {
     transitions: Sender<Transition>,
     registry: Arc<Registry>,
     log_level_from_env: bool,
+    /// Control-socket requests (`ringlb ctl`), answered on this thread.
+    requests: Receiver<ControlRequest>,
+    /// The operator's admin state and weights; the truth every new scheduler is given.
+    book: AdminBook,
     /// A duplicate of every worker's listening socket, by listener: what a live upgrade
     /// hands to the new process, and what accepting again starts from if it is called off.
     sockets: HashMap<String, Vec<socket2::Socket>>,
     /// A duplicate of the admin endpoint's socket, for the same reason.
     admin_socket: Option<std::net::TcpListener>,
+    /// Set by a live upgrade that handed everything over: the serve loop then exits.
+    handed_over: Option<upgrade::Handed>,
 }
 
 impl ControlPlane {
@@ -71,17 +86,15 @@ impl ControlPlane {
             select! {
                 recv(signals) -> signal => match signal {
                     Ok(ControlSignal::Reload) => self.reload(),
-                    Ok(ControlSignal::Upgrade) => match self.upgrade(None) {
-                        Ok(handed) => {
-                            info!(
-                                "upgrade: handed {} listener(s) and {} connection(s) to pid {} in {:?}; exiting",
-                                handed.listeners, handed.conns, handed.pid, handed.took
-                            );
-                            self.shutdown(nix::sys::signal::Signal::SIGUSR2, &signals, &transitions);
-                            return Exit::Upgraded;
+                    Ok(ControlSignal::Upgrade) => {
+                        info!("SIGUSR2: starting a live upgrade");
+                        if let Err(why) = self.start_upgrade(None) {
+                            error!("upgrade failed: {why}; this process keeps serving");
                         }
-                        Err(e) => error!("upgrade failed: {e}; this process keeps serving"),
-                    },
+                    }
+                    Ok(ControlSignal::Ignored(sig)) => {
+                        info!("{sig}: ignored (logs go to stderr: there is no log file to reopen)");
+                    }
                     Ok(ControlSignal::Shutdown(sig)) => {
                         self.shutdown(sig, &signals, &transitions);
                         return Exit::Shutdown;
@@ -102,7 +115,89 @@ impl ControlPlane {
                         debug!("worker event: {event:?}");
                     }
                 }
+                recv(self.requests) -> request => {
+                    if let Ok(r) = request {
+                        let reply = self.handle_request(r.request);
+                        let _ = r.reply.send(reply);
+                    }
+                }
             }
+            // After the reply to `ringlb upgrade` went out: everything is the new process's.
+            if let Some(handed) = self.handed_over.take() {
+                info!(
+                    "upgrade: handed {} listener(s), {} connection(s) and {} session(s) to pid {} in {:?}; exiting",
+                    handed.listeners, handed.conns, handed.sessions, handed.pid, handed.took
+                );
+                self.shutdown(nix::sys::signal::Signal::SIGUSR2, &signals, &transitions);
+                return Exit::Upgraded;
+            }
+        }
+    }
+
+    /// Gives every running listener's backends their settings from the book and drops
+    /// the settings of backends that no longer run (logged), saving the book if that
+    /// changed it.
+    fn sync_book(&mut self) {
+        for shared in self.listeners.values() {
+            self.book.apply(&shared.name, &shared.scheduler);
+        }
+        let listeners = &self.listeners;
+        let dropped = self.book.retain_running(|listener, backend| {
+            listeners.get(listener).is_some_and(|l| {
+                l.scheduler
+                    .snapshot()
+                    .backends()
+                    .iter()
+                    .any(|b| b.spec.label == backend)
+            })
+        });
+        for (listener, backend, setting) in &dropped {
+            info!(
+                "admin state of listener \"{listener}\" backend {backend} ({}) forgotten: it is not in the configuration",
+                setting.state
+            );
+        }
+        if !dropped.is_empty() {
+            if let Err(e) = self.save_book() {
+                warn!("{e}");
+            }
+        }
+    }
+
+    /// Writes the book to `state_file`, if there is one.
+    fn save_book(&self) -> Result<(), String> {
+        let Some(path) = &self.config.state_file else {
+            return Ok(());
+        };
+        self.book.save(path).map_err(|e| {
+            let message = format!(
+                "state_file {}: cannot write it: {e}; the change applies but will not survive a restart",
+                path.display()
+            );
+            warn!("{message}");
+            message
+        })
+    }
+
+    /// Reads `state_file` at start; a file that cannot be read is reported and ignored.
+    fn load_book(&mut self) {
+        let Some(path) = self.config.state_file.clone() else {
+            return;
+        };
+        match AdminBook::load(&path) {
+            Ok(Some(book)) => {
+                info!("state_file {}: admin state restored", path.display());
+                self.registry.readiness.set_node_failed(book.node_failed);
+                if book.node_failed {
+                    warn!("node failed (from state_file): /ready answers 503 until `ringlb ctl node ok`");
+                }
+                self.book = book;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(
+                "state_file {}: {e}; ignored: every backend starts ready",
+                path.display()
+            ),
         }
     }
 

@@ -47,6 +47,7 @@ pub(super) struct Update {
 pub(super) enum NeedsRestart {
     Workers,
     Admin,
+    Control,
 }
 
 /// The plan that takes the listeners of `running` (exactly what runs) to those of `new`.
@@ -113,6 +114,9 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
     }
     if new.admin != running.admin {
         out.push(NeedsRestart::Admin);
+    }
+    if new.control != running.control {
+        out.push(NeedsRestart::Control);
     }
     out
 }
@@ -586,6 +590,15 @@ pub(super) mod tests {
                 "workers: 1\n",
                 Want {
                     restart: vec![NeedsRestart::Workers, NeedsRestart::Admin],
+                    ..kept()
+                },
+            ),
+            (
+                "control moved",
+                "control: /run/a.sock\n",
+                "control: /run/b.sock\n",
+                Want {
+                    restart: vec![NeedsRestart::Control],
                     ..kept()
                 },
             ),

@@ -10,6 +10,7 @@ use ringlb_config::{Config, ConfigErrors, Listener};
 use super::listeners::bind;
 use super::plan::{plan, NeedsRestart, ReloadPlan, Rename, Update};
 use super::ControlPlane;
+use crate::notify::{notify_or_log, reloading_message};
 
 /// What a reload really did. Its `Display` is the one summary line every applied reload
 /// logs (its parts are described in docs/operations.md).
@@ -61,14 +62,15 @@ impl fmt::Display for Applied {
     }
 }
 
-/// The configuration that runs after `applied`: the new file, except `workers` and `admin`
-/// (only a restart applies them) and the listeners whose bind failed. Such a listener runs
+/// The configuration that runs after `applied`: the new file, except `workers`, `admin`
+/// and `control` (only a restart applies them) and the listeners whose bind failed. Such a listener runs
 /// on as before with its old settings and bind when it was being re-bound, and does not
 /// run at all when it was new.
 pub(super) fn effective_config(old: &Config, new: &Config, applied: &Applied) -> Config {
     let mut config = new.clone();
     config.workers = old.workers;
     config.admin = old.admin;
+    config.control.clone_from(&old.control);
     config.listeners = new
         .listeners
         .iter()
@@ -83,11 +85,19 @@ pub(super) fn effective_config(old: &Config, new: &Config, applied: &Applied) ->
 }
 
 impl ControlPlane {
+    /// SIGHUP. systemd hears `RELOADING=1` before and `READY=1` after, applied or not.
     pub(super) fn reload(&mut self) {
+        notify_or_log(&reloading_message());
+        self.reload_file();
+        notify_or_log("READY=1");
+    }
+
+    fn reload_file(&mut self) {
         let new = match ringlb_config::load(&self.path) {
             Ok(config) => config,
             Err(errors) => return self.reject(&errors),
         };
+        let old_state_file = self.config.state_file.clone();
         let plan = plan(&self.config, &new);
         let applied = self.apply(plan, &new);
         self.config = effective_config(&self.config, &new, &applied);
@@ -100,6 +110,13 @@ impl ControlPlane {
                     .all(|l| self.listeners.contains_key(&l.name)),
             "the stored configuration must name exactly the running listeners"
         );
+        self.sync_book();
+        if self.config.state_file != old_state_file {
+            // The admin state moves to the new file (or stays in memory only).
+            if let Err(e) = self.save_book() {
+                warn!("{e}");
+            }
+        }
         self.publish_registry();
         self.restart_prober();
         self.registry.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -130,6 +147,9 @@ impl ControlPlane {
                 ),
                 NeedsRestart::Admin => warn!(
                     "reload: `admin` changes need a restart; keeping the current admin endpoint"
+                ),
+                NeedsRestart::Control => warn!(
+                    "reload: `control` changes need a restart; keeping the current control socket"
                 ),
             }
         }

@@ -9,6 +9,8 @@ use ringlb_dataplane::worker::{Command, WorkerEvent};
 use ringlb_prober::Transition;
 
 use super::ControlPlane;
+use crate::notify::notify_or_log;
+use crate::readiness::Phase;
 use crate::signals::ControlSignal;
 
 /// After the cut, how long to wait for workers to report and exit.
@@ -25,6 +27,8 @@ impl ControlPlane {
         // refused for the whole drain, not queued on copies kept for a live upgrade.
         self.sockets.clear();
         let timeout = self.config.shutdown_timeout;
+        self.registry.readiness.set_phase(Phase::Draining);
+        notify_or_log("STOPPING=1");
         let live: u32 = self.listeners.values().map(|l| l.active()).sum();
         info!("{signal}: stopped accepting; draining {live} connection(s) for up to {timeout:?}");
         self.drain(timeout, signals, transitions);
@@ -43,9 +47,10 @@ impl ControlPlane {
     }
 
     /// Phase 1: every worker stops accepting; waits until all report `Drained`, `timeout`
-    /// passes or a second shutdown signal comes. Health transitions are still logged.
+    /// passes or a second shutdown signal comes. Health transitions are still logged and
+    /// `ringlb ctl status` still answered.
     fn drain(
-        &self,
+        &mut self,
         timeout: Duration,
         signals: &Receiver<ControlSignal>,
         transitions: &Receiver<Transition>,
@@ -73,6 +78,12 @@ impl ControlPlane {
                 recv(transitions) -> t => {
                     if let Ok(t) = t {
                         self.log_transition(&t);
+                    }
+                }
+                recv(self.requests) -> request => {
+                    if let Ok(r) = request {
+                        let reply = self.handle_request_draining(r.request);
+                        let _ = r.reply.send(reply);
                     }
                 }
                 default(left) => break,

@@ -1,5 +1,5 @@
-//! Start: bind every listener and the admin endpoint, start the workers and the prober,
-//! then serve until shutdown.
+//! Start: claim the control socket (the instance lock), bind every listener and the admin
+//! endpoint, start the workers and the prober, then serve until shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use ringlb_config::{Config, Listener, Workers};
-use ringlb_dataplane::sys::{self, BindError, UringUnavailable};
+use ringlb_dataplane::sys::{self, UringUnavailable};
 use ringlb_dataplane::worker::{self, Command, WorkerEvent, WorkerHandle};
 use ringlb_prober::Transition;
 use socket2::Socket;
 use thiserror::Error;
 
+use super::admin_book::AdminBook;
 use super::inherit::{self, Inherited};
-use super::listeners::bind;
+use super::listeners::{bind, ListenerBindError};
 use super::ControlPlane;
 use crate::admin::AdminServer;
+use crate::control_socket::path::{self as control_path, ClaimError, PathError};
+use crate::control_socket::ControlServer;
+use crate::notify::notify_or_log;
+use crate::readiness::Phase;
 use crate::registry::Registry;
 use crate::signals;
 
@@ -32,7 +37,17 @@ pub enum RunError {
     #[error("{0}")]
     Uring(#[from] UringUnavailable),
     #[error("{0}")]
-    Bind(#[from] BindError),
+    Bind(#[from] ListenerBindError),
+    #[error("control socket: {0}")]
+    ControlPath(#[from] PathError),
+    #[error("{0}")]
+    Claim(#[from] ClaimError),
+    #[error("another ringlb (pid {pid}) already serves {config} (control socket {socket}); to replace it without dropping connections run `ringlb upgrade --config {config}`; to stop it, send SIGTERM to pid {pid}")]
+    AlreadyRunning {
+        config: String,
+        socket: String,
+        pid: u32,
+    },
     #[error("cannot block signals: {0}")]
     Signals(nix::Error),
     #[error("cannot start {what}: {source}")]
@@ -61,11 +76,19 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
     if let (Err(e), Some(inherited)) = (&result, &inherited) {
         inherited.fail(&e.to_string());
     }
-    let (plane, admin, transitions) = result?;
+    let Started {
+        plane,
+        admin,
+        transitions,
+        mut control,
+        socket_path,
+        requests,
+    } = result?;
     let signals = signals::listen().map_err(|source| RunError::Thread {
         what: "the signal thread",
         source,
     })?;
+    plane.registry.readiness.set_phase(Phase::Serving);
     info!(
         "ready: {} listener(s) on {} worker(s)",
         plane.listeners.len(),
@@ -73,7 +96,28 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
     );
     if let Some(inherited) = inherited {
         plane.take_over(inherited);
+        // The path still names the old process's socket until here, so a failed upgrade
+        // leaves `ringlb ctl` talking to the process that kept serving.
+        control = match control_path::take_over(&socket_path) {
+            Ok(listener) => ControlServer::spawn(
+                listener,
+                socket_path.clone(),
+                requests,
+                Arc::clone(&plane.registry),
+            )
+            .map_err(|e| error!("control socket {}: {e}", socket_path.display()))
+            .ok(),
+            Err(e) => {
+                error!(
+                    "control socket {}: {e}; `ringlb ctl` cannot reach this process",
+                    socket_path.display()
+                );
+                None
+            }
+        };
+        notify_or_log(&format!("MAINPID={}", std::process::id()));
     }
+    notify_or_log("READY=1");
     match plane.serve(signals, transitions) {
         Exit::Shutdown => {
             // Served through the drain; stopped once the workers are gone.
@@ -85,6 +129,11 @@ pub fn run(config: Config, path: PathBuf, workers_override: Option<usize>) -> Re
         // its endpoint too. The thread ends with this process.
         Exit::Upgraded => std::mem::forget(admin),
     }
+    // The control socket file is removed only while it is still ours (a successor
+    // replaced it after an upgrade).
+    if let Some(control) = control {
+        control.stop();
+    }
     Ok(())
 }
 
@@ -94,10 +143,20 @@ pub(super) enum Exit {
     Upgraded,
 }
 
-type Started = (ControlPlane, Option<AdminServer>, Receiver<Transition>);
+/// Everything `start` brings up, for `run` to serve.
+struct Started {
+    plane: ControlPlane,
+    admin: Option<AdminServer>,
+    transitions: Receiver<Transition>,
+    /// `None` in a process started by an upgrade until it has taken over.
+    control: Option<ControlServer>,
+    socket_path: PathBuf,
+    /// Where control-socket requests go (the plane holds the receiver).
+    requests: Sender<crate::control_socket::ControlRequest>,
+}
 
-/// Everything up to serving: bind (or take the old process's sockets), start the workers,
-/// the admin endpoint and the prober.
+/// Everything up to serving: the instance lock, bind (or take the old process's sockets),
+/// start the workers, the admin endpoint and the prober.
 fn start(
     config: Config,
     path: PathBuf,
@@ -106,6 +165,17 @@ fn start(
 ) -> Result<Started, RunError> {
     // Before any thread exists, so every thread inherits the mask.
     signals::block().map_err(RunError::Signals)?;
+    let socket_path = control_path::resolve(&path, config.control.as_deref())?;
+    control_path::prepare_dir(&socket_path, config.control.is_none())?;
+    let registry = Arc::new(Registry::default());
+    let (request_tx, request_rx) = crossbeam_channel::unbounded();
+    // The instance lock first: a second `run` of this file stops here, before it binds or
+    // probes anything, naming the instance that serves it. A process started by a live
+    // upgrade is that instance's successor: it takes the path over once it serves.
+    let control = match inherited {
+        Some(_) => None,
+        None => Some(claim_control(&path, &socket_path, &request_tx, &registry)?),
+    };
     sys::probe_io_uring()?;
     match sys::raise_fd_limit() {
         Ok(limit) => info!("file descriptor limit: {limit}"),
@@ -135,7 +205,6 @@ fn start(
         })
         .collect::<Result<Vec<_>, RunError>>()?;
     // Also before any thread: an admin port in use fails the start as cleanly.
-    let registry = Arc::new(Registry::default());
     let admin = match config.admin {
         Some(addr) => {
             let socket = inherited.as_mut().and_then(|i| i.admin.take());
@@ -160,14 +229,15 @@ fn start(
             cpus.len()
         );
     }
-
     if inherited.is_some() {
         // UDP receives only once the old process's sessions are here (see `take_over`).
         for worker in &workers {
             worker.send(Command::HoldUdp);
         }
     }
+
     let (transition_tx, transition_rx) = crossbeam_channel::unbounded();
+    let book = inherited.as_mut().and_then(|i| i.book.take());
     let plane = ControlPlane {
         path,
         workers,
@@ -177,11 +247,53 @@ fn start(
         transitions: transition_tx,
         registry,
         log_level_from_env: std::env::var_os("RUST_LOG").is_some(),
+        requests: request_rx,
+        book: AdminBook::default(),
         config,
         sockets: HashMap::new(),
         admin_socket,
+        handed_over: None,
     };
-    Ok((plane.start(bound), admin, transition_rx))
+    Ok(Started {
+        plane: plane.start(bound, book),
+        admin,
+        transitions: transition_rx,
+        control,
+        socket_path,
+        requests: request_tx,
+    })
+}
+
+/// Bind the control socket (the instance lock) and serve it.
+fn claim_control(
+    config: &std::path::Path,
+    socket_path: &std::path::Path,
+    requests: &Sender<crate::control_socket::ControlRequest>,
+    registry: &Arc<Registry>,
+) -> Result<ControlServer, RunError> {
+    let listener = control_path::claim(socket_path).map_err(|e| match e {
+        ClaimError::Running { path: socket, pid } => RunError::AlreadyRunning {
+            config: std::fs::canonicalize(config)
+                .unwrap_or_else(|_| config.to_path_buf())
+                .display()
+                .to_string(),
+            socket: socket.display().to_string(),
+            pid,
+        },
+        other => RunError::Claim(other),
+    })?;
+    let control = ControlServer::spawn(
+        listener,
+        socket_path.to_path_buf(),
+        requests.clone(),
+        Arc::clone(registry),
+    )
+    .map_err(|source| RunError::Thread {
+        what: "the control socket thread",
+        source,
+    })?;
+    info!("control socket {}", socket_path.display());
+    Ok(control)
 }
 
 /// One worker per CPU slot, round-robin over the CPUs this process may run on.
@@ -219,11 +331,22 @@ fn await_started(events: &Receiver<WorkerEvent>, count: usize) -> Result<(), Run
 }
 
 impl ControlPlane {
-    /// Hands the listeners bound by `run` to the workers and starts the prober.
-    fn start(mut self, bound: Vec<(Listener, Vec<Socket>, SocketAddr)>) -> ControlPlane {
+    /// Restores the operator's admin state (handed over by the previous process in a live
+    /// upgrade, else `state_file`), hands the listeners bound by `run` to the workers and
+    /// starts the prober.
+    fn start(
+        mut self,
+        bound: Vec<(Listener, Vec<Socket>, SocketAddr)>,
+        handed: Option<AdminBook>,
+    ) -> ControlPlane {
+        match handed {
+            Some(book) => self.book = book,
+            None => self.load_book(),
+        }
         for (listener, sockets, addr) in bound {
             self.start_listener(listener, sockets, addr);
         }
+        self.sync_book();
         self.publish_registry();
         self.restart_prober();
         self

@@ -18,6 +18,8 @@ use ringlb_dataplane::worker::{Command, WorkerEvent};
 use ringlb_dataplane::{Moved, MovedConn, MovedSession};
 
 use super::ControlPlane;
+use crate::notify::notify_or_log;
+use crate::readiness::Phase;
 use crate::upgrade::wire::{
     Channel, ConnHeader, Msg, SessionHeader, WireError, CHUNK, ENV_FD, MAX_FDS, VERSION,
 };
@@ -30,14 +32,46 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(1);
 
 /// What an upgrade did, for its summary line.
+#[derive(Debug)]
 pub(super) struct Handed {
     pub(super) pid: u32,
     pub(super) listeners: usize,
     pub(super) conns: u64,
+    pub(super) sessions: u64,
     pub(super) took: Duration,
 }
 
+/// What `ringlb upgrade` is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct UpgradeOutcome {
+    /// The process now serving.
+    pub new_pid: u32,
+}
+
 impl ControlPlane {
+    /// `ringlb upgrade`, `ringlb ctl upgrade` and SIGUSR2: upgrade, with `/ready` saying
+    /// `handing over` meanwhile. On success the serve loop exits after replying.
+    pub(super) fn start_upgrade(
+        &mut self,
+        binary: Option<PathBuf>,
+    ) -> Result<UpgradeOutcome, String> {
+        self.registry.readiness.set_phase(Phase::HandingOver);
+        let result = self.upgrade(binary);
+        match result {
+            Ok(handed) => {
+                // systemd (NotifyAccess=all) follows the new process from here.
+                notify_or_log(&format!("MAINPID={}", handed.pid));
+                let new_pid = handed.pid;
+                self.handed_over = Some(handed);
+                Ok(UpgradeOutcome { new_pid })
+            }
+            Err(e) => {
+                self.registry.readiness.set_phase(Phase::Serving);
+                Err(e)
+            }
+        }
+    }
+
     /// Upgrade to `binary` (default: the binary this process was started from). `Ok`: the
     /// new process serves everything and this one may exit. `Err`: this process still
     /// serves everything it served (or got back), and the reason.
@@ -62,8 +96,8 @@ impl ControlPlane {
             let _ = child.wait();
             return Err(e);
         }
-        let conns = match self.move_connections(&ours) {
-            Ok(conns) => conns,
+        let (conns, sessions) = match self.move_connections(&ours) {
+            Ok(moved) => moved,
             Err(e) => {
                 // Dead, or alive and owning what it acknowledged: either way not ours to
                 // kill. Reap it whenever it exits.
@@ -73,11 +107,18 @@ impl ControlPlane {
                 return Err(e);
             }
         };
-        let _ = ours.send(&Msg::Done { conns }, &[], &[]);
+        let _ = ours.send(
+            &Msg::Done {
+                conns: conns + sessions,
+            },
+            &[],
+            &[],
+        );
         Ok(Handed {
             pid,
             listeners: self.listeners.len(),
             conns,
+            sessions,
             took: started.elapsed(),
         })
     }
@@ -152,16 +193,17 @@ impl ControlPlane {
 
     /// Freeze every TCP connection and send it over; wait for each acknowledgement. If the
     /// new process goes away, what it had not acknowledged is served here again.
-    fn move_connections(&mut self, ch: &Channel) -> Result<u64, String> {
+    /// Returns how many connections and sessions moved.
+    fn move_connections(&mut self, ch: &Channel) -> Result<(u64, u64), String> {
         let (sink, moved) = crossbeam_channel::unbounded();
         self.broadcast(|| Command::Freeze { sink: sink.clone() });
         drop(sink);
         let deadline = Instant::now() + self.config.shutdown_timeout;
         let mut unacked: HashMap<u64, Moved> = HashMap::new();
-        let (mut next_id, mut frozen) = (0u64, 0usize);
+        let (mut next_id, mut frozen, mut sessions) = (0u64, 0usize, 0u64);
         let failure = loop {
             if frozen == self.workers.len() && unacked.is_empty() && moved.is_empty() {
-                return Ok(next_id);
+                return Ok((next_id - sessions, sessions));
             }
             if Instant::now() >= deadline {
                 break format!(
@@ -172,7 +214,10 @@ impl ControlPlane {
             if let Ok(item) = moved.recv_timeout(TICK) {
                 let sent = match &item {
                     Moved::Conn(conn) => send_conn(ch, next_id, conn),
-                    Moved::Session(session) => send_session(ch, next_id, session),
+                    Moved::Session(session) => {
+                        sessions += 1;
+                        send_session(ch, next_id, session)
+                    }
                 };
                 unacked.insert(next_id, item);
                 next_id += 1;
@@ -195,13 +240,15 @@ impl ControlPlane {
                 Err(e) => break e.to_string(),
             }
         };
-        self.call_off(unacked.into_values().collect(), &moved);
+        let acked = next_id - unacked.len() as u64;
+        self.call_off(unacked.into_values().collect(), &moved, acked);
         Err(failure)
     }
 
     /// The new process is gone or too slow: serve here again every connection it has not
     /// acknowledged, and accept again on every listener.
-    fn call_off(&mut self, mut back: Vec<Moved>, moved: &Receiver<Moved>) {
+    /// `acked`: what the new process had acknowledged (its own from then on).
+    fn call_off(&mut self, mut back: Vec<Moved>, moved: &Receiver<Moved>, acked: u64) {
         self.broadcast(|| Command::Thaw);
         // Until every worker has thawed, frozen connections may still arrive.
         let mut thawed = 0;
@@ -224,7 +271,9 @@ impl ControlPlane {
                 worker.send(Command::Adopt(item));
             }
         }
-        warn!("upgrade called off: {n} connection(s) and session(s) served here again; accepting again");
+        warn!(
+            "upgrade called off: {n} connection(s) and session(s) served here again, {acked} taken by the new process before it failed; accepting again"
+        );
     }
 }
 

@@ -39,6 +39,9 @@ pub enum Msg {
         bound: String,
         sockets: usize,
     },
+    /// old → new: the operator's admin state (drain, maint, weights, node fail), in the
+    /// `state_file` format.
+    AdminState { book: String },
     /// old → new: all listeners sent; the old process runs `workers` workers.
     ListenersEnd { workers: usize },
     /// new → old: serving (workers up, listeners accepting); send the connections.
