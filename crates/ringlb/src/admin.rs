@@ -87,6 +87,7 @@ pub(crate) mod testing {
                     connect_attempts: 1,
                     idle_timeout: Duration::from_secs(60),
                     forwarding: Forwarding::Copy,
+                    source: Vec::new(),
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),
