@@ -137,7 +137,8 @@ impl LocalError {
         let e = &self.error;
         match self.stage {
             Stage::Bind => format!(
-                "cannot use source address {from} toward {backend}: {e}; remedy: configure that address on this host or remove it from the listener's source list",
+                "cannot use source address {} toward {backend}: {e}; remedy: configure that address on this host or remove it from the listener's source list",
+                self.source.map_or_else(|| "-".to_string(), |ip| ip.to_string())
             ),
             Stage::Connect if self.is_address_exhaustion() => format!(
                 "no free local port toward {backend}{from}: {e}; remedy: widen net.ipv4.ip_local_port_range or list more local addresses in the listener's source (clients are refused with reason=resources; the backend is not blamed)",
