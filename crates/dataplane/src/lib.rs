@@ -10,6 +10,7 @@
 
 mod ctx;
 mod listener;
+mod memory;
 mod outcome;
 mod pipes;
 mod proxy_protocol;

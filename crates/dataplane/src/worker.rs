@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::ctx::WorkerCtx;
 use crate::listener::ListenerState;
+use crate::memory;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
 
@@ -80,6 +81,7 @@ pub fn spawn(
     cpu: Option<usize>,
     events: Sender<WorkerEvent>,
 ) -> io::Result<WorkerHandle> {
+    memory::start_trimmer();
     let (commands, inbox) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name(format!("ringlb-w{id}"))
@@ -136,6 +138,7 @@ async fn main_loop(
     events: Sender<WorkerEvent>,
 ) -> usize {
     let mut serving: HashMap<String, WorkerListener> = HashMap::new();
+    tokio_uring::spawn(memory::trim_loop(Rc::clone(&ctx)));
     while let Some(command) = inbox.recv().await {
         match command {
             Command::Start { listener, socket } => {
