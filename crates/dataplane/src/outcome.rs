@@ -179,14 +179,19 @@ mod tests {
     use super::*;
     use crate::stats::WorkerCounters;
 
-    #[test]
-    fn end_names_are_unique_tokens() {
-        let names: std::collections::HashSet<&str> =
-            EndReason::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(names.len(), EndReason::ALL.len());
+    /// Distinct, and each one `key=value` token in the access log.
+    fn assert_unique_tokens(names: &[&str]) {
+        let set: std::collections::HashSet<&&str> = names.iter().collect();
+        assert_eq!(set.len(), names.len(), "{names:?}");
         assert!(names
             .iter()
             .all(|n| !n.contains(|c: char| c.is_whitespace() || c == '=')));
+    }
+
+    #[test]
+    fn end_and_deny_names_are_unique_tokens() {
+        assert_unique_tokens(&EndReason::ALL.map(EndReason::as_str));
+        assert_unique_tokens(&DenyReason::ALL.map(DenyReason::as_str));
     }
 
     #[test]
@@ -223,16 +228,6 @@ mod tests {
             "listener=web client=127.0.0.1:5000 backend=- duration_ms=3502 bytes_in=0 \
              bytes_out=0 end=denied_connect_timeout"
         );
-    }
-
-    #[test]
-    fn deny_names_are_unique_tokens() {
-        let names: std::collections::HashSet<&str> =
-            DenyReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names.len(), DenyReason::ALL.len());
-        assert!(names
-            .iter()
-            .all(|n| !n.contains(|c: char| c.is_whitespace() || c == '=')));
     }
 
     #[test]

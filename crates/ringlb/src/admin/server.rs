@@ -391,14 +391,31 @@ enum Step {
     Failed,
 }
 
+/// What one non-blocking read or write call came to.
+enum Io {
+    Moved(usize),
+    /// EINTR: call again.
+    Again,
+    End(Step),
+}
+
+/// `Ok(0)` means `at_zero`: the end of a read, a failed write.
+fn io(result: io::Result<usize>, at_zero: Step) -> Io {
+    match result {
+        Ok(0) => Io::End(at_zero),
+        Ok(n) => Io::Moved(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Io::Again,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::End(Step::Blocked),
+        Err(_) => Io::End(Step::Failed),
+    }
+}
+
 fn write_some(stream: &mut TcpStream, bytes: &[u8], sent: &mut usize) -> Step {
     while let Some(rest) = bytes.get(*sent..).filter(|r| !r.is_empty()) {
-        match stream.write(rest) {
-            Ok(0) => return Step::Failed,
-            Ok(n) => *sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
-            Err(_) => return Step::Failed,
+        match io(stream.write(rest), Step::Failed) {
+            Io::Moved(n) => *sent += n,
+            Io::Again => {}
+            Io::End(step) => return step,
         }
     }
     Step::Finished
@@ -409,12 +426,10 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8], sent: &mut usize) -> Step {
 fn drain(stream: &mut TcpStream, drained: &mut usize) -> Step {
     let mut sink = [0u8; 1024];
     while *drained < MAX_REQUEST_BYTES * 8 {
-        match stream.read(&mut sink) {
-            Ok(0) => return Step::Finished,
-            Ok(n) => *drained += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
-            Err(_) => return Step::Failed,
+        match io(stream.read(&mut sink), Step::Finished) {
+            Io::Moved(n) => *drained += n,
+            Io::Again => {}
+            Io::End(step) => return step,
         }
     }
     Step::Finished
@@ -497,12 +512,12 @@ pub(super) fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> Option<Hea
     let mut chunk = [0u8; 2048];
     loop {
         let room = MAX_REQUEST_BYTES.saturating_sub(buf.len()).min(chunk.len());
-        match stream.read(&mut chunk[..room]) {
-            Ok(0) => return Some(Head::Gone),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(_) => return Some(Head::Gone),
+        match io(stream.read(&mut chunk[..room]), Step::Finished) {
+            Io::Moved(n) => buf.extend_from_slice(&chunk[..n]),
+            Io::Again => continue,
+            Io::End(Step::Blocked) => return None,
+            // The client closed or reset before a whole head: nothing to answer.
+            Io::End(Step::Finished | Step::Failed) => return Some(Head::Gone),
         }
         if let Some(head) = parse_head(buf) {
             return Some(head);
