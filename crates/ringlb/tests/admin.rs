@@ -606,7 +606,7 @@ fn slow_admin_clients_stall_nothing() {
         );
     }
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(4),
         "the checks above were not timely"
     );
 

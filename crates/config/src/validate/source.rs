@@ -72,7 +72,8 @@ fn address(errs: &mut Errors, path: &str, s: &Scalar) -> Option<IpAddr> {
 }
 
 /// Every backend must be reachable from some source address of its own family: a connect
-/// cannot start from an IPv4 address toward an IPv6 backend.
+/// cannot start from an IPv4 address toward an IPv6 backend. The family is the socket's,
+/// as the data plane opens it (a backend written `[::ffff:a.b.c.d]:p` is reached over IPv6).
 pub(super) fn covers_backends(
     errs: &mut Errors,
     i: usize,
@@ -86,7 +87,7 @@ pub(super) fn covers_backends(
         let has = source.iter().any(|ip| ip.is_ipv6() == v6);
         let needing = backends
             .iter()
-            .find(|b| b.addr.ip().to_canonical().is_ipv6() == v6);
+            .find(|b| b.addr.is_ipv6() == v6);
         if let (false, Some(b)) = (has, needing) {
             errs.push(
                 format!("listeners[{i}].source"),
