@@ -85,9 +85,7 @@ pub(super) fn covers_backends(
     }
     for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
         let has = source.iter().any(|ip| ip.is_ipv6() == v6);
-        let needing = backends
-            .iter()
-            .find(|b| b.addr.is_ipv6() == v6);
+        let needing = backends.iter().find(|b| b.addr.is_ipv6() == v6);
         if let (false, Some(b)) = (has, needing) {
             errs.push(
                 format!("listeners[{i}].source"),
