@@ -1,7 +1,7 @@
 //! The validated, typed configuration. Every default is resolved here: no `Option`
 //! is left that the data plane would have to interpret.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -92,14 +92,14 @@ pub struct Listener {
 
 /// A listener's protocol and the settings that belong to it alone, so that a TCP
 /// listener cannot carry (or be asked for) a session timeout and vice versa.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     Tcp(TcpSettings),
     Udp(UdpSettings),
 }
 
 /// Settings only a TCP listener has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpSettings {
     /// Per backend connect attempt.
     pub connect_timeout: Duration,
@@ -108,6 +108,11 @@ pub struct TcpSettings {
     /// No bytes either way for this long closes both legs.
     pub idle_timeout: Duration,
     pub forwarding: Forwarding,
+    /// Local addresses backend connects are made from, in turn (`source:`); empty: the
+    /// kernel chooses. Each address has its own ~28,000 ports per backend, so listing
+    /// several widens the connections a busy backend can take. Validation guarantees an
+    /// address of each backend's family when not empty.
+    pub source: Vec<IpAddr>,
 }
 
 /// Settings only a UDP listener has.
@@ -260,6 +265,7 @@ mod tests {
         connect_attempts: 2,
         idle_timeout: Duration::from_secs(3),
         forwarding: Forwarding::Copy,
+        source: Vec::new(),
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),
@@ -268,7 +274,7 @@ mod tests {
 
     #[test]
     fn each_listener_has_only_its_protocols_settings() {
-        let tcp = listener(Transport::Tcp(TCP));
+        let tcp = listener(Transport::Tcp(TCP.clone()));
         assert_eq!(
             (tcp.protocol(), tcp.tcp(), tcp.udp()),
             (Protocol::Tcp, Some(&TCP), None)

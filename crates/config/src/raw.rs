@@ -45,6 +45,7 @@ pub(crate) struct RawListener {
     pub allow: Option<Vec<Scalar>>,
     pub proxy_protocol: Option<Scalar>,
     pub forwarding: Option<Scalar>,
+    pub source: Option<Vec<Scalar>>,
     pub session_timeout: Option<Scalar>,
     pub max_sessions: Option<Scalar>,
     pub health_check: Option<RawHealthCheck>,

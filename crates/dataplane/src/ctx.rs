@@ -17,6 +17,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) id: usize,
     /// Live TCP connections and UDP sessions on this worker.
     live: Cell<usize>,
+    /// The most `live` has been since the last memory trim (see `memory.rs`).
+    peak: Cell<usize>,
     /// Woken when `live` drops to zero.
     idle: Notify,
     /// The shutdown cut: every relay resets its link, every UDP listener ends its sessions.
@@ -45,6 +47,7 @@ impl WorkerCtx {
         WorkerCtx {
             id,
             live: Cell::new(0),
+            peak: Cell::new(0),
             idle: Notify::new(),
             cut: Cut::default(),
             rng: Cell::new(seed | 1),
@@ -86,12 +89,23 @@ impl WorkerCtx {
 
     /// Count a live connection/session until the guard drops.
     pub(crate) fn enter(self: &Rc<Self>) -> LiveGuard {
-        self.live.set(self.live.get() + 1);
+        let live = self.live.get() + 1;
+        self.live.set(live);
+        self.peak.set(self.peak.get().max(live));
         LiveGuard(Rc::clone(self))
     }
 
     pub(crate) fn live(&self) -> usize {
         self.live.get()
+    }
+
+    pub(crate) fn peak_live(&self) -> usize {
+        self.peak.get()
+    }
+
+    /// Start a new peak from the current count (after a memory trim).
+    pub(crate) fn reset_peak(&self) {
+        self.peak.set(self.live.get());
     }
 
     /// Returns once no connection or session is live on this worker.
@@ -177,6 +191,9 @@ mod tests {
         assert_eq!(ctx.live(), 2);
         drop(a);
         assert_eq!(ctx.live(), 1);
+        assert_eq!(ctx.peak_live(), 2, "the peak stays until reset");
+        ctx.reset_peak();
+        assert_eq!(ctx.peak_live(), 1);
         block_on(async {
             let waiter = ctx.wait_idle();
             tokio::pin!(waiter);

@@ -11,6 +11,7 @@
 mod ctx;
 mod handover;
 mod listener;
+mod memory;
 mod outcome;
 mod pipes;
 mod proxy_protocol;

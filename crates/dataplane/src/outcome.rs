@@ -8,27 +8,31 @@ use std::time::Duration;
 
 use ringlb_config::Protocol;
 
-/// Why a forwarded connection, a UDP session or one backend leg of a session ended; the
-/// access log's `end=` and the `end` label of `ringlb_connections_ended_total`.
-/// Why a client was closed without being forwarded.
+/// Why a client was closed without being forwarded: the access log's `end=denied_<reason>`
+/// and the `reason` label of `ringlb_denied_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     /// Source address not in `allow`.
     NotAllowed,
     /// Listener `max_connections` (TCP) or `max_sessions` (UDP) reached.
     Limit,
-    /// No backend was up, or every attempt failed.
+    /// No backend was up, or the last connect attempt was refused or unreachable.
     NoBackend,
-    /// Accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    /// This host ran out of something the client needed, never the backend's fault:
+    /// file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) on accept or on the
+    /// backend socket, or source ports toward the backend (EADDRNOTAVAIL).
     Resources,
+    /// TCP: the last connect attempt got no answer within `connect_timeout`.
+    ConnectTimeout,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 4] = [
+    pub const ALL: [DenyReason; 5] = [
         DenyReason::NotAllowed,
         DenyReason::Limit,
         DenyReason::NoBackend,
         DenyReason::Resources,
+        DenyReason::ConnectTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,9 +41,13 @@ impl DenyReason {
             DenyReason::Limit => "limit",
             DenyReason::NoBackend => "no_backend",
             DenyReason::Resources => "resources",
+            DenyReason::ConnectTimeout => "connect_timeout",
         }
     }
 }
+
+/// Why a forwarded connection, a UDP session or one backend leg of a session ended; the
+/// access log's `end=` and the `end` label of `ringlb_connections_ended_total`.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -135,12 +143,17 @@ pub(crate) struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// A client turned away before anything was forwarded.
-    pub(crate) fn denied(client: SocketAddr, reason: DenyReason) -> Record<'static> {
+    /// A client turned away before anything was forwarded, after `duration` (the access
+    /// log shows how long the client really waited, e.g. on connect attempts).
+    pub(crate) fn denied(
+        client: SocketAddr,
+        reason: DenyReason,
+        duration: Duration,
+    ) -> Record<'static> {
         Record {
             client,
             backend: "-",
-            duration: Duration::ZERO,
+            duration,
             bytes_in: 0,
             bytes_out: 0,
             outcome: Outcome::Denied(reason),
@@ -166,14 +179,19 @@ mod tests {
     use super::*;
     use crate::stats::WorkerCounters;
 
-    #[test]
-    fn end_names_are_unique_tokens() {
-        let names: std::collections::HashSet<&str> =
-            EndReason::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(names.len(), EndReason::ALL.len());
+    /// Distinct, and each one `key=value` token in the access log.
+    fn assert_unique_tokens(names: &[&str]) {
+        let set: std::collections::HashSet<&&str> = names.iter().collect();
+        assert_eq!(set.len(), names.len(), "{names:?}");
         assert!(names
             .iter()
             .all(|n| !n.contains(|c: char| c.is_whitespace() || c == '=')));
+    }
+
+    #[test]
+    fn end_and_deny_names_are_unique_tokens() {
+        assert_unique_tokens(&EndReason::ALL.map(EndReason::as_str));
+        assert_unique_tokens(&DenyReason::ALL.map(DenyReason::as_str));
     }
 
     #[test]
@@ -193,9 +211,22 @@ mod tests {
              bytes_in=10 bytes_out=20 end=drain_cut"
         );
         assert_eq!(
-            access_line("web", &Record::denied(client, DenyReason::Limit)),
+            access_line(
+                "web",
+                &Record::denied(client, DenyReason::Limit, Duration::ZERO)
+            ),
             "listener=web client=127.0.0.1:5000 backend=- duration_ms=0 bytes_in=0 \
              bytes_out=0 end=denied_limit"
+        );
+        let timed_out = Record::denied(
+            client,
+            DenyReason::ConnectTimeout,
+            Duration::from_millis(3502),
+        );
+        assert_eq!(
+            access_line("web", &timed_out),
+            "listener=web client=127.0.0.1:5000 backend=- duration_ms=3502 bytes_in=0 \
+             bytes_out=0 end=denied_connect_timeout"
         );
     }
 
@@ -228,9 +259,12 @@ mod tests {
     fn outcomes_count_where_the_metrics_read_them() {
         let counters = WorkerCounters::default();
         counters.count(Outcome::Denied(DenyReason::NoBackend));
+        counters.count(Outcome::Denied(DenyReason::ConnectTimeout));
         counters.count(Outcome::Ended(EndReason::ProxyHeaderFailed));
         counters.count(Outcome::Ended(EndReason::ProxyHeaderFailed));
         assert_eq!(counters.denied(DenyReason::NoBackend).get(), 1);
+        assert_eq!(counters.denied(DenyReason::ConnectTimeout).get(), 1);
+        assert_eq!(counters.denied(DenyReason::Resources).get(), 0);
         assert_eq!(counters.ended(EndReason::ProxyHeaderFailed).get(), 2);
         let others: u64 = EndReason::ALL
             .iter()

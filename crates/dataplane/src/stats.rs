@@ -22,6 +22,7 @@ pub struct WorkerCounters {
     pub denied_limit: Counter,
     pub denied_no_backend: Counter,
     pub denied_resources: Counter,
+    pub denied_connect_timeout: Counter,
     /// client → backend bytes.
     pub bytes_in: Counter,
     /// backend → client bytes.
@@ -53,6 +54,7 @@ impl WorkerCounters {
             DenyReason::Limit => &self.denied_limit,
             DenyReason::NoBackend => &self.denied_no_backend,
             DenyReason::Resources => &self.denied_resources,
+            DenyReason::ConnectTimeout => &self.denied_connect_timeout,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::ctx::WorkerCtx;
 use crate::handover::Moved;
 use crate::listener::ListenerState;
+use crate::memory;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
 
@@ -117,6 +118,7 @@ pub fn spawn(
     cpu: Option<usize>,
     events: Sender<WorkerEvent>,
 ) -> io::Result<WorkerHandle> {
+    memory::start_trimmer();
     let (commands, inbox) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name(format!("ringlb-w{id}"))
@@ -172,6 +174,7 @@ async fn main_loop(
     mut inbox: mpsc::UnboundedReceiver<Command>,
     events: Sender<WorkerEvent>,
 ) -> usize {
+    tokio_uring::spawn(memory::trim_loop(Rc::clone(&ctx)));
     let mut worker = Worker {
         ctx,
         serving: HashMap::new(),

@@ -83,7 +83,7 @@ pub enum Outcome {
     /// EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, ENETDOWN: no route or ICMP unreachable
     /// (`unreachable`).
     Unreachable,
-    /// Any other errno, by name, e.g. `Error("EADDRNOTAVAIL")` → `error:EADDRNOTAVAIL`.
+    /// Any other errno, by name, e.g. `Error("EACCES")` → `error:EACCES`.
     Error(String),
     /// Real client connects to the backend were refused or timed out: the data plane's
     /// `record_connect_failure` (`client_connect_failed`). The data plane does not say

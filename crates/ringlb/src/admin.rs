@@ -1,9 +1,9 @@
 //! The admin HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4), `GET /status`
 //! (JSON) and `GET /ready` (200 or 503 with the reason), served from the [`Registry`] on
-//! threads of its own.
+//! a thread of its own.
 //!
-//! Owns: the admin listening socket, its accept thread and one short-lived thread per
-//! admin connection (at most [`server::MAX_CONNECTIONS`] at once), and the rendering of
+//! Owns: the admin listening socket, its thread (one poll(2) loop over non-blocking
+//! connections, at most [`server::MAX_CONNECTIONS`] held at once), and the rendering of
 //! the registry's counters. Must not: run on or block a worker's ring, take any lock the
 //! data plane takes, or write to the registry — it only reads (sums per-worker counters
 //! and merges latency histograms at scrape time). There is no authentication: bind it to
@@ -93,6 +93,7 @@ pub(crate) mod testing {
                     connect_attempts: 1,
                     idle_timeout: Duration::from_secs(60),
                     forwarding: Forwarding::Copy,
+                    source: Vec::new(),
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),

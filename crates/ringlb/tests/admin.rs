@@ -604,8 +604,8 @@ fn slow_admin_clients_stall_nothing() {
         .collect();
     holders.push(TcpStream::connect(admin).unwrap());
 
-    // While they hold: forwarding and other scrapes are served at once. The bound is far
-    // below the admin request timeout (5 s) that frees the slow clients' slots.
+    // While they hold: forwarding and other scrapes are served at once, well before the
+    // admin head timeout (2 s) answers the slow clients.
     for _ in 0..5 {
         let t = echo_round_trip(web, b"ping");
         assert!(
@@ -636,7 +636,7 @@ fn slow_admin_clients_stall_nothing() {
     }
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(4) && waited < Duration::from_secs(12),
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(12),
         "408 after {waited:?}"
     );
 }

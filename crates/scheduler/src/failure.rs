@@ -17,7 +17,7 @@ pub enum ConnectFailure {
     /// EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, ENETDOWN: no route or ICMP unreachable
     /// (`unreachable`).
     Unreachable,
-    /// Any other error, by errno name, e.g. `Error("EADDRNOTAVAIL")` → `error:EADDRNOTAVAIL`.
+    /// Any other error, by errno name, e.g. `Error("EACCES")` → `error:EACCES`.
     Error(String),
 }
 
@@ -38,12 +38,31 @@ impl ConnectFailure {
         }
     }
 
-    /// Errors that describe this host (out of fds or memory), not the backend: they must
-    /// not count against it.
+    /// Errors that describe this host, not the backend: they must not count against it.
+    /// Out of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM, EAGAIN), or out of local
+    /// ports / a source address that is not ours (EADDRNOTAVAIL: connect found no free
+    /// source port toward this destination; EADDRINUSE: the 4-tuple is taken).
     pub fn is_local(err: &io::Error) -> bool {
         matches!(
             err.raw_os_error().map(Errno::from_raw),
-            Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM | Errno::EAGAIN)
+            Some(
+                Errno::EMFILE
+                    | Errno::ENFILE
+                    | Errno::ENOBUFS
+                    | Errno::ENOMEM
+                    | Errno::EAGAIN
+                    | Errno::EADDRNOTAVAIL
+                    | Errno::EADDRINUSE
+            )
+        )
+    }
+
+    /// Local errors about source addresses and ports rather than fds or memory: another
+    /// source address, or another backend, may still succeed.
+    pub fn is_address_exhaustion(err: &io::Error) -> bool {
+        matches!(
+            err.raw_os_error().map(Errno::from_raw),
+            Some(Errno::EADDRNOTAVAIL | Errno::EADDRINUSE)
         )
     }
 }
@@ -104,7 +123,25 @@ mod tests {
         assert!(ConnectFailure::is_local(&os(Errno::EMFILE)));
         assert!(ConnectFailure::is_local(&os(Errno::ENOBUFS)));
         assert!(!ConnectFailure::is_local(&os(Errno::ECONNREFUSED)));
-        assert!(!ConnectFailure::is_local(&os(Errno::EADDRNOTAVAIL)));
+        assert!(!ConnectFailure::is_local(&os(Errno::ETIMEDOUT)));
+        assert!(!ConnectFailure::is_local(&os(Errno::EHOSTUNREACH)));
+        // Out of source ports toward a busy backend is this host's limit, not the backend.
+        assert!(ConnectFailure::is_local(&os(Errno::EADDRNOTAVAIL)));
+        assert!(ConnectFailure::is_local(&os(Errno::EADDRINUSE)));
+    }
+
+    #[test]
+    fn only_port_and_address_errors_are_exhaustion() {
+        assert!(ConnectFailure::is_address_exhaustion(&os(
+            Errno::EADDRNOTAVAIL
+        )));
+        assert!(ConnectFailure::is_address_exhaustion(&os(
+            Errno::EADDRINUSE
+        )));
+        assert!(!ConnectFailure::is_address_exhaustion(&os(Errno::EMFILE)));
+        assert!(!ConnectFailure::is_address_exhaustion(&os(
+            Errno::ECONNREFUSED
+        )));
     }
 
     #[test]

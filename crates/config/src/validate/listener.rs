@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use super::backend::backends;
 use super::health::health_check;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
+use super::source::{covers_backends, source};
 use super::{
     Errors, Seen, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT,
@@ -24,7 +25,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The settings keys in schema order (`RawListener`, docs/configuration.md). Their
 /// checkers run grouped by protocol, but `ringlb check` lists their problems in this
 /// order.
-const SETTINGS_ORDER: [&str; 9] = [
+const SETTINGS_ORDER: [&str; 10] = [
     "connect_timeout",
     "connect_attempts",
     "idle_timeout",
@@ -32,6 +33,7 @@ const SETTINGS_ORDER: [&str; 9] = [
     "allow",
     "proxy_protocol",
     "forwarding",
+    "source",
     "session_timeout",
     "max_sessions",
 ];
@@ -78,6 +80,7 @@ pub(super) fn listener(
         .as_ref()
         .map(|hc| health_check(errs, &path(i, "health_check"), hc));
     let backends = backends(errs, i, rl.backends.as_deref());
+    covers_backends(errs, i, &tcp.source, &backends);
 
     if errs.count() != before {
         return None;
@@ -214,12 +217,13 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 4] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 5] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
         ("idle_timeout", rl.idle_timeout.is_some()),
         ("forwarding", rl.forwarding.is_some()),
+        ("source", rl.source.is_some()),
     ]
 }
 
@@ -265,6 +269,7 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         connect_attempts,
         idle_timeout,
         forwarding,
+        source: source(errs, i, rl.source.as_deref()),
     }
 }
 

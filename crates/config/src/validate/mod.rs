@@ -10,6 +10,7 @@ mod backend;
 mod health;
 mod listener;
 mod scalar;
+mod source;
 #[cfg(test)]
 mod testing;
 
@@ -24,7 +25,10 @@ use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 
 // Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Above Linux's SYN retransmissions at 1 s and 3 s (initial RTO 1 s, doubling), so one
+/// attempt survives two lost SYNs and still has 0.5 s for the third SYN's answer; at 1 s
+/// the attempt would give up exactly when the first retransmission goes out.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3500);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 50_000;
@@ -308,10 +312,11 @@ mod tests {
         assert_eq!(
             l.transport,
             Transport::Tcp(TcpSettings {
-                connect_timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_millis(3500),
                 connect_attempts: 3,
                 idle_timeout: Duration::from_secs(900),
                 forwarding: Forwarding::Auto,
+                source: Vec::new(),
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -336,6 +341,7 @@ mod tests {
              listeners:\n  - name: a.b-c_1\n    bind: \"[::1]:7000\"\n    algorithm: maglev\n\
              \x20   connect_timeout: 250ms\n    connect_attempts: 5\n    idle_timeout: 2h\n\
              \x20   max_connections: 10\n    allow: [10.0.0.0/8]\n    proxy_protocol: v2\n    forwarding: splice\n\
+             \x20   source: [10.0.0.9]\n\
              \x20   health_check: {interval: 2s, timeout: 1s, rise: 4, fall: 5, port: 8080}\n\
              \x20   backends:\n      - {addr: 10.0.0.1:80, weight: 7, max_connections: 100, backup: true}\n",
         );
@@ -355,6 +361,7 @@ mod tests {
                 connect_attempts: 5,
                 idle_timeout: Duration::from_secs(7200),
                 forwarding: Forwarding::Splice,
+                source: vec!["10.0.0.9".parse().unwrap()],
             })
         );
         assert_eq!(l.max_connections, 10);

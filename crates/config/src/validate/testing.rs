@@ -51,7 +51,7 @@ pub(super) fn two(bind_a: &str, proto_a: &str, bind_b: &str, proto_b: &str) -> S
 
 /// The TCP settings of the first listener, which must be a TCP listener.
 pub(super) fn tcp(c: &Config) -> TcpSettings {
-    *c.listeners[0].tcp().expect("a tcp listener")
+    c.listeners[0].tcp().expect("a tcp listener").clone()
 }
 
 /// The UDP settings of the first listener, which must be a UDP listener.

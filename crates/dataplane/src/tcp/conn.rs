@@ -1,16 +1,14 @@
 //! One accepted TCP client, start to end: allow-list → listener limit → pick → connect
-//! (timeout, retries on other backends) → PROXY header → relay → outcome.
+//! (timeout, retries: `connect`) → PROXY header → relay → outcome.
 
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Forwarding, ProxyProtocol, TcpSettings};
-use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use ringlb_config::{Forwarding, ProxyProtocol};
+use socket2::Socket;
 
+use super::connect::connect_backend;
 use super::Accounting;
 use crate::ctx::WorkerCtx;
 use crate::handover::{Moved, MovedConn};
@@ -44,7 +42,10 @@ pub(super) async fn serve(
         return reject(client);
     };
     let started = Instant::now();
-    let deny = |reason| state.finish(counters, &Record::denied(peer, reason));
+    let deny = |reason| {
+        let waited = started.elapsed();
+        state.finish(counters, &Record::denied(peer, reason, waited))
+    };
     if !is_allowed(&settings, &peer) {
         deny(DenyReason::NotAllowed);
         return reject(client);
@@ -277,83 +278,4 @@ fn proxy_header(
             proxy_protocol::Transport::Stream,
         )),
     }
-}
-
-/// Pick and connect, retrying on other backends until `connect_attempts` distinct backends
-/// were tried. Nothing has been forwarded yet, so a retry is always safe here.
-/// The error says why the client is turned away.
-/// On success: the connected socket, the backend's index in `snapshot`, its slot.
-async fn connect_backend(
-    accounting: &Accounting,
-    snapshot: &Snapshot,
-    settings: &TcpSettings,
-    peer: SocketAddr,
-    ctx: &WorkerCtx,
-) -> Result<(Socket, usize, ActiveGuard), DenyReason> {
-    let name = &accounting.state.name;
-    let mut tried = Tried::new();
-    let mut attempts = 0;
-    while attempts < settings.connect_attempts {
-        let (index, active) = snapshot
-            .pick_and_acquire(peer.ip().to_canonical(), ctx.random(), &mut tried)
-            .ok_or(DenyReason::NoBackend)?;
-        let backend = snapshot
-            .backends()
-            .get(index)
-            .ok_or(DenyReason::NoBackend)?;
-        attempts += 1;
-        let started = Instant::now();
-        match connect(backend.spec.addr, settings.connect_timeout).await {
-            Ok(socket) => {
-                accounting.record_connect(started.elapsed());
-                return Ok((socket, index, active));
-            }
-            Err(ConnectError::Backend(failure)) => {
-                // The passive health signal: the prober counts it toward `fall`.
-                backend.state.record_connect_failure();
-                log::debug!(
-                    "listener {name}: connect to {} failed: {failure}; {} attempt(s) left",
-                    backend.spec.label,
-                    settings.connect_attempts.saturating_sub(attempts)
-                );
-            }
-            Err(ConnectError::Local(e)) => {
-                accounting.resource_log.note(log::Level::Error, name, || {
-                    format!("cannot open a socket toward {}: {e}", backend.spec.label)
-                });
-                return Err(DenyReason::Resources);
-            }
-        }
-    }
-    Err(DenyReason::NoBackend)
-}
-
-enum ConnectError {
-    /// The backend refused, timed out or is unreachable: counts against the backend.
-    Backend(ConnectFailure),
-    /// Our side failed (fd or memory exhaustion): not the backend's fault.
-    Local(io::Error),
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Socket, ConnectError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(ConnectError::Local)?;
-    let _ = socket.set_nodelay(true);
-    let socket = Rc::new(socket);
-    let outcome = {
-        let attempt = uring::connect(&socket, SockAddr::from(addr));
-        tokio::pin!(attempt);
-        match tokio::time::timeout(timeout, &mut attempt).await {
-            Ok(res) => res.map_err(|e| ConnectError::Backend(ConnectFailure::classify(&e))),
-            Err(_) => {
-                // Cancel the pending connect so the socket is really gone, then report.
-                uring::cancel_all(socket.as_raw_fd()).await;
-                let _ = attempt.await;
-                Err(ConnectError::Backend(ConnectFailure::Timeout))
-            }
-        }
-    };
-    outcome?;
-    Rc::try_unwrap(socket)
-        .map_err(|_| ConnectError::Local(io::Error::other("connect socket still shared")))
 }

@@ -3,6 +3,7 @@
 //! (timeout, retries) → relay.
 
 mod conn;
+mod connect;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -84,6 +85,8 @@ pub(crate) struct Accounting {
     pub(crate) state: Arc<ListenerState>,
     /// Out-of-fds lines (accept or backend socket): a flood must not flood the log.
     resource_log: RateLog,
+    /// Where the next connection starts in the listener's `source` list.
+    source_cursor: Cell<usize>,
     connect_latency: RefCell<Histogram<u64>>,
     unpublished: Cell<bool>,
 }
@@ -93,9 +96,17 @@ impl Accounting {
         Accounting {
             state,
             resource_log: RateLog::default(),
+            source_cursor: Cell::new(0),
             connect_latency: RefCell::new(new_latency_histogram()),
             unpublished: Cell::new(false),
         }
+    }
+
+    /// Round robin over the source addresses, per worker (no shared cursor to bounce).
+    fn next_source(&self) -> usize {
+        let n = self.source_cursor.get();
+        self.source_cursor.set(n.wrapping_add(1));
+        n
     }
 
     fn record_connect(&self, elapsed: Duration) {
@@ -143,7 +154,10 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: Rc<TcpListener>) {
                     c.denied(DenyReason::Resources).add(1);
                 }
                 accounting.resource_log.note(log::Level::Error, name, || {
-                    format!("accept failed: {e}; backing off {backoff:?}")
+                    format!(
+                        "accept failed: {e}; backing off {backoff:?}; remedy: {}",
+                        connect::remedy(&e)
+                    )
                 });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);

@@ -534,7 +534,7 @@ impl UdpWorkerListener {
                 "no backend available: datagrams from new clients refused".to_string()
             }),
             // Logged where the socket failed; allow-list refusals are counted only.
-            DenyReason::Resources | DenyReason::NotAllowed => {
+            DenyReason::Resources | DenyReason::NotAllowed | DenyReason::ConnectTimeout => {
                 log::debug!(
                     "listener {name}: datagram from {client} refused: {}",
                     reason.as_str()

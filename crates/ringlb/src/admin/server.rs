@@ -1,32 +1,43 @@
-//! The HTTP/1.x side of the admin endpoint: accept loop, per-connection limits, routing.
+//! The HTTP/1.x side of the admin endpoint: one thread multiplexing non-blocking sockets
+//! with poll(2), per-connection limits, routing.
 //!
 //! One request per connection (`Connection: close`): scrapers and curl are happy with it,
 //! and it keeps the state of a connection to "read one request, write one response".
 //! Requests are parsed by `httparse`; everything around it is bounded — request size,
-//! time to send the request, time to take the response, and connections served at once —
-//! so a slow or hostile client holds at most one slot for at most [`REQUEST_TIMEOUT`] +
-//! [`WRITE_TIMEOUT`] and can never touch the data plane.
+//! time to send the request head ([`HEAD_TIMEOUT`]), time to take the response
+//! ([`WRITE_TIMEOUT`]), and connections held at once ([`MAX_CONNECTIONS`]).
+//!
+//! Idle and slow clients cannot keep a scrape out. When every slot is held, a new
+//! connection is admitted by closing the oldest one that has not sent a complete request
+//! head (then, if there is none, the oldest whose response is already out, then the
+//! oldest still taking its response): the newest connection always gets in, and a scraper
+//! sends its head at once, so it is served while idle connections are shed. Nothing here
+//! can touch the data plane.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::bounded::{ReadTimeout, Slot};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
 use crate::registry::Registry;
 
 use super::{metrics, status, AdminError};
 
-/// Admin connections served at once; beyond it a connection gets 503 and is closed.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Admin connections held at once; beyond it the oldest idle or slow one is closed.
+pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request head accepted (request line + headers); larger gets 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Headers accepted in one request; more gets 431.
 const MAX_HEADERS: usize = 32;
-/// Time a client gets, from accept, to send its whole request head; then 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets, from accept, to send its whole request head; then 408. Scrapers
+/// and curl send it with the connect, so this only ever expires for idle or slow clients.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time a client gets to take the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the response, how long unread request bytes are drained before closing (closing
@@ -34,16 +45,34 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_millis(500);
 /// After an accept error (EMFILE and friends), wait before accepting again: no spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest poll(2) sleep, so a stop is seen even if its wake-up were lost.
+const TICK: Duration = Duration::from_millis(250);
+/// Accepts per turn of the loop: a connect flood cannot starve the connections held.
+const ACCEPT_BATCH: usize = 64;
+/// The admin socket's accept queue: a burst of connects must not overflow it, or a
+/// scraper's SYN would be dropped and retried only a second later.
+const LISTEN_BACKLOG: i32 = 1024;
+/// At most one warning per this interval about connections closed to admit new ones.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The running admin endpoint. [`stop`](Self::stop) or drop stops accepting and joins the
-/// accept thread; connections already being served finish on their own (bounded by the
-/// timeouts above).
+/// The running admin endpoint. [`stop`](Self::stop) or drop stops it and joins its
+/// thread; connections still open then are closed.
 #[derive(Debug)]
 pub struct AdminServer {
     local: SocketAddr,
     listener: Arc<TcpListener>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A listening socket with a backlog of [`LISTEN_BACKLOG`] (std's `bind` gives 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 impl AdminServer {
@@ -54,8 +83,13 @@ impl AdminServer {
         registry: Arc<Registry>,
     ) -> Result<AdminServer, AdminError> {
         let listener = match inherited {
-            Some(listener) => listener,
-            None => TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?,
+            Some(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|source| AdminError::Bind { addr, source })?;
+                listener
+            }
+            None => listen(addr).map_err(|source| AdminError::Bind { addr, source })?,
         };
         let local = listener
             .local_addr()
@@ -67,7 +101,7 @@ impl AdminServer {
             .spawn({
                 let listener = Arc::clone(&listener);
                 let stopping = Arc::clone(&stopping);
-                move || accept_loop(&listener, &stopping, &registry)
+                move || serve(&listener, &stopping, &registry)
             })
             .map_err(AdminError::Thread)?;
         Ok(AdminServer {
@@ -88,7 +122,7 @@ impl AdminServer {
         self.listener.try_clone()
     }
 
-    /// Stops accepting and waits for the accept thread to end.
+    /// Stops accepting and waits for the thread to end.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -98,24 +132,13 @@ impl AdminServer {
             return;
         };
         self.stopping.store(true, Ordering::Release);
-        // On Linux, shutting down a listening socket wakes a blocked accept() (EINVAL).
+        // On Linux, shutting down a listening socket wakes its poll(2) at once; failing
+        // that, the loop sees `stopping` within one TICK.
         if let Err(e) = socket2::SockRef::from(&*self.listener).shutdown(Shutdown::Read) {
-            // Otherwise wake it with a connection of our own; it sees `stopping` and ends.
-            log::debug!(
-                "admin endpoint: cannot shut down {}: {e}; waking it by connecting",
-                self.local
-            );
-            let mut wake = self.local;
-            if wake.ip().is_unspecified() {
-                wake.set_ip(match wake {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+            log::debug!("admin endpoint: cannot shut down {}: {e}", self.local);
         }
         if thread.join().is_err() {
-            log::error!("admin endpoint: accept thread panicked");
+            log::error!("admin endpoint: thread panicked");
         }
     }
 }
@@ -126,67 +149,318 @@ impl Drop for AdminServer {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, registry: &Arc<Registry>) {
-    let live = Arc::new(AtomicUsize::new(0));
-    loop {
-        let accepted = listener.accept();
+/// The loop: wait for readiness or the next deadline, move every ready connection on,
+/// expire the overdue, accept new ones.
+fn serve(listener: &TcpListener, stopping: &AtomicBool, registry: &Registry) {
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut shed = ShedLog::default();
+    while !stopping.load(Ordering::Acquire) {
+        let (accept, ready) = wait(listener, &conns);
         if stopping.load(Ordering::Acquire) {
             return;
         }
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                match e.kind() {
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
-                    _ => {
-                        log::warn!(
-                            "admin endpoint: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}"
-                        );
-                        std::thread::sleep(ACCEPT_BACKOFF);
-                    }
-                }
-                continue;
+        let now = Instant::now();
+        for (conn, ready) in conns.iter_mut().zip(ready) {
+            if ready {
+                conn.progress(registry, now);
             }
-        };
-        let Some(slot) = Slot::take(&live, MAX_CONNECTIONS) else {
-            log::debug!("admin endpoint: {MAX_CONNECTIONS} connections busy; 503 to {peer}");
-            refuse_busy(stream);
-            continue;
-        };
-        let registry = Arc::clone(registry);
-        let spawned = std::thread::Builder::new()
-            .name("ringlb-admin-conn".to_string())
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, &registry);
-            });
-        if let Err(e) = spawned {
-            // The closure (stream and slot) was dropped with the error: slot released.
-            log::warn!("admin endpoint: cannot start a connection thread: {e}");
-            std::thread::sleep(ACCEPT_BACKOFF);
+            conn.expire(registry, now);
+        }
+        conns.retain(|c| !c.is_done());
+        if accept {
+            accept_some(listener, &mut conns, &mut shed, registry);
         }
     }
 }
 
-/// Over the connection limit: a short 503 without waiting for anything (the accept thread
-/// must never block on a client). A fresh socket's send buffer is empty, so a non-blocking
-/// write of a few bytes does not fail in practice. Whatever part of the request already
-/// arrived is discarded so the close is a FIN; a request still in flight makes it a RST,
-/// which an overloaded endpoint accepts.
-fn refuse_busy(mut stream: TcpStream) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
+/// poll(2) until the listener or a connection is ready, or the next deadline: whether
+/// the listener is readable, and which connections are ready (in `conns` order).
+fn wait(listener: &TcpListener, conns: &[Conn]) -> (bool, Vec<bool>) {
+    let now = Instant::now();
+    let sleep = conns
+        .iter()
+        .map(|c| c.deadline().saturating_duration_since(now))
+        .min()
+        .unwrap_or(TICK)
+        .min(TICK);
+    // Rounded up: a deadline 0.3 ms away must not become a busy loop of 0 ms polls.
+    let timeout = u16::try_from(sleep.as_millis() + 1).map_or(PollTimeout::MAX, PollTimeout::from);
+    let mut fds = Vec::with_capacity(conns.len() + 1);
+    fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+    fds.extend(
+        conns
+            .iter()
+            .map(|c| PollFd::new(c.stream.as_fd(), c.interest())),
+    );
+    if nix::poll::poll(&mut fds, timeout).is_err() {
+        // EINTR (or ENOMEM): nothing is known to be ready; deadlines are still checked.
+        return (false, vec![false; conns.len()]);
     }
-    let response = Response::text(503, "Service Unavailable", "admin endpoint busy\n");
-    if stream.write_all(&response.to_bytes()).is_err() {
-        return;
+    let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+    let accept = fds.first().is_some_and(ready);
+    (accept, fds.iter().skip(1).map(ready).collect())
+}
+
+fn accept_some(
+    listener: &TcpListener,
+    conns: &mut Vec<Conn>,
+    shed: &mut ShedLog,
+    registry: &Registry,
+) {
+    for _ in 0..ACCEPT_BATCH {
+        let (stream, peer) = match listener.accept() {
+            Ok(pair) => pair,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                log::warn!("admin endpoint: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                return;
+            }
+        };
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let now = Instant::now();
+        if conns.len() >= MAX_CONNECTIONS {
+            if let Some(victim) = shed_one(conns) {
+                shed.note(&victim, now);
+            }
+        }
+        let mut conn = Conn::new(stream, peer, now);
+        // A scraper's request head usually arrives with the connection: serve it now.
+        conn.progress(registry, now);
+        if !conn.is_done() {
+            conns.push(conn);
+        }
     }
-    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Removes and returns the connection to close so a new one can be admitted: the oldest
+/// that has not sent a complete request head, else the oldest lingering after its
+/// response, else the oldest still taking its response.
+fn shed_one(conns: &mut Vec<Conn>) -> Option<Conn> {
+    let rank = |c: &Conn| match c.phase {
+        Phase::Head(_) | Phase::Done => 0,
+        Phase::Linger { .. } => 1,
+        Phase::Write { .. } => 2,
+    };
+    let victim = conns
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, c)| (rank(c), c.accepted))
+        .map(|(i, _)| i)?;
+    Some(conns.swap_remove(victim))
+}
+
+/// Rate-limited warning about connections closed to admit new ones.
+#[derive(Default)]
+struct ShedLog {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl ShedLog {
+    fn note(&mut self, victim: &Conn, now: Instant) {
+        self.count += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < SHED_LOG_INTERVAL)
+        {
+            return;
+        }
+        let waiting = matches!(victim.phase, Phase::Head(_));
+        log::warn!(
+            "admin endpoint: {MAX_CONNECTIONS} connections held; closed {} to admit new ones since the last such line (the latest from {}, open {:?}{})",
+            self.count,
+            victim.peer,
+            now.duration_since(victim.accepted),
+            if waiting { " without a complete request" } else { "" }
+        );
+        self.count = 0;
+        self.last = Some(now);
+    }
+}
+
+/// One admin connection and how far it got.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Reading the request head: what has arrived so far.
+    Head(Vec<u8>),
+    /// Writing the response.
+    Write {
+        bytes: Vec<u8>,
+        sent: usize,
+        deadline: Instant,
+    },
+    /// Response written and the write side shut: draining what the client still sends.
+    Linger {
+        deadline: Instant,
+        drained: usize,
+    },
+    Done,
+}
+
+impl Phase {
+    fn respond(response: &Response, now: Instant) -> Phase {
+        Phase::Write {
+            bytes: response.to_bytes(),
+            sent: 0,
+            deadline: now + WRITE_TIMEOUT,
+        }
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+        Conn {
+            stream,
+            peer,
+            accepted: now,
+            phase: Phase::Head(Vec::new()),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    fn interest(&self) -> PollFlags {
+        match self.phase {
+            Phase::Head(_) | Phase::Linger { .. } => PollFlags::POLLIN,
+            Phase::Write { .. } => PollFlags::POLLOUT,
+            Phase::Done => PollFlags::empty(),
+        }
+    }
+
+    /// When this connection's current phase runs out of time.
+    fn deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Head(_) | Phase::Done => self.accepted + HEAD_TIMEOUT,
+            Phase::Write { deadline, .. } | Phase::Linger { deadline, .. } => deadline,
+        }
+    }
+
+    /// Makes all the progress the socket allows now, without blocking.
+    fn progress(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let next = match &mut self.phase {
+                Phase::Head(buf) => match read_head(&mut self.stream, buf) {
+                    None => return,
+                    Some(Head::Gone) => Phase::Done,
+                    Some(head) => Phase::respond(&respond(head, registry), now),
+                },
+                Phase::Write { bytes, sent, .. } => match write_some(&mut self.stream, bytes, sent)
+                {
+                    Step::Blocked => return,
+                    Step::Failed => Phase::Done,
+                    Step::Finished => match self.stream.shutdown(Shutdown::Write) {
+                        Ok(()) => Phase::Linger {
+                            deadline: now + LINGER,
+                            drained: 0,
+                        },
+                        Err(_) => Phase::Done,
+                    },
+                },
+                Phase::Linger { drained, .. } => match drain(&mut self.stream, drained) {
+                    Step::Blocked => return,
+                    Step::Failed | Step::Finished => Phase::Done,
+                },
+                Phase::Done => return,
+            };
+            self.phase = next;
+        }
+    }
+
+    /// Past its deadline: a client still sending its head gets 408; any other is closed.
+    fn expire(&mut self, registry: &Registry, now: Instant) {
+        if now < self.deadline() {
+            return;
+        }
+        self.phase = match self.phase {
+            Phase::Head(_) => Phase::respond(&respond(Head::Timeout, registry), now),
+            _ => Phase::Done,
+        };
+        self.progress(registry, now);
+    }
+}
+
+/// What one non-blocking write or drain step came to.
+enum Step {
+    /// The socket would block: poll again.
+    Blocked,
+    Finished,
+    Failed,
+}
+
+/// What one non-blocking read or write call came to.
+enum Io {
+    Moved(usize),
+    /// EINTR: call again.
+    Again,
+    End(Step),
+}
+
+/// `Ok(0)` means `at_zero`: the end of a read, a failed write.
+fn io(result: io::Result<usize>, at_zero: Step) -> Io {
+    match result {
+        Ok(0) => Io::End(at_zero),
+        Ok(n) => Io::Moved(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Io::Again,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::End(Step::Blocked),
+        Err(_) => Io::End(Step::Failed),
+    }
+}
+
+fn write_some(stream: &mut TcpStream, bytes: &[u8], sent: &mut usize) -> Step {
+    while let Some(rest) = bytes.get(*sent..).filter(|r| !r.is_empty()) {
+        match io(stream.write(rest), Step::Failed) {
+            Io::Moved(n) => *sent += n,
+            Io::Again => {}
+            Io::End(step) => return step,
+        }
+    }
+    Step::Finished
+}
+
+/// Reads and discards what the client still sends, so the close after the response is a
+/// FIN rather than a RST that could discard the response in flight; bounded in bytes.
+fn drain(stream: &mut TcpStream, drained: &mut usize) -> Step {
     let mut sink = [0u8; 1024];
-    for _ in 0..MAX_REQUEST_BYTES / sink.len() {
-        match stream.read(&mut sink) {
-            Ok(n) if n > 0 => {}
-            _ => return,
+    while *drained < MAX_REQUEST_BYTES * 8 {
+        match io(stream.read(&mut sink), Step::Finished) {
+            Io::Moved(n) => *drained += n,
+            Io::Again => {}
+            Io::End(step) => return step,
+        }
+    }
+    Step::Finished
+}
+
+fn respond(head: Head, registry: &Registry) -> Response {
+    match head {
+        Head::Request { method, path } => route(&method, &path, registry),
+        Head::Timeout => Response::text(408, "Request Timeout", "request not received in time\n"),
+        Head::TooLarge => Response::text(
+            431,
+            "Request Header Fields Too Large",
+            "request head too large\n",
+        ),
+        Head::Malformed | Head::Gone => {
+            Response::text(400, "Bad Request", "malformed HTTP request\n")
         }
     }
 }
@@ -247,67 +521,41 @@ pub(super) enum Head {
     Malformed,
 }
 
-fn serve_connection(mut stream: TcpStream, registry: &Registry) {
-    let response = match read_head(&mut stream, Instant::now() + REQUEST_TIMEOUT) {
-        Head::Request { method, path } => route(&method, &path, registry),
-        Head::Gone => return,
-        Head::Timeout => Response::text(408, "Request Timeout", "request not received in time\n"),
-        Head::TooLarge => Response::text(
-            431,
-            "Request Header Fields Too Large",
-            "request head too large\n",
-        ),
-        Head::Malformed => Response::text(400, "Bad Request", "malformed HTTP request\n"),
-    };
-    if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-        return;
+/// Reads what `stream` has now into `buf` (at most [`MAX_REQUEST_BYTES`] in all) and
+/// parses it: `None` while the head is incomplete and the stream would block.
+pub(super) fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> Option<Head> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let room = MAX_REQUEST_BYTES.saturating_sub(buf.len()).min(chunk.len());
+        match io(stream.read(&mut chunk[..room]), Step::Finished) {
+            Io::Moved(n) => buf.extend_from_slice(&chunk[..n]),
+            Io::Again => continue,
+            Io::End(Step::Blocked) => return None,
+            // The client closed or reset before a whole head: nothing to answer.
+            Io::End(Step::Finished | Step::Failed) => return Some(Head::Gone),
+        }
+        if let Some(head) = parse_head(buf) {
+            return Some(head);
+        }
     }
-    if stream.write_all(&response.to_bytes()).is_err() {
-        return;
-    }
-    linger_close(stream);
 }
 
-/// Reads one request head within `deadline` and at most [`MAX_REQUEST_BYTES`].
-pub(super) fn read_head(stream: &mut impl ReadTimeout, deadline: Instant) -> Head {
-    let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-    let mut len = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_timeout(left).is_err() {
-            return Head::Timeout;
-        }
-        match stream.read(&mut buf[len..]) {
-            Ok(0) => return Head::Gone,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Head::Timeout
-            }
-            Err(_) => return Head::Gone,
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                return match (request.method, request.path) {
-                    (Some(method), Some(path)) => Head::Request {
-                        method: method.to_string(),
-                        path: path.to_string(),
-                    },
-                    _ => Head::Malformed,
-                };
-            }
-            Ok(httparse::Status::Partial) if len == buf.len() => return Head::TooLarge,
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
-            Err(_) => return Head::Malformed,
-        }
+/// The head in `buf`, or `None` if more bytes are needed.
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => Some(match (request.method, request.path) {
+            (Some(method), Some(path)) => Head::Request {
+                method: method.to_string(),
+                path: path.to_string(),
+            },
+            _ => Head::Malformed,
+        }),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_BYTES => Some(Head::TooLarge),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(Head::TooLarge),
+        Err(_) => Some(Head::Malformed),
     }
 }
 
@@ -353,37 +601,55 @@ pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response
     }
 }
 
-/// Half-closes, then reads (and discards) whatever the client still sends, briefly, so
-/// the close is a FIN after the response rather than a RST that could discard it.
-fn linger_close(mut stream: TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; 1024];
-    let mut drained = 0usize;
-    while drained < MAX_REQUEST_BYTES * 8 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bounded::Script;
 
-    fn head(chunks: Vec<Option<&[u8]>>) -> Head {
-        read_head(
-            &mut Script::new(chunks),
-            Instant::now() + Duration::from_secs(5),
-        )
+    #[test]
+    fn ready_is_503_with_the_reason_until_serving() {
+        use crate::readiness::Phase;
+        let registry = Registry::default();
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready: starting\n"));
+        registry.readiness.set_phase(Phase::Serving);
+        let r = route("GET", "/ready", &registry);
+        assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+        assert_eq!(route("POST", "/ready", &registry).status, 405);
+    }
+
+    /// Serves reads from a list of chunks; a `None` chunk is a read timeout.
+    struct Script {
+        chunks: std::collections::VecDeque<Option<Vec<u8>>>,
+    }
+
+    impl Script {
+        fn new(chunks: Vec<Option<&[u8]>>) -> Script {
+            Script {
+                chunks: chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect(),
+            }
+        }
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.chunks.pop_front() {
+                None => Ok(0),
+                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(Some(mut chunk)) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.chunks.push_front(Some(chunk.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    /// What one readiness turn makes of these reads: `None` while the head is incomplete.
+    fn head(chunks: Vec<Option<&[u8]>>) -> Option<Head> {
+        read_head(&mut Script::new(chunks), &mut Vec::new())
     }
 
     #[test]
@@ -394,49 +660,50 @@ mod tests {
                 Some(b"rics HTTP/1.1\r\nHost: x\r\n"),
                 Some(b"\r\n")
             ]),
-            Head::Request {
+            Some(Head::Request {
                 method: "GET".into(),
                 path: "/metrics".into()
-            }
+            })
         );
     }
 
     #[test]
-    fn half_a_request_then_silence_is_a_timeout() {
+    fn a_head_is_assembled_across_readiness_turns() {
+        let mut buf = Vec::new();
+        let mut first = Script::new(vec![Some(b"GET /metrics HTTP/1.1\r\n"), None]);
+        assert_eq!(read_head(&mut first, &mut buf), None, "incomplete: wait");
+        let mut second = Script::new(vec![Some(b"\r\n")]);
         assert_eq!(
-            head(vec![Some(b"GET /metrics HTTP/1.1\r\n"), None]),
-            Head::Timeout
+            read_head(&mut second, &mut buf),
+            Some(Head::Request {
+                method: "GET".into(),
+                path: "/metrics".into()
+            })
         );
     }
 
     #[test]
     fn close_before_a_whole_head_gets_no_answer() {
-        assert_eq!(head(vec![Some(b"GET /metrics HT")]), Head::Gone);
+        assert_eq!(head(vec![Some(b"GET /metrics HT")]), Some(Head::Gone));
     }
 
     #[test]
     fn oversized_and_malformed_heads_are_refused() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_BYTES));
-        assert_eq!(head(vec![Some(big.as_bytes())]), Head::TooLarge);
+        assert_eq!(head(vec![Some(big.as_bytes())]), Some(Head::TooLarge));
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("H{i}: v\r\n"))
             .collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(head(vec![Some(req.as_bytes())]), Head::TooLarge);
+        assert_eq!(head(vec![Some(req.as_bytes())]), Some(Head::TooLarge));
         assert_eq!(
             head(vec![Some(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")]),
-            Head::Malformed
+            Some(Head::Malformed)
         );
         assert_eq!(
             head(vec![Some(b"GET /metrics HTTP/9.9\r\n\r\n")]),
-            Head::Malformed
+            Some(Head::Malformed)
         );
-    }
-
-    #[test]
-    fn an_expired_deadline_is_a_timeout_without_reading() {
-        let mut script = Script::new(vec![Some(b"GET / HTTP/1.1\r\n\r\n")]);
-        assert_eq!(read_head(&mut script, Instant::now()), Head::Timeout);
     }
 
     #[test]
@@ -451,31 +718,6 @@ mod tests {
         assert_eq!(post.status, 405);
         assert_eq!(post.extra_headers, vec![("Allow", "GET")]);
         assert_eq!(route("DELETE", "/nope", &registry).status, 404);
-        assert_eq!(route("POST", "/ready", &registry).status, 405);
-    }
-
-    #[test]
-    fn ready_is_503_with_the_reason_until_serving() {
-        use crate::readiness::Phase;
-        let registry = Registry::default();
-        let r = route("GET", "/ready", &registry);
-        assert_eq!((r.status, r.body.as_str()), (503, "not ready: starting\n"));
-        registry.readiness.set_phase(Phase::Serving);
-        let r = route("GET", "/ready", &registry);
-        assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
-        registry.readiness.set_node_failed(true);
-        assert_eq!(
-            route("GET", "/ready", &registry).body,
-            "not ready: node failed\n"
-        );
-        registry.readiness.set_phase(Phase::HandingOver);
-        assert_eq!(
-            route("GET", "/ready", &registry).body,
-            "not ready: handing over\n"
-        );
-        registry.readiness.set_phase(Phase::Draining);
-        let r = route("GET", "/ready", &registry);
-        assert_eq!((r.status, r.body.as_str()), (503, "not ready: draining\n"));
     }
 
     #[test]
@@ -504,8 +746,16 @@ mod tests {
         Ok((code, body))
     }
 
+    /// Reads until EOF or `wait`; what arrived.
+    fn read_all(s: &mut TcpStream, wait: Duration) -> String {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
     #[test]
-    fn serves_limits_and_stops() {
+    fn idle_clients_are_shed_for_new_ones_and_slow_heads_get_408() {
         let server = AdminServer::spawn(
             "127.0.0.1:0".parse().unwrap(),
             None,
@@ -518,39 +768,27 @@ mod tests {
         assert_eq!(code, 200);
         assert_eq!(body, r#"{"listeners":[]}"#);
 
-        // Fill every slot with clients that send half a request and hold.
-        let holders: Vec<TcpStream> = (0..MAX_CONNECTIONS)
-            .map(|_| {
+        // Three tables' worth of clients that send nothing or half a request and hold.
+        let mut holders: Vec<TcpStream> = (0..3 * MAX_CONNECTIONS)
+            .map(|i| {
                 let mut s = TcpStream::connect(addr).unwrap();
-                s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+                if i % 2 == 0 {
+                    s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+                }
                 s
             })
             .collect();
-        // The slots are taken asynchronously; the next connection must get 503 soon.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match try_get(addr, "/metrics") {
-                Ok((503, _)) => break,
-                Ok((code, _)) => assert_eq!(code, 200),
-                Err(e) => {
-                    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never refused beyond {MAX_CONNECTIONS} connections"
-            );
-        }
+        // A scrape still gets in, and is answered.
+        let (code, _) = get(addr, "/metrics");
+        assert_eq!(code, 200);
+        // The oldest holders were closed to make room, without an answer.
+        let oldest = read_all(&mut holders[0], Duration::from_secs(10));
+        assert_eq!(oldest, "", "a shed connection is closed without a response");
+        // The newest one that sent half a request is answered 408 once its time is up.
+        let newest = holders.len() - 2;
+        let late = read_all(&mut holders[newest], HEAD_TIMEOUT * 5);
+        assert!(late.starts_with("HTTP/1.1 408 "), "{late:?}");
         drop(holders);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while get(addr, "/metrics").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "slots not released after the clients closed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
 
         let started = Instant::now();
         server.stop();
@@ -563,6 +801,43 @@ mod tests {
             TcpStream::connect(addr).is_err(),
             "still accepting after stop"
         );
+    }
+
+    #[test]
+    fn the_oldest_connection_without_a_request_is_shed_first() {
+        let now = Instant::now();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut conn = |phase: Phase, age: u64| {
+            clients.push(TcpStream::connect(addr).unwrap());
+            let (stream, peer) = listener.accept().unwrap();
+            let mut c = Conn::new(stream, peer, now - Duration::from_secs(age));
+            c.phase = phase;
+            c
+        };
+        let writing = Phase::Write {
+            bytes: Vec::new(),
+            sent: 0,
+            deadline: now,
+        };
+        let lingering = Phase::Linger {
+            deadline: now,
+            drained: 0,
+        };
+        let mut conns = vec![
+            conn(writing, 9),
+            conn(Phase::Head(Vec::new()), 1),
+            conn(lingering, 8),
+            conn(Phase::Head(Vec::new()), 3),
+        ];
+        let age = |c: Conn| now.duration_since(c.accepted).as_secs();
+        // Heads first, oldest first; then the lingering one; the writer last.
+        assert_eq!(shed_one(&mut conns).map(age), Some(3));
+        assert_eq!(shed_one(&mut conns).map(age), Some(1));
+        assert_eq!(shed_one(&mut conns).map(age), Some(8));
+        assert_eq!(shed_one(&mut conns).map(age), Some(9));
+        assert!(shed_one(&mut conns).is_none());
     }
 
     #[test]
