@@ -28,6 +28,7 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::ctx::{LiveGuard, WorkerCtx};
+use crate::fdbudget::{self, UdpSlot};
 use crate::handover::{Moved, MovedSession};
 use crate::listener::{is_allowed, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
@@ -426,6 +427,7 @@ impl UdpWorkerListener {
             .map_or_else(|| Arc::new(BackendState::new()), |b| Arc::clone(&b.state));
         let leg = Leg {
             socket: Rc::new(moved.upstream),
+            _slot: UdpSlot::force(),
             label: moved.backend,
             _active: state.acquire(),
             state,
@@ -455,6 +457,18 @@ impl UdpWorkerListener {
             .backends()
             .get(index)
             .ok_or(DenyReason::NoBackend)?;
+        // The process-wide descriptor budget first: a flood of new clients must not take
+        // the descriptors TCP, the admin endpoint and the prober need (docs/udp.md).
+        let Some(slot) = UdpSlot::try_acquire() else {
+            self.log_resources
+                .note(log::Level::Warn, &self.listener.name, || {
+                    let (budget, _) = fdbudget::udp_usage();
+                    format!(
+                        "udp socket budget ({budget} upstream sockets, RLIMIT_NOFILE minus the reserve) used up: datagrams from new clients refused"
+                    )
+                });
+            return Err(DenyReason::Resources);
+        };
         let socket = connected_socket(backend.spec.addr).map_err(|e| {
             self.log_resources
                 .note(log::Level::Warn, &self.listener.name, || {
@@ -467,6 +481,7 @@ impl UdpWorkerListener {
         })?;
         Ok(Leg {
             socket: Rc::new(socket),
+            _slot: slot,
             label: backend.spec.label.clone(),
             state: Arc::clone(&backend.state),
             _active: active,
@@ -596,6 +611,8 @@ impl Drop for Session {
 /// A session's current backend: its connected socket and the slot it holds there.
 struct Leg {
     socket: Rc<Socket>,
+    /// This socket's place in the process's descriptor budget.
+    _slot: UdpSlot,
     label: String,
     state: Arc<BackendState>,
     _active: ActiveGuard,

@@ -108,7 +108,10 @@ fn start(
     signals::block().map_err(RunError::Signals)?;
     sys::probe_io_uring()?;
     match sys::raise_fd_limit() {
-        Ok(limit) => info!("file descriptor limit: {limit}"),
+        Ok(limit) => {
+            info!("file descriptor limit: {limit}");
+            ringlb_dataplane::fdbudget::apply(&config, limit);
+        }
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
     let cpus = sys::allowed_cpus();
