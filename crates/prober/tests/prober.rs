@@ -37,6 +37,8 @@ fn check(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> HealthCheck
         rise,
         fall,
         port: None,
+        send: None,
+        expect: None,
     }
 }
 
@@ -294,7 +296,7 @@ fn update_keeps_surviving_machines_starts_new_and_releases_removed() {
     );
     let (a_label, b_label, c_label) = (a.label.clone(), b.label.clone(), c.label.clone());
     let hc = check(50, 50, 2, 2);
-    let (l, old_calls) = listener("reload", hc, vec![a.clone(), b]);
+    let (l, old_calls) = listener("reload", hc.clone(), vec![a.clone(), b]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l], tx).unwrap();
     let mut down = std::collections::HashSet::new();
@@ -348,6 +350,8 @@ fn update_keeps_failure_streak_of_surviving_backend() {
         rise: 2,
         fall: 3,
         port: None,
+        send: None,
+        expect: None,
     };
     // Witnesses: backends of another listener with fall 1 that only passive failures can
     // take down (they answer their checks). The prober samples every backend's failures
@@ -360,9 +364,12 @@ fn update_keeps_failure_streak_of_surviving_backend() {
         state: Arc::new(BackendState::new()),
     };
     let (w1, w2) = (witness("w1"), witness("w2"));
-    let whc = HealthCheck { fall: 1, ..hc };
-    let (l, _) = listener(name, hc, vec![b.clone()]);
-    let (wl, _) = listener("witness", whc, vec![w1.clone()]);
+    let whc = HealthCheck {
+        fall: 1,
+        ..hc.clone()
+    };
+    let (l, _) = listener(name, hc.clone(), vec![b.clone()]);
+    let (wl, _) = listener("witness", whc.clone(), vec![w1.clone()]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l, wl], tx).unwrap();
     state.record_connect_failure();
