@@ -458,3 +458,83 @@ fn full_event_channel_drops_and_counts_but_health_still_flips() {
     drop(rx);
     prober.stop();
 }
+
+/// A loopback server whose every connection gets `reply` once it has read something
+/// (`on_connect`: at once), or is closed at once when `reply` is `None`. Its thread ends
+/// with the test binary.
+fn scripted(reply: Option<&'static [u8]>, on_connect: bool) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let Some(reply) = reply else { continue };
+            if !on_connect {
+                let mut buf = [0u8; 64];
+                if conn.read(&mut buf).unwrap_or(0) == 0 {
+                    continue;
+                }
+            }
+            let _ = conn.write_all(reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn send_expect_outcomes_on_real_sockets() {
+    let hc = |send: Option<&[u8]>, expect: Option<&[u8]>| HealthCheck {
+        send: send.map(<[u8]>::to_vec),
+        expect: expect.map(<[u8]>::to_vec),
+        ..check(100, 80, 1, 2)
+    };
+    // Accepts (its kernel completes the handshake) but never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wrong = scripted(Some(b"NOPE\r\n"), false);
+    let closer = scripted(None, false);
+    let echo = EchoBackend::start();
+    let banner = scripted(Some(b"220 ready\r\n"), true);
+    let (ping, _) = listener(
+        "ping",
+        hc(Some(b"PING\r\n"), Some(b"PING\r\n")),
+        vec![
+            backend(silent.local_addr().unwrap()),
+            backend(wrong),
+            backend(closer),
+            backend(echo.addr()),
+        ],
+    );
+    let (greeting, _) = listener("greeting", hc(None, Some(b"220 ")), vec![backend(banner)]);
+    // `send` alone: any reply passes.
+    let (any, _) = listener("any", hc(Some(b"x"), None), vec![backend(echo.addr())]);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let prober = Prober::spawn(vec![ping, greeting, any], tx).unwrap();
+    let started = Instant::now();
+    let mut outcomes = std::collections::HashMap::new();
+    while outcomes.len() < 3 {
+        let t = wait_for(&rx, Duration::from_millis(100 * 2 + 80) + SLACK, |t| !t.up);
+        outcomes.insert(t.backend.clone(), t.outcome.clone());
+        assert_eq!(t.listener, "ping", "{t}");
+    }
+    eprintln!(
+        "silent, wrong and closing backends down after {:?}: {outcomes:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        outcomes[&silent.local_addr().unwrap().to_string()],
+        Outcome::NoReply
+    );
+    assert_eq!(outcomes[&wrong.to_string()], Outcome::BadReply);
+    assert_eq!(outcomes[&closer.to_string()], Outcome::Closed);
+    assert_eq!(Outcome::NoReply.to_string(), "no_reply");
+    assert_eq!(Outcome::BadReply.to_string(), "bad_reply");
+
+    // The echo (matching reply), the banner (expect alone) and `send` alone stay up over
+    // several more checks of each.
+    let seen = echo.accepted();
+    wait_checks_above(&echo, seen + 8, Duration::from_secs(10));
+    drop(prober);
+    let late: Vec<Transition> = rx.try_iter().collect();
+    assert!(late.is_empty(), "unexpected transitions: {late:?}");
+}
