@@ -70,8 +70,7 @@ impl FdPlan {
 /// `limit − reserve(limit) − open` where `open` counts the descriptors already open.
 /// Returns the budget.
 pub fn set_udp_budget(limit: u64, open: u64) -> usize {
-    let budget = limit.saturating_sub(reserve(limit)).saturating_sub(open);
-    let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+    let budget = usize::try_from(udp_budget(limit, open)).unwrap_or(usize::MAX);
     UDP_BUDGET.store(budget, Ordering::Relaxed);
     budget
 }
@@ -89,6 +88,11 @@ pub fn apply(config: &Config, limit: u64) {
         "udp socket budget: {budget} (RLIMIT_NOFILE {limit} - reserve {} - {open} open at start)",
         plan.reserve
     );
+}
+
+/// UDP upstream sockets allowed under `limit` with `open` descriptors already taken.
+pub fn udp_budget(limit: u64, open: u64) -> u64 {
+    limit.saturating_sub(reserve(limit)).saturating_sub(open)
 }
 
 /// Descriptors open in this process now (for [`set_udp_budget`]); 0 if unknown.
@@ -111,21 +115,27 @@ pub(crate) struct UdpSlot(());
 impl UdpSlot {
     /// `None`: the budget is used up.
     pub(crate) fn try_acquire() -> Option<Self> {
-        let budget = UDP_BUDGET.load(Ordering::Relaxed);
-        let before = UDP_SOCKETS.fetch_add(1, Ordering::Relaxed);
-        if before >= budget {
-            UDP_SOCKETS.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(UdpSlot(()))
+        // `then`, not `then_some`: a slot built and dropped on refusal would decrement.
+        take(&UDP_SOCKETS, UDP_BUDGET.load(Ordering::Relaxed)).then(|| UdpSlot(()))
     }
 
-    /// A socket that exists already (a session handed over by a live upgrade): counted
-    /// whatever the budget, so the count stays true.
+    /// Counted whatever the budget, so the count stays true: a socket that exists already
+    /// (a session handed over by a live upgrade), or one that replaces a session's socket
+    /// about to close (a move to another backend), which must not fail at a full budget.
     pub(crate) fn force() -> Self {
         UDP_SOCKETS.fetch_add(1, Ordering::Relaxed);
         UdpSlot(())
     }
+}
+
+/// One more in `count` unless that would pass `budget`. Add first, then check, so two
+/// workers racing for the last place cannot both take it.
+fn take(count: &AtomicUsize, budget: usize) -> bool {
+    if count.fetch_add(1, Ordering::Relaxed) >= budget {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 impl Drop for UdpSlot {
@@ -145,6 +155,24 @@ mod tests {
         assert_eq!(reserve(4_096), 1_024);
         assert_eq!(reserve(2_048), 1_024);
         assert_eq!(reserve(512), 256);
+    }
+
+    #[test]
+    fn take_stops_at_the_budget_and_leaves_the_count_true() {
+        let count = AtomicUsize::new(0);
+        assert!(take(&count, 2));
+        assert!(take(&count, 2));
+        assert!(!take(&count, 2));
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+        assert!(!take(&count, 0));
+        assert!(take(&count, usize::MAX));
+    }
+
+    #[test]
+    fn budget_is_the_limit_minus_reserve_and_open() {
+        assert_eq!(udp_budget(20_000, 6), 17_994);
+        assert_eq!(udp_budget(1_024, 25), 487);
+        assert_eq!(udp_budget(100, 80), 0);
     }
 
     fn config(yaml: &str) -> Config {

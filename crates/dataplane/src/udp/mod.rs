@@ -315,7 +315,20 @@ impl UdpWorkerListener {
         if !self.listener.try_admit(udp.max_sessions) {
             return Err(DenyReason::Limit);
         }
-        let leg = match self.open_leg(client, &Tried::new()) {
+        // The process-wide descriptor budget: a flood of new clients must not take the
+        // descriptors TCP, the admin endpoint and the prober need (docs/udp.md).
+        let Some(slot) = UdpSlot::try_acquire() else {
+            self.listener.release();
+            self.log_resources
+                .note(log::Level::Warn, &self.listener.name, || {
+                    let (budget, open) = fdbudget::udp_usage();
+                    format!(
+                        "udp socket budget ({open} of {budget} upstream sockets, RLIMIT_NOFILE minus the reserve) used up: datagrams from new clients refused"
+                    )
+                });
+            return Err(DenyReason::Resources);
+        };
+        let leg = match self.open_leg(client, &Tried::new(), slot) {
             Ok(leg) => leg,
             Err(reason) => {
                 self.listener.release();
@@ -446,8 +459,14 @@ impl UdpWorkerListener {
         self.install(flow, leg, header, self.now_ms.get().saturating_sub(idle_ms));
     }
 
-    /// Pick a backend (never one in `tried`) and open a socket connected to it.
-    fn open_leg(&self, client: SocketAddr, tried: &Tried) -> Result<Leg, DenyReason> {
+    /// Pick a backend (never one in `tried`) and open a socket connected to it, counted
+    /// in the descriptor budget by `slot`.
+    fn open_leg(
+        &self,
+        client: SocketAddr,
+        tried: &Tried,
+        slot: UdpSlot,
+    ) -> Result<Leg, DenyReason> {
         let snapshot = self.listener.scheduler.snapshot();
         let mut tried = tried.clone();
         let (index, active) = snapshot
@@ -457,18 +476,6 @@ impl UdpWorkerListener {
             .backends()
             .get(index)
             .ok_or(DenyReason::NoBackend)?;
-        // The process-wide descriptor budget first: a flood of new clients must not take
-        // the descriptors TCP, the admin endpoint and the prober need (docs/udp.md).
-        let Some(slot) = UdpSlot::try_acquire() else {
-            self.log_resources
-                .note(log::Level::Warn, &self.listener.name, || {
-                    let (budget, _) = fdbudget::udp_usage();
-                    format!(
-                        "udp socket budget ({budget} upstream sockets, RLIMIT_NOFILE minus the reserve) used up: datagrams from new clients refused"
-                    )
-                });
-            return Err(DenyReason::Resources);
-        };
         let socket = connected_socket(backend.spec.addr).map_err(|e| {
             self.log_resources
                 .note(log::Level::Warn, &self.listener.name, || {
@@ -507,7 +514,8 @@ impl UdpWorkerListener {
                 tried.insert(i);
             }
         }
-        let Ok(leg) = self.open_leg(session.client, &tried) else {
+        // The old leg's socket closes right after: a move does not grow the count.
+        let Ok(leg) = self.open_leg(session.client, &tried, UdpSlot::force()) else {
             return false;
         };
         let socket = Rc::clone(&leg.socket);
