@@ -79,6 +79,11 @@ fn udp_flood_cannot_take_the_descriptors_tcp_and_admin_need() {
         ),
         "the budget line must name the limit and the reserve"
     );
+    // Default max_sessions (100,000) and max_connections (50,000) under 1,024: `run` warns.
+    assert!(
+        lb.count_log("the configured limits may need 200000 file descriptors") >= 1,
+        "run warns when the limits exceed the descriptor limit minus the reserve"
+    );
     let udp = lb.listener_addr("u");
     let tcp = lb.listener_addr("t");
     let denied = r#"ringlb_denied_total{listener="u",reason="resources"}"#;
