@@ -155,7 +155,7 @@ impl Transport {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub interval: Duration,
     pub timeout: Duration,
@@ -165,6 +165,18 @@ pub struct HealthCheck {
     pub fall: u32,
     /// TCP port to connect to; `None` means the backend's own port.
     pub port: Option<u16>,
+    /// Bytes written once connected (escapes already decoded); `None`: nothing is sent.
+    pub send: Option<Vec<u8>>,
+    /// The reply must start with these bytes. `None` with `send`: any reply of at least
+    /// one byte passes. Both `None`: a TCP-connect check.
+    pub expect: Option<Vec<u8>>,
+}
+
+impl HealthCheck {
+    /// A check that exchanges bytes after connecting (`send` and/or `expect` set).
+    pub fn exchanges(&self) -> bool {
+        self.send.is_some() || self.expect.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -56,7 +56,7 @@ pub(crate) struct RawListener {
 #[serde(
     deny_unknown_fields,
     rename = "health_check",
-    expecting = "a health_check mapping (interval, timeout, rise, fall, port)"
+    expecting = "a health_check mapping (interval, timeout, rise, fall, port, send, expect)"
 )]
 pub(crate) struct RawHealthCheck {
     pub interval: Option<Scalar>,
@@ -64,6 +64,8 @@ pub(crate) struct RawHealthCheck {
     pub rise: Option<Scalar>,
     pub fall: Option<Scalar>,
     pub port: Option<Scalar>,
+    pub send: Option<Scalar>,
+    pub expect: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

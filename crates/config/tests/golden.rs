@@ -96,7 +96,7 @@ fn demo_config_is_what_the_demo_script_expects() {
     let tcp = l.tcp().unwrap();
     assert_eq!(tcp.connect_attempts, 2);
     assert_eq!(tcp.connect_timeout, Duration::from_millis(200));
-    let hc = l.health_check.unwrap();
+    let hc = l.health_check.clone().unwrap();
     assert_eq!(hc.interval, Duration::from_millis(200));
     assert_eq!(hc.timeout, Duration::from_millis(100));
     assert_eq!((hc.rise, hc.fall), (2, 2));

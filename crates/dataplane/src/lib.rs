@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod ctx;
+pub mod fdbudget;
 mod handover;
 mod listener;
 mod memory;

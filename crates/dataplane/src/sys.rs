@@ -91,6 +91,13 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// RLIMIT_NOFILE's hard limit: what `raise_fd_limit` raises the soft limit to.
+pub fn fd_hard_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    Ok(hard.max(soft))
+}
+
 /// Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

@@ -1,6 +1,7 @@
 //! ringlb-prober: backend health.
 //!
-//! Owns: active TCP-connect checks (interval, timeout, rise, fall) for every backend of
+//! Owns: active TCP checks (interval, timeout, rise, fall; connect, or connect, send and
+//! expect a reply) for every backend of
 //! every health-checked listener, on ONE thread (`ringlb-prober`) that multiplexes
 //! non-blocking connects with poll(2); ingestion of passive failures (real client
 //! connects the data plane saw refused or time out); the pure rise/fall state machine
@@ -74,7 +75,7 @@ impl fmt::Debug for ProbeListener {
 /// transition line: one word, no spaces.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// The TCP handshake completed (`ok`).
+    /// The TCP handshake completed and, with `send` / `expect`, the reply passed (`ok`).
     Ok,
     /// ECONNREFUSED: the host answered with RST, nothing listens on the port (`refused`).
     Refused,
@@ -85,6 +86,13 @@ pub enum Outcome {
     Unreachable,
     /// Any other errno, by name, e.g. `Error("EACCES")` → `error:EACCES`.
     Error(String),
+    /// Connected, but nothing (or less than `expect`) came back within the check's
+    /// `timeout` (`no_reply`): e.g. a stopped process whose kernel still accepts.
+    NoReply,
+    /// The reply's first bytes differ from `expect` (`bad_reply`).
+    BadReply,
+    /// The backend closed or reset the connection before a full reply (`closed`).
+    Closed,
     /// Real client connects to the backend were refused or timed out: the data plane's
     /// `record_connect_failure` (`client_connect_failed`). The data plane does not say
     /// which of the two, so the prober does not pretend to know.
@@ -110,6 +118,9 @@ impl fmt::Display for Outcome {
             Outcome::Timeout => f.write_str("timeout"),
             Outcome::Unreachable => f.write_str("unreachable"),
             Outcome::Error(errno) => write!(f, "error:{errno}"),
+            Outcome::NoReply => f.write_str("no_reply"),
+            Outcome::BadReply => f.write_str("bad_reply"),
+            Outcome::Closed => f.write_str("closed"),
             Outcome::ClientConnectFailed => f.write_str("client_connect_failed"),
         }
     }

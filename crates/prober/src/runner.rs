@@ -1,5 +1,5 @@
-//! The prober thread's loop: schedules checks, multiplexes every in-flight connect with
-//! one poll(2), samples passive failure counters, feeds the machines and publishes flips.
+//! The prober thread's loop: schedules checks, multiplexes every in-flight check (connect,
+//! then any send / expect) with one poll(2), samples passive failure counters, feeds the machines and publishes flips.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags};
+use nix::poll::PollFd;
 use ringlb_config::HealthCheck;
 use ringlb_scheduler::{AdminState, BackendState};
 use socket2::Socket;
 
 use crate::machine::{first_check_offset, next_check, Flip, Machine, Observation};
-use crate::probe::{self, Start};
+use crate::probe::{self, Phase, Start, Step};
 use crate::{Outcome, ProbeListener, Transition};
 
 /// Longest sleep of the loop: bounds how late passive failures, `update` and `stop` are
@@ -56,7 +56,9 @@ impl Baselined {
 struct InFlight {
     socket: Socket,
     started: Instant,
+    /// The whole check (connect and any exchange) ends by then.
     deadline: Instant,
+    phase: Phase,
 }
 
 struct Target {
@@ -262,7 +264,7 @@ impl Runner {
                 };
                 target.next_due = next_check(inflight.started, now, interval);
                 drop(inflight.socket);
-                self.record(li, ti, Outcome::Timeout, now);
+                self.record(li, ti, inflight.phase.expired(), now);
             }
         }
     }
@@ -272,30 +274,35 @@ impl Runner {
     /// up flag stay as they were until it leaves maintenance.
     fn start_due(&mut self, now: Instant) {
         for li in 0..self.listeners.len() {
-            let check = self.listeners[li].check;
+            let (interval, timeout) = (
+                self.listeners[li].check.interval,
+                self.listeners[li].check.timeout,
+            );
+            let exchanges = self.listeners[li].check.exchanges();
             for ti in 0..self.listeners[li].targets.len() {
                 let target = &mut self.listeners[li].targets[ti];
                 if target.inflight.is_some() || target.next_due > now {
                     continue;
                 }
                 if in_maintenance(&target.state) {
-                    target.next_due = next_check(now, now, check.interval);
+                    target.next_due = next_check(now, now, interval);
                     continue;
                 }
-                match probe::start(target.addr) {
+                match probe::start(target.addr, exchanges) {
                     Start::Pending(socket) => {
                         target.inflight = Some(InFlight {
                             socket,
                             started: now,
-                            deadline: now + check.timeout,
+                            deadline: now + timeout,
+                            phase: Phase::Connecting,
                         });
                     }
                     Start::Done(outcome) => {
-                        target.next_due = next_check(now, now, check.interval);
+                        target.next_due = next_check(now, now, interval);
                         self.record(li, ti, outcome, now);
                     }
                     Start::Local(err) => {
-                        target.next_due = next_check(now, now, check.interval);
+                        target.next_due = next_check(now, now, interval);
                         self.local_error(&err, now);
                     }
                 }
@@ -316,7 +323,10 @@ impl Runner {
                     Some(inflight) => {
                         wake = wake.min(inflight.deadline);
                         owners.push((li, ti));
-                        fds.push(PollFd::new(inflight.socket.as_fd(), PollFlags::POLLOUT));
+                        fds.push(PollFd::new(
+                            inflight.socket.as_fd(),
+                            inflight.phase.interest(),
+                        ));
                     }
                     None => wake = wake.min(target.next_due),
                 }
@@ -341,13 +351,23 @@ impl Runner {
         drop(fds);
         let now = Instant::now();
         for (li, ti) in ready {
-            let interval = self.listeners[li].check.interval;
-            let target = &mut self.listeners[li].targets[ti];
-            let Some(inflight) = target.inflight.take() else {
+            let listener = &mut self.listeners[li];
+            let Some(target) = listener.targets.get_mut(ti) else {
                 continue;
             };
-            target.next_due = next_check(inflight.started, now, interval);
-            let outcome = probe::finish(inflight.socket);
+            let Some(mut inflight) = target.inflight.take() else {
+                continue;
+            };
+            let outcome =
+                match probe::advance(&inflight.socket, &mut inflight.phase, &listener.check) {
+                    Step::Done(outcome) => outcome,
+                    Step::Wait => {
+                        target.inflight = Some(inflight);
+                        continue;
+                    }
+                };
+            target.next_due = next_check(inflight.started, now, listener.check.interval);
+            drop(inflight.socket);
             self.record(li, ti, outcome, now);
         }
     }

@@ -37,6 +37,8 @@ fn check(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> HealthCheck
         rise,
         fall,
         port: None,
+        send: None,
+        expect: None,
     }
 }
 
@@ -294,7 +296,7 @@ fn update_keeps_surviving_machines_starts_new_and_releases_removed() {
     );
     let (a_label, b_label, c_label) = (a.label.clone(), b.label.clone(), c.label.clone());
     let hc = check(50, 50, 2, 2);
-    let (l, old_calls) = listener("reload", hc, vec![a.clone(), b]);
+    let (l, old_calls) = listener("reload", hc.clone(), vec![a.clone(), b]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l], tx).unwrap();
     let mut down = std::collections::HashSet::new();
@@ -348,6 +350,8 @@ fn update_keeps_failure_streak_of_surviving_backend() {
         rise: 2,
         fall: 3,
         port: None,
+        send: None,
+        expect: None,
     };
     // Witnesses: backends of another listener with fall 1 that only passive failures can
     // take down (they answer their checks). The prober samples every backend's failures
@@ -360,9 +364,12 @@ fn update_keeps_failure_streak_of_surviving_backend() {
         state: Arc::new(BackendState::new()),
     };
     let (w1, w2) = (witness("w1"), witness("w2"));
-    let whc = HealthCheck { fall: 1, ..hc };
-    let (l, _) = listener(name, hc, vec![b.clone()]);
-    let (wl, _) = listener("witness", whc, vec![w1.clone()]);
+    let whc = HealthCheck {
+        fall: 1,
+        ..hc.clone()
+    };
+    let (l, _) = listener(name, hc.clone(), vec![b.clone()]);
+    let (wl, _) = listener("witness", whc.clone(), vec![w1.clone()]);
     let (tx, rx) = crossbeam_channel::unbounded();
     let prober = Prober::spawn(vec![l, wl], tx).unwrap();
     state.record_connect_failure();
@@ -503,4 +510,84 @@ fn a_backend_in_maintenance_gets_no_checks_and_no_passive_verdict() {
         maint.addr()
     );
     prober.stop();
+}
+
+/// A loopback server whose every connection gets `reply` once it has read something
+/// (`on_connect`: at once), or is closed at once when `reply` is `None`. Its thread ends
+/// with the test binary.
+fn scripted(reply: Option<&'static [u8]>, on_connect: bool) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let Some(reply) = reply else { continue };
+            if !on_connect {
+                let mut buf = [0u8; 64];
+                if conn.read(&mut buf).unwrap_or(0) == 0 {
+                    continue;
+                }
+            }
+            let _ = conn.write_all(reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn send_expect_outcomes_on_real_sockets() {
+    let hc = |send: Option<&[u8]>, expect: Option<&[u8]>| HealthCheck {
+        send: send.map(<[u8]>::to_vec),
+        expect: expect.map(<[u8]>::to_vec),
+        ..check(100, 80, 1, 2)
+    };
+    // Accepts (its kernel completes the handshake) but never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wrong = scripted(Some(b"NOPE\r\n"), false);
+    let closer = scripted(None, false);
+    let echo = EchoBackend::start();
+    let banner = scripted(Some(b"220 ready\r\n"), true);
+    let (ping, _) = listener(
+        "ping",
+        hc(Some(b"PING\r\n"), Some(b"PING\r\n")),
+        vec![
+            backend(silent.local_addr().unwrap()),
+            backend(wrong),
+            backend(closer),
+            backend(echo.addr()),
+        ],
+    );
+    let (greeting, _) = listener("greeting", hc(None, Some(b"220 ")), vec![backend(banner)]);
+    // `send` alone: any reply passes.
+    let (any, _) = listener("any", hc(Some(b"x"), None), vec![backend(echo.addr())]);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let prober = Prober::spawn(vec![ping, greeting, any], tx).unwrap();
+    let started = Instant::now();
+    let mut outcomes = std::collections::HashMap::new();
+    while outcomes.len() < 3 {
+        let t = wait_for(&rx, Duration::from_millis(100 * 2 + 80) + SLACK, |t| !t.up);
+        outcomes.insert(t.backend.clone(), t.outcome.clone());
+        assert_eq!(t.listener, "ping", "{t}");
+    }
+    eprintln!(
+        "silent, wrong and closing backends down after {:?}: {outcomes:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        outcomes[&silent.local_addr().unwrap().to_string()],
+        Outcome::NoReply
+    );
+    assert_eq!(outcomes[&wrong.to_string()], Outcome::BadReply);
+    assert_eq!(outcomes[&closer.to_string()], Outcome::Closed);
+    assert_eq!(Outcome::NoReply.to_string(), "no_reply");
+    assert_eq!(Outcome::BadReply.to_string(), "bad_reply");
+
+    // The echo (matching reply), the banner (expect alone) and `send` alone stay up over
+    // several more checks of each.
+    let seen = echo.accepted();
+    wait_checks_above(&echo, seen + 8, Duration::from_secs(10));
+    drop(prober);
+    let late: Vec<Transition> = rx.try_iter().collect();
+    assert!(late.is_empty(), "unexpected transitions: {late:?}");
 }

@@ -121,6 +121,15 @@ fn check(path: &Path) -> ExitCode {
                 config.listeners.len(),
                 if config.listeners.len() == 1 { "" } else { "s" }
             );
+            // `run` raises its soft limit to the hard one, so that is the limit to judge.
+            if let Ok(limit) = ringlb_dataplane::sys::fd_hard_limit() {
+                let plan = ringlb_dataplane::fdbudget::FdPlan::new(&config, limit);
+                if let Some(w) = plan.warning() {
+                    eprintln!(
+                        "warning: {w} (RLIMIT_NOFILE here is this shell's hard limit; `run` checks its own)"
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         None => ExitCode::from(EXIT_INVALID_CONFIG),

@@ -374,7 +374,9 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 rise: 4,
                 fall: 5,
-                port: Some(8080)
+                port: Some(8080),
+                send: None,
+                expect: None,
             })
         );
         let b = &l.backends[0];

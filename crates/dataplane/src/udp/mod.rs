@@ -28,6 +28,7 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::ctx::{LiveGuard, WorkerCtx};
+use crate::fdbudget::{self, UdpSlot};
 use crate::handover::{Moved, MovedSession};
 use crate::listener::{is_allowed, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
@@ -314,7 +315,20 @@ impl UdpWorkerListener {
         if !self.listener.try_admit(udp.max_sessions) {
             return Err(DenyReason::Limit);
         }
-        let leg = match self.open_leg(client, &Tried::new()) {
+        // The process-wide descriptor budget: a flood of new clients must not take the
+        // descriptors TCP, the admin endpoint and the prober need (docs/udp.md).
+        let Some(slot) = UdpSlot::try_acquire() else {
+            self.listener.release();
+            self.log_resources
+                .note(log::Level::Warn, &self.listener.name, || {
+                    let (budget, open) = fdbudget::udp_usage();
+                    format!(
+                        "udp socket budget ({open} of {budget} upstream sockets, RLIMIT_NOFILE minus the reserve) used up: datagrams from new clients refused"
+                    )
+                });
+            return Err(DenyReason::Resources);
+        };
+        let leg = match self.open_leg(client, &Tried::new(), slot) {
             Ok(leg) => leg,
             Err(reason) => {
                 self.listener.release();
@@ -426,6 +440,7 @@ impl UdpWorkerListener {
             .map_or_else(|| Arc::new(BackendState::new()), |b| Arc::clone(&b.state));
         let leg = Leg {
             socket: Rc::new(moved.upstream),
+            _slot: UdpSlot::force(),
             label: moved.backend,
             _active: state.acquire(),
             state,
@@ -444,8 +459,14 @@ impl UdpWorkerListener {
         self.install(flow, leg, header, self.now_ms.get().saturating_sub(idle_ms));
     }
 
-    /// Pick a backend (never one in `tried`) and open a socket connected to it.
-    fn open_leg(&self, client: SocketAddr, tried: &Tried) -> Result<Leg, DenyReason> {
+    /// Pick a backend (never one in `tried`) and open a socket connected to it, counted
+    /// in the descriptor budget by `slot`.
+    fn open_leg(
+        &self,
+        client: SocketAddr,
+        tried: &Tried,
+        slot: UdpSlot,
+    ) -> Result<Leg, DenyReason> {
         let snapshot = self.listener.scheduler.snapshot();
         let mut tried = tried.clone();
         let (index, active) = snapshot
@@ -467,6 +488,7 @@ impl UdpWorkerListener {
         })?;
         Ok(Leg {
             socket: Rc::new(socket),
+            _slot: slot,
             label: backend.spec.label.clone(),
             state: Arc::clone(&backend.state),
             _active: active,
@@ -492,7 +514,8 @@ impl UdpWorkerListener {
                 tried.insert(i);
             }
         }
-        let Ok(leg) = self.open_leg(session.client, &tried) else {
+        // The old leg's socket closes right after: a move does not grow the count.
+        let Ok(leg) = self.open_leg(session.client, &tried, UdpSlot::force()) else {
             return false;
         };
         let socket = Rc::clone(&leg.socket);
@@ -596,6 +619,8 @@ impl Drop for Session {
 /// A session's current backend: its connected socket and the slot it holds there.
 struct Leg {
     socket: Rc<Socket>,
+    /// This socket's place in the process's descriptor budget.
+    _slot: UdpSlot,
     label: String,
     state: Arc<BackendState>,
     _active: ActiveGuard,

@@ -189,7 +189,7 @@ impl ControlPlane {
         let mut out = Vec::new();
         for shared in self.listeners.values() {
             let settings = shared.settings.load();
-            let Some(check) = settings.health_check else {
+            let Some(check) = settings.health_check.clone() else {
                 continue;
             };
             let snapshot = shared.scheduler.snapshot();

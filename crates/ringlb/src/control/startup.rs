@@ -178,7 +178,10 @@ fn start(
     };
     sys::probe_io_uring()?;
     match sys::raise_fd_limit() {
-        Ok(limit) => info!("file descriptor limit: {limit}"),
+        Ok(limit) => {
+            info!("file descriptor limit: {limit}");
+            ringlb_dataplane::fdbudget::apply(&config, limit);
+        }
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
     let cpus = sys::allowed_cpus();
