@@ -343,7 +343,10 @@ impl ControlPlane {
         handed: Option<AdminBook>,
     ) -> ControlPlane {
         match handed {
-            Some(book) => self.book = book,
+            Some(book) => {
+                self.registry.readiness.set_node_failed(book.node_failed);
+                self.book = book;
+            }
             None => self.load_book(),
         }
         for (listener, sockets, addr) in bound {

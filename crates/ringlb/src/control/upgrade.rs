@@ -174,6 +174,11 @@ impl ControlPlane {
             ch.send(&msg, &[], &[admin.as_raw_fd()])
                 .map_err(|e| e.to_string())?;
         }
+        // The operator's drain/maint/weight settings carry over, with or without state_file.
+        let book = Msg::AdminState {
+            book: self.book.to_json().to_string(),
+        };
+        ch.send(&book, &[], &[]).map_err(|e| e.to_string())?;
         ch.send(
             &Msg::ListenersEnd {
                 workers: self.workers.len(),
