@@ -81,12 +81,15 @@ fn successor(lb: &Ringlb, n: usize) -> Option<u32> {
 /// One established connection echoing a deterministic stream back, chunk by chunk.
 struct Stream {
     stop: Arc<AtomicBool>,
+    /// Set once its first chunk came back: the connection is established end to end.
+    up: Arc<AtomicBool>,
     thread: JoinHandle<Result<u64, String>>,
 }
 
 fn stream(addr: SocketAddr, seed: u64, chunk: usize) -> Stream {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
+    let up = Arc::new(AtomicBool::new(false));
+    let (flag, established) = (Arc::clone(&stop), Arc::clone(&up));
     let thread = thread::spawn(move || -> Result<u64, String> {
         let mut c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
         c.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
@@ -103,6 +106,7 @@ fn stream(addr: SocketAddr, seed: u64, chunk: usize) -> Stream {
                 return Err(format!("echo differs after {total} bytes"));
             }
             total += chunk as u64;
+            established.store(true, Ordering::Relaxed);
         }
         c.shutdown(std::net::Shutdown::Write)
             .map_err(|e| e.to_string())?;
@@ -114,7 +118,7 @@ fn stream(addr: SocketAddr, seed: u64, chunk: usize) -> Stream {
         }
         Ok(total)
     });
-    Stream { stop, thread }
+    Stream { stop, up, thread }
 }
 
 /// A UDP client socket: one session in ringlb. Returns the tag of the backend that answered.
@@ -139,7 +143,7 @@ fn udp_ask(sock: &std::net::UdpSocket, lb: SocketAddr, n: usize) -> Result<Strin
 }
 
 fn yaml(echo: SocketAddr, tagged: SocketAddr) -> String {
-    let mut y = String::from("admin: 127.0.0.1:0\nworkers: 2\nshutdown_timeout: 10s\nlisteners:\n");
+    let mut y = String::from("admin: 127.0.0.1:0\nworkers: 2\nshutdown_timeout: 60s\nlisteners:\n");
     for mode in ["copy", "splice", "auto"] {
         y.push_str(&format!(
             "  - name: {mode}\n    bind: 127.0.0.1:0\n    forwarding: {mode}\n    backends:\n      - addr: {echo}\n"
@@ -200,6 +204,12 @@ fn established_connections_and_new_connects_survive_upgrades() {
             streams.push(stream(lb.listener_addr(mode), (m * 100 + i) as u64, chunk));
         }
     }
+    assert!(
+        wait_until(WAIT, || streams
+            .iter()
+            .all(|s| s.up.load(Ordering::Relaxed))),
+        "not every stream got its first echo"
+    );
     let moved = Arc::new(AtomicU64::new(0));
     let mut current = lb.pid();
     for n in 0..upgrades() {

@@ -235,14 +235,21 @@ impl ControlPlane {
                     frozen += 1;
                 }
             }
-            match ch.recv(Duration::ZERO) {
-                Ok(frame) => {
-                    if let Msg::Adopted { id } = frame.msg {
-                        unacked.remove(&id);
+            // Every acknowledgement waiting, not one per turn: the new process must never
+            // wait on a full channel for us.
+            let acks = loop {
+                match ch.recv(Duration::ZERO) {
+                    Ok(frame) => {
+                        if let Msg::Adopted { id } = frame.msg {
+                            unacked.remove(&id);
+                        }
                     }
+                    Err(WireError::Timeout(_)) => break Ok(()),
+                    Err(e) => break Err(e),
                 }
-                Err(WireError::Timeout(_)) => {}
-                Err(e) => break e.to_string(),
+            };
+            if let Err(e) = acks {
+                break e.to_string();
             }
         };
         let acked = next_id - unacked.len() as u64;
