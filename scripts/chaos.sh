@@ -57,10 +57,17 @@ ringlb() {
 }
 
 # listener NAME: the address ringlb logged for listener NAME.
-listener() { grep -o "listener \"$1\" listening on [^ ]*" "$LOG" | head -1 | awk '{print $NF}'; }
+listener() { grep -o "listener \"$1\" listening on [^ ]*" "$LOG" | head -1 | awk '{print $NF}' || true; }
 
-# errors JSON: the error count of a ringlb-bench JSON report (-1 if unreadable).
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], -1))' "$1" "$2" 2>/dev/null || echo -1; }
+# field JSON KEY[.KEY]: one value of a ringlb-bench JSON report (-1 if missing or unreadable).
+field() {
+    python3 -c '
+import json, sys
+v = json.loads(sys.argv[1])
+for k in sys.argv[2].split("."):
+    v = v.get(k, -1) if isinstance(v, dict) else -1
+print(json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else v)' "$1" "$2" 2>/dev/null || echo -1
+}
 
 # ---------------------------------------------------------------- scenarios
 
@@ -85,7 +92,7 @@ scenario_kill9_backend() {
     # The connections open on the killed backend at that instant are reset (each client
     # sees it: ringlb-bench counts it); no new connect may fail.
     [ "$err" -ge 0 ] && [ "$err" -le 8 ] && [ "$down" -ge 1 ] && [ "$up" -ge 1 ] \
-        && report PASS kill9_backend "$(field "$out" requests) connects; $err failed, all of them links in flight on the killed backend (≤ 8); backend down, then up again" \
+        && report PASS kill9_backend "$(field "$out" requests) connects; $err failed ($(field "$out" error_kinds)), all links in flight on the killed backend (≤ 8); backend down, then up again" \
         || report FAIL kill9_backend "errors=$err (> 8 in flight) down=$down up=$up"
     stop_pids "$LBPID"
 }
@@ -124,7 +131,7 @@ listeners:
     for n in 1 2 3; do
         kill -USR2 "$pid"
         for i in $(seq 200); do
-            local next; next=$(grep -o 'upgrade: pid [0-9]* took over' "$LOG" | sed -n "${n}p" | awk '{print $3}')
+            local next; next=$(grep -o 'upgrade: pid [0-9]* took over' "$LOG" | sed -n "${n}p" | awk '{print $3}' || true)
             [ -n "$next" ] && break; sleep 0.05
         done
         [ -n "${next:-}" ] || { report FAIL upgrade_under_load "upgrade $n did not finish"; return; }
@@ -132,7 +139,7 @@ listeners:
     done
     wait "$rr" "$rr2" "$conn" || true
     local e1 e2 e3; e1=$(field "$(cat "$WORK/up-rr.json")" errors); e2=$(field "$(cat "$WORK/up-rr2.json")" errors); e3=$(field "$(cat "$WORK/up-conn.json")" errors)
-    local pauses; pauses=$(grep -o 'pause per connection.*' "$LOG" | tr '\n' ';')
+    local pauses; pauses=$(grep -o 'pause per connection.*' "$LOG" | tr '\n' ';' || true)
     [ "$e1" = 0 ] && [ "$e2" = 0 ] && [ "$e3" = 0 ] \
         && report PASS upgrade_under_load "3 upgrades, rr/bulk-rr/connect errors 0/0/0; $pauses" \
         || report FAIL upgrade_under_load "errors rr=$e1 bulk=$e2 connect=$e3"
@@ -184,7 +191,7 @@ scenario_slowloris() {
     wait "$idle" || true
     local err; err=$(field "$out" errors)
     [ "$err" = 0 ] \
-        && report PASS slowloris "1000 silent links held; rr beside them: $(field "$out" requests) requests, p99 $(field "$out" p99_us) µs, 0 errors" \
+        && report PASS slowloris "1000 silent links held; rr beside them: $(field "$out" requests) requests, p99 $(field "$out" latency_us.p99) µs, 0 errors" \
         || report FAIL slowloris "rr errors=$err"
     stop_pids "$LBPID"
 }
