@@ -133,4 +133,7 @@ if [ -x scripts/bench-smoke.sh ]; then
     scripts/bench-smoke.sh
 fi
 
+step "chaos suite, quick (faults on loopback: scripts/chaos.sh)"
+QUICK=1 scripts/chaos.sh
+
 step "all checks passed"
