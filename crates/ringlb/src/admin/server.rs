@@ -605,6 +605,33 @@ pub(super) fn route(method: &str, target: &str, registry: &Registry) -> Response
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a client sends, the head parser and the router answer without
+        /// panicking, with a status the endpoint documents.
+        #[test]
+        fn any_request_bytes_get_a_documented_answer(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            valid_prefix in proptest::prelude::any::<bool>(),
+        ) {
+            let registry = Registry::default();
+            let mut input = if valid_prefix { b"GET /".to_vec() } else { Vec::new() };
+            input.extend_from_slice(&bytes);
+            if let Some(head) = parse_head(&input) {
+                let status = respond(head, &registry).status;
+                proptest::prop_assert!([200, 400, 404, 405, 408, 431, 503].contains(&status), "{status}");
+            }
+        }
+
+        #[test]
+        fn any_method_and_target_are_routed(method in "\\PC{0,12}", target in "\\PC{0,64}") {
+            let registry = Registry::default();
+            let status = route(&method, &target, &registry).status;
+            proptest::prop_assert!([200, 404, 405, 503].contains(&status), "{status}");
+        }
+    }
+
     #[test]
     fn ready_is_503_with_the_reason_until_serving() {
         use crate::readiness::Phase;
