@@ -227,19 +227,15 @@ mod tests {
         io::Error::from_raw_os_error(errno as i32)
     }
 
+    /// The classification itself is tested with `ConnectFailure`; here only that the
+    /// prober's outcomes follow it.
     #[test]
-    fn classifies_errnos() {
+    fn outcomes_follow_the_shared_classification() {
         assert_eq!(classify(&os(Errno::ECONNREFUSED)), Outcome::Refused);
-        assert_eq!(classify(&os(Errno::ETIMEDOUT)), Outcome::Timeout);
         assert_eq!(classify(&os(Errno::EHOSTUNREACH)), Outcome::Unreachable);
-        assert_eq!(classify(&os(Errno::ENETUNREACH)), Outcome::Unreachable);
         assert_eq!(
             classify(&os(Errno::EACCES)),
             Outcome::Error("EACCES".into())
-        );
-        assert_eq!(
-            classify(&io::Error::new(io::ErrorKind::InvalidInput, "x y")),
-            Outcome::Error("InvalidInput".into())
         );
     }
 

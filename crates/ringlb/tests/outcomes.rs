@@ -16,24 +16,11 @@ fn bin() -> &'static Path {
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The value of one sample of the exposition, 0 when absent.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn metric(lb: &Ringlb, series: &str) -> u64 {
     let (status, body) = lb.http_get("/metrics");
     assert_eq!(status, 200, "{body}");
-    sample(&body, series)
+    // Absent means nothing was counted yet.
+    metric_value(&body, series).map_or(0, |v| v as u64)
 }
 
 fn ended(lb: &Ringlb, listener: &str, end: &str) -> u64 {

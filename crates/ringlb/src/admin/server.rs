@@ -644,35 +644,7 @@ mod tests {
         assert_eq!(route("POST", "/ready", &registry).status, 405);
     }
 
-    /// Serves reads from a list of chunks; a `None` chunk is a read timeout.
-    struct Script {
-        chunks: std::collections::VecDeque<Option<Vec<u8>>>,
-    }
-
-    impl Script {
-        fn new(chunks: Vec<Option<&[u8]>>) -> Script {
-            Script {
-                chunks: chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect(),
-            }
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.chunks.pop_front() {
-                None => Ok(0),
-                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Some(mut chunk)) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        self.chunks.push_front(Some(chunk.split_off(n)));
-                    }
-                    Ok(n)
-                }
-            }
-        }
-    }
+    use crate::bounded::Script;
 
     /// What one readiness turn makes of these reads: `None` while the head is incomplete.
     fn head(chunks: Vec<Option<&[u8]>>) -> Option<Head> {
