@@ -612,3 +612,76 @@ fn ringlb_upgrade_reports_failure_and_success() {
     let _ = std::fs::remove_dir_all(&dir);
     drop(successors);
 }
+
+/// The move has `shutdown_timeout` to finish; past it the new process serves and the old
+/// one falls back to the normal drain of what it still holds. With `shutdown_timeout: 0s`
+/// nothing can move in time: the links stay with the old process and are cut by its 0 s
+/// drain (a client sees a reset, as with a SIGTERM under that setting), while new clients
+/// reach the new process.
+#[test]
+fn links_not_moved_within_shutdown_timeout_drain_in_the_old_process() {
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
+    let echo = EchoBackend::start();
+    let tagged = EchoBackend::tagged("t");
+    let config =
+        yaml(echo.addr(), tagged.addr()).replace("shutdown_timeout: 60s", "shutdown_timeout: 0s");
+    let lb = Ringlb::start(bin(), &config);
+    let mut successors = Successors(Vec::new());
+    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    let addr = lb.listener_addr("copy");
+    let mut links: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            c.set_read_timeout(Some(WAIT))
+                .unwrap_or_else(|e| panic!("{e}"));
+            c.write_all(b"hi").unwrap_or_else(|e| panic!("{e}"));
+            let mut b = [0u8; 2];
+            c.read_exact(&mut b).unwrap_or_else(|e| panic!("{e}"));
+            c
+        })
+        .collect();
+    let old = lb.pid();
+    lb.signal(Signal::Usr2);
+    assert!(
+        lb.wait_for_log("drains here while the new process serves", WAIT),
+        "no fallback line"
+    );
+    assert!(
+        wait_until(WAIT, || successor(&lb, 0).is_some()),
+        "no new process took over"
+    );
+    successors.0.push(successor(&lb, 0).unwrap_or(0));
+    assert!(
+        wait_until(WAIT, || !alive(old)),
+        "the old process did not exit"
+    );
+    // Cut by the old process's drain: an error, never a hang or other bytes.
+    for (i, c) in links.iter_mut().enumerate() {
+        let mut b = [0u8; 2];
+        let r = c.write_all(b"ok").and_then(|_| c.read_exact(&mut b));
+        match r {
+            Ok(()) => panic!("link {i} still answered: {b:?}"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "link {i} hangs: {e}"
+            ),
+        }
+    }
+    // New clients reach the new process.
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    c.set_read_timeout(Some(WAIT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.write_all(b"new").unwrap_or_else(|e| panic!("{e}"));
+    let mut b = [0u8; 3];
+    c.read_exact(&mut b).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&b, b"new");
+    drop(c);
+    drop(successors);
+}

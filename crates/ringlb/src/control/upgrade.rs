@@ -203,7 +203,8 @@ impl ControlPlane {
         let (sink, moved) = crossbeam_channel::unbounded();
         self.broadcast(|| Command::Freeze { sink: sink.clone() });
         drop(sink);
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let timeout = self.config.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
         let mut unacked: HashMap<u64, Moved> = HashMap::new();
         let (mut next_id, mut frozen, mut sessions) = (0u64, 0usize, 0u64);
         let failure = loop {
@@ -211,10 +212,11 @@ impl ControlPlane {
                 return Ok((next_id - sessions, sessions));
             }
             if Instant::now() >= deadline {
-                break format!(
-                    "connections still moving after {:?} (shutdown_timeout)",
-                    self.config.shutdown_timeout
-                );
+                // The new process serves; what did not move in time drains here, as a
+                // normal shutdown would drain it.
+                let taken = (next_id - unacked.len() as u64, sessions);
+                self.drain_the_rest(unacked.into_values().collect(), &moved, timeout);
+                return Ok(taken);
             }
             if let Ok(item) = moved.recv_timeout(TICK) {
                 let sent = match &item {
@@ -257,10 +259,8 @@ impl ControlPlane {
         Err(failure)
     }
 
-    /// The new process is gone or too slow: serve here again every connection it has not
-    /// acknowledged, and accept again on every listener.
-    /// `acked`: what the new process had acknowledged (its own from then on).
-    fn call_off(&mut self, mut back: Vec<Moved>, moved: &Receiver<Moved>, acked: u64) {
+    /// Workers stop freezing; returns everything frozen that did not reach the new process.
+    fn thaw(&self, mut back: Vec<Moved>, moved: &Receiver<Moved>) -> Vec<Moved> {
         self.broadcast(|| Command::Thaw);
         // Until every worker has thawed, frozen connections may still arrive.
         let mut thawed = 0;
@@ -271,9 +271,11 @@ impl ControlPlane {
             }
         }
         back.extend(moved.try_iter());
-        let n = back.len();
-        // Listeners first: what comes back is adopted by the listener of its name.
-        self.restart_accepting();
+        back
+    }
+
+    /// Each item to the worker of its index (its listener must be running there).
+    fn adopt_here(&self, back: Vec<Moved>) {
         for item in back {
             let index = match &item {
                 Moved::Conn(c) => c.worker,
@@ -283,6 +285,35 @@ impl ControlPlane {
                 worker.send(Command::Adopt(item));
             }
         }
+    }
+
+    /// The move took longer than `shutdown_timeout` while the new process serves: serve
+    /// here, without accepting, what did not move; the shutdown that follows drains it.
+    fn drain_the_rest(&mut self, back: Vec<Moved>, moved: &Receiver<Moved>, timeout: Duration) {
+        let back = self.thaw(back, moved);
+        let n = back.len();
+        // A listener must run for what comes back to be adopted by its name; it stops
+        // accepting again at once, and its connections stay.
+        self.restart_accepting();
+        self.adopt_here(back);
+        let names: Vec<String> = self.listeners.keys().cloned().collect();
+        for name in names {
+            self.broadcast(|| Command::Stop { name: name.clone() });
+        }
+        warn!(
+            "upgrade: connections still moving after {timeout:?} (shutdown_timeout); {n} frozen one(s) taken back; what this process still holds drains here while the new process serves"
+        );
+    }
+
+    /// The new process is gone: serve here again every connection it had not
+    /// acknowledged, and accept again on every listener.
+    /// `acked`: what the new process had acknowledged (its own from then on).
+    fn call_off(&mut self, back: Vec<Moved>, moved: &Receiver<Moved>, acked: u64) {
+        let back = self.thaw(back, moved);
+        let n = back.len();
+        // Listeners first: what comes back is adopted by the listener of its name.
+        self.restart_accepting();
+        self.adopt_here(back);
         warn!(
             "upgrade called off: {n} connection(s) and session(s) served here again, {acked} taken by the new process before it failed; accepting again"
         );
