@@ -14,6 +14,24 @@ pub enum Moved {
     Session(MovedSession),
 }
 
+impl Moved {
+    /// The worker it ran on: the new process gives it to the worker of the same index.
+    pub fn worker(&self) -> usize {
+        match self {
+            Moved::Conn(c) => c.worker,
+            Moved::Session(s) => s.worker,
+        }
+    }
+
+    /// The listener it belongs to, by name.
+    pub fn listener(&self) -> &str {
+        match self {
+            Moved::Conn(c) => &c.listener,
+            Moved::Session(s) => &s.listener,
+        }
+    }
+}
+
 /// One UDP session leaving this process (or arriving from the previous one): its client,
 /// its backend and the connected socket the backend answers on.
 #[derive(Debug)]
@@ -44,15 +62,24 @@ pub struct MovedConn {
     pub backend_socket: Socket,
     /// Since it was accepted.
     pub age: Duration,
-    /// Since its last byte either way.
-    pub idle: Duration,
     /// CLOCK_MONOTONIC when it froze ([`monotonic_now`]): the same clock in every process
     /// of the host, so the new process can tell how long the connection paused.
     pub frozen_at: Duration,
-    /// Read from the client, not yet written to the backend.
+    /// Its relay's state at the freeze.
+    pub frozen: Frozen,
+}
+
+/// A relay stopped for a live upgrade, or one resuming after it: the bytes read from one
+/// side and not yet written to the other, how long the link has been idle, and what it
+/// forwarded so far.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    /// Read from the client, owed to the backend.
     pub to_backend: Vec<u8>,
-    /// Read from the backend, not yet written to the client.
+    /// Read from the backend, owed to the client.
     pub to_client: Vec<u8>,
+    /// Since its last byte either way.
+    pub idle: Duration,
     /// Forwarded so far, client → backend and backend → client.
     pub bytes_in: u64,
     pub bytes_out: u64,

@@ -26,6 +26,6 @@ mod uring;
 pub mod worker;
 mod worker_listener;
 
-pub use handover::{monotonic_now, Moved, MovedConn, MovedSession};
+pub use handover::{monotonic_now, Frozen, Moved, MovedConn, MovedSession};
 pub use listener::ListenerState;
 pub use outcome::{DenyReason, EndReason};

@@ -272,10 +272,7 @@ impl Worker {
     }
 
     fn adopt(&self, moved: Moved) {
-        let name = match &moved {
-            Moved::Conn(c) => &c.listener,
-            Moved::Session(s) => &s.listener,
-        };
+        let name = moved.listener();
         match self.serving.get(name) {
             Some(listener) => listener.adopt(&self.ctx, moved),
             None => log::error!(

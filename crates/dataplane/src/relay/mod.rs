@@ -20,6 +20,7 @@ use ringlb_config::Forwarding;
 use socket2::Socket;
 
 use crate::ctx::Cut;
+pub(crate) use crate::handover::Frozen;
 use crate::outcome::EndReason;
 use crate::pipes::{Pipe, PipePool, PIPE_SIZE};
 use crate::stats::WorkerCounters;
@@ -75,20 +76,6 @@ pub(crate) enum RelayEnd {
     /// Stopped at a clean point for a live upgrade: nothing is in flight on either socket
     /// and every byte read but not yet written is in `carry`.
     Frozen(Frozen),
-}
-
-/// A relay stopped for a live upgrade, or one resuming after it: the bytes read from one
-/// side and not yet written to the other, and how long the link has been idle.
-#[derive(Debug, Default)]
-pub(crate) struct Frozen {
-    /// Read from the client, owed to the backend.
-    pub(crate) to_backend: Vec<u8>,
-    /// Read from the backend, owed to the client.
-    pub(crate) to_client: Vec<u8>,
-    pub(crate) idle: Duration,
-    /// Bytes forwarded so far by this process (client → backend, backend → client).
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
 }
 
 /// What a relay runs with, besides its two sockets.

@@ -203,22 +203,12 @@ fn hand_over(
         client,
         backend_socket: backend,
         age: link.started.elapsed(),
-        idle: frozen.idle,
         frozen_at: crate::handover::monotonic_now(),
-        to_backend: frozen.to_backend,
-        to_client: frozen.to_client,
-        bytes_in: frozen.bytes_in,
-        bytes_out: frozen.bytes_out,
+        frozen,
     };
     sink.send(Moved::Conn(moved))
         .map_err(|returned| match returned.into_inner() {
-            Moved::Conn(m) => Frozen {
-                to_backend: m.to_backend,
-                to_client: m.to_client,
-                idle: m.idle,
-                bytes_in: m.bytes_in,
-                bytes_out: m.bytes_out,
-            },
+            Moved::Conn(m) => m.frozen,
             // What comes back is what was sent.
             Moved::Session(_) => {
                 debug_assert!(false, "a refused connection came back as a session");
@@ -253,14 +243,7 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
     };
-    let resumed = Frozen {
-        to_backend: moved.to_backend,
-        to_client: moved.to_client,
-        idle: moved.idle,
-        bytes_in: moved.bytes_in,
-        bytes_out: moved.bytes_out,
-    };
-    forward(&ctx, &accounting, link, Some(resumed)).await;
+    forward(&ctx, &accounting, link, Some(moved.frozen)).await;
 }
 
 /// `local` is asked only when a header is sent: it costs a getsockname.

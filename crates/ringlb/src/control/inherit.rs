@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ringlb_config::Listener;
 use ringlb_dataplane::worker::Command;
-use ringlb_dataplane::{monotonic_now, Moved, MovedConn, MovedSession};
+use ringlb_dataplane::{monotonic_now, Frozen, Moved, MovedConn, MovedSession};
 use socket2::Socket;
 
 use super::admin_book::AdminBook;
@@ -269,22 +269,16 @@ impl ControlPlane {
             client: Socket::from(client),
             backend_socket: Socket::from(backend),
             age: Duration::from_micros(h.age_us),
-            idle: Duration::from_micros(h.idle_us),
             frozen_at: Duration::from_nanos(h.frozen_at_ns),
-            to_backend: bytes,
-            to_client,
-            bytes_in: h.bytes_in,
-            bytes_out: h.bytes_out,
+            frozen: Frozen {
+                to_backend: bytes,
+                to_client,
+                idle: Duration::from_micros(h.idle_us),
+                bytes_in: h.bytes_in,
+                bytes_out: h.bytes_out,
+            },
         };
-        let worker = self
-            .workers
-            .get(conn.worker % self.workers.len().max(1))
-            .ok_or("no worker")?;
-        if worker.send(Command::Adopt(Moved::Conn(conn))) {
-            Ok(())
-        } else {
-            Err(format!("worker {} is gone", worker.id))
-        }
+        self.adopt_on_worker(Moved::Conn(conn))
     }
 
     /// One handed-over UDP session to the worker of the same index (whose socket of the
@@ -311,14 +305,6 @@ impl ControlPlane {
             bytes_in: h.bytes_in,
             bytes_out: h.bytes_out,
         };
-        let worker = self
-            .workers
-            .get(session.worker % self.workers.len().max(1))
-            .ok_or("no worker")?;
-        if worker.send(Command::Adopt(Moved::Session(session))) {
-            Ok(())
-        } else {
-            Err(format!("worker {} is gone", worker.id))
-        }
+        self.adopt_on_worker(Moved::Session(session))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ringlb_config::{Listener, Protocol};
 use ringlb_dataplane::sys::{self, BindError};
 use ringlb_dataplane::worker::Command;
-use ringlb_dataplane::ListenerState;
+use ringlb_dataplane::{ListenerState, Moved};
 use ringlb_prober::{ProbeBackend, ProbeListener, Prober};
 use ringlb_scheduler::Scheduler;
 use socket2::Socket;
@@ -135,6 +135,20 @@ impl ControlPlane {
                     ),
                 }
             }
+        }
+    }
+
+    /// A connection or session from a live upgrade to the worker of the same index as the
+    /// one it ran on.
+    pub(super) fn adopt_on_worker(&self, moved: Moved) -> Result<(), String> {
+        let worker = self
+            .workers
+            .get(moved.worker() % self.workers.len().max(1))
+            .ok_or("no worker")?;
+        if worker.send(Command::Adopt(moved)) {
+            Ok(())
+        } else {
+            Err(format!("worker {} is gone", worker.id))
         }
     }
 

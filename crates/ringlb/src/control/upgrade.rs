@@ -277,12 +277,8 @@ impl ControlPlane {
     /// Each item to the worker of its index (its listener must be running there).
     fn adopt_here(&self, back: Vec<Moved>) {
         for item in back {
-            let index = match &item {
-                Moved::Conn(c) => c.worker,
-                Moved::Session(s) => s.worker,
-            };
-            if let Some(worker) = self.workers.get(index % self.workers.len().max(1)) {
-                worker.send(Command::Adopt(item));
+            if let Err(e) = self.adopt_on_worker(item) {
+                error!("upgrade: a connection taken back is lost: {e}");
             }
         }
     }
@@ -389,14 +385,18 @@ fn send_conn(ch: &Channel, id: u64, conn: &MovedConn) -> Result<(), WireError> {
         backend: conn.backend.clone(),
         client: conn.client_addr.to_string(),
         age_us: conn.age.as_micros() as u64,
-        idle_us: conn.idle.as_micros() as u64,
-        bytes_in: conn.bytes_in,
-        bytes_out: conn.bytes_out,
-        to_backend: conn.to_backend.len(),
-        to_client: conn.to_client.len(),
+        idle_us: conn.frozen.idle.as_micros() as u64,
+        bytes_in: conn.frozen.bytes_in,
+        bytes_out: conn.frozen.bytes_out,
+        to_backend: conn.frozen.to_backend.len(),
+        to_client: conn.frozen.to_client.len(),
         frozen_at_ns: conn.frozen_at.as_nanos() as u64,
     };
-    let carried: Vec<u8> = [conn.to_backend.as_slice(), conn.to_client.as_slice()].concat();
+    let carried: Vec<u8> = [
+        conn.frozen.to_backend.as_slice(),
+        conn.frozen.to_client.as_slice(),
+    ]
+    .concat();
     let mut chunks = carried.chunks(CHUNK);
     let first = chunks.next().unwrap_or(&[]);
     let fds = [conn.client.as_raw_fd(), conn.backend_socket.as_raw_fd()];
