@@ -108,7 +108,14 @@ pub(super) async fn serve(
         label,
         started,
     };
-    forward(&ctx, &accounting, link, None).await;
+    forward(
+        &ctx,
+        &accounting,
+        link,
+        (tcp.forwarding, tcp.idle_timeout),
+        None,
+    )
+    .await;
 }
 
 /// A connection with both legs up.
@@ -127,6 +134,7 @@ async fn forward(
     ctx: &Rc<WorkerCtx>,
     accounting: &Accounting,
     link: Established<'_>,
+    (forwarding, idle_timeout): (Forwarding, Duration),
     mut resumed: Option<Frozen>,
 ) {
     let state = &accounting.state;
@@ -134,11 +142,6 @@ async fn forward(
         return;
     };
     loop {
-        let settings = state.settings.load_full();
-        let (forwarding, idle_timeout) = match settings.tcp() {
-            Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
-            None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
-        };
         let cx = RelayContext {
             forwarding,
             idle_timeout,
@@ -184,6 +187,8 @@ fn hand_over(
     frozen: Frozen,
 ) -> Result<(), Frozen> {
     let Some(sink) = ctx.moved.borrow().clone() else {
+        // No upgrade takes connections: stop freezing them on this worker.
+        ctx.handover.reset();
         return Err(frozen);
     };
     // Every operation on the sockets has completed when the relay returns, so `link` holds
@@ -206,15 +211,20 @@ fn hand_over(
         frozen_at: crate::handover::monotonic_now(),
         frozen,
     };
-    sink.send(Moved::Conn(moved))
-        .map_err(|returned| match returned.into_inner() {
+    sink.send(Moved::Conn(moved)).map_err(|returned| {
+        // The upgrade is over (its receiver is gone): nothing takes connections any more,
+        // so this worker stops freezing them, or this link would freeze again at once.
+        ctx.moved.borrow_mut().take();
+        ctx.handover.reset();
+        match returned.into_inner() {
             Moved::Conn(m) => m.frozen,
             // What comes back is what was sent.
             Moved::Session(_) => {
                 debug_assert!(false, "a refused connection came back as a session");
                 Frozen::default()
             }
-        })
+        }
+    })
 }
 
 /// Take over a connection a previous process froze: account it as this process's own and
@@ -243,7 +253,12 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
     };
-    forward(&ctx, &accounting, link, Some(moved.frozen)).await;
+    // The settings of this process's configuration for this listener.
+    let relay_settings = match state.settings.load().tcp() {
+        Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
+        None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
+    };
+    forward(&ctx, &accounting, link, relay_settings, Some(moved.frozen)).await;
 }
 
 /// `local` is asked only when a header is sent: it costs a getsockname.
