@@ -51,6 +51,7 @@ pub enum Algorithm {
     Maglev,
     PowerOfTwo,
     DynamicWeight,
+    LeastLatency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,6 +89,41 @@ pub struct Listener {
     pub backends: Vec<Backend>,
     /// The protocol, with the settings only that protocol uses.
     pub transport: Transport,
+    /// Which backends new connections go to while health changes: tiers, failback, slow start.
+    pub steering: Steering,
+}
+
+/// How new connections follow backends that go down and come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    /// A backend that turns up (or is set ready) ramps from a small share to its full
+    /// weight over this window. Never set for `source_hash` or `maglev` (validation).
+    pub slow_start: Option<Duration>,
+    /// When traffic that moved to a later priority tier comes back.
+    pub failback: Failback,
+    /// Tiers are added in priority order until at least this many backends are up.
+    pub min_active: u32,
+}
+
+impl Default for Steering {
+    fn default() -> Self {
+        Steering {
+            slow_start: None,
+            failback: Failback::Immediate,
+            min_active: 1,
+        }
+    }
+}
+
+/// `failback`: when new connections return to a preferred tier once it is up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failback {
+    /// As soon as the tier is up.
+    Immediate,
+    /// Only on `ringlb ctl failback LISTENER`.
+    Manual,
+    /// Once the tier has stayed up for the whole window.
+    After(Duration),
 }
 
 /// A listener's protocol and the settings that belong to it alone, so that a TCP
@@ -188,12 +224,20 @@ pub struct Backend {
     pub weight: u32,
     /// 0 = unlimited; also the capacity C_i of `dynamic_weight`.
     pub max_connections: u32,
-    /// Serves only while no primary backend of the listener is up.
-    pub backup: bool,
+    /// Tier: 0 is the first choice; higher tiers serve while the lower ones do not have
+    /// `min_active` backends up. `backup: true` in the file is priority 1.
+    pub priority: u8,
+}
+
+impl Backend {
+    /// Not in the first tier.
+    pub fn is_backup(&self) -> bool {
+        self.priority > 0
+    }
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
+    pub const ALL: [Algorithm; 9] = [
         Algorithm::RoundRobin,
         Algorithm::WeightedRoundRobin,
         Algorithm::Random,
@@ -202,6 +246,7 @@ impl Algorithm {
         Algorithm::Maglev,
         Algorithm::PowerOfTwo,
         Algorithm::DynamicWeight,
+        Algorithm::LeastLatency,
     ];
 
     /// The YAML spelling, for logs and `/status`.
@@ -215,6 +260,7 @@ impl Algorithm {
             Algorithm::Maglev => "maglev",
             Algorithm::PowerOfTwo => "power_of_two",
             Algorithm::DynamicWeight => "dynamic_weight",
+            Algorithm::LeastLatency => "least_latency",
         }
     }
 }
@@ -269,6 +315,7 @@ mod tests {
             health_check: None,
             backends: Vec::new(),
             transport,
+            steering: Steering::default(),
         }
     }
 

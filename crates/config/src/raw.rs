@@ -48,6 +48,9 @@ pub(crate) struct RawListener {
     pub source: Option<Vec<Scalar>>,
     pub session_timeout: Option<Scalar>,
     pub max_sessions: Option<Scalar>,
+    pub slow_start: Option<Scalar>,
+    pub failback: Option<Scalar>,
+    pub min_active: Option<Scalar>,
     pub health_check: Option<RawHealthCheck>,
     pub backends: Option<Vec<RawBackend>>,
 }
@@ -72,13 +75,14 @@ pub(crate) struct RawHealthCheck {
 #[serde(
     deny_unknown_fields,
     rename = "backend",
-    expecting = "a backend mapping (addr, weight, max_connections, backup)"
+    expecting = "a backend mapping (addr, weight, max_connections, backup, priority)"
 )]
 pub(crate) struct RawBackend {
     pub addr: Option<Scalar>,
     pub weight: Option<Scalar>,
     pub max_connections: Option<Scalar>,
     pub backup: Option<Scalar>,
+    pub priority: Option<Scalar>,
 }
 
 /// What kind of YAML scalar a value was written as.

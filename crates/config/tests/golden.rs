@@ -133,6 +133,6 @@ fn payment_gateway_has_one_listener_per_interface() {
         payment.algorithm,
         Algorithm::LeastConnections | Algorithm::Maglev
     ));
-    assert!(payment.backends.iter().any(|b| b.backup));
+    assert!(payment.backends.iter().any(|b| b.is_backup()));
     assert!(payment.tcp().unwrap().connect_attempts > 1);
 }

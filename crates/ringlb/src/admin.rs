@@ -84,7 +84,7 @@ pub(crate) mod testing {
                     label: b.to_string(),
                     weight: 1,
                     max_connections: 0,
-                    backup: false,
+                    priority: 0,
                 })
                 .collect(),
             transport: match protocol {
@@ -100,6 +100,7 @@ pub(crate) mod testing {
                     max_sessions: 100,
                 }),
             },
+            steering: Default::default(),
         };
         let scheduler = Arc::new(Scheduler::for_listener(&settings));
         Arc::new(ListenerState::new(

@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringlb_config::Algorithm;
 use ringlb_scheduler::{ActiveGuard, BackendSpec, Scheduler, Snapshot, Tried};
 
-const ALGORITHMS: [Algorithm; 8] = Algorithm::ALL;
+const ALGORITHMS: [Algorithm; 9] = Algorithm::ALL;
 const SIZES: [u32; 3] = [3, 16, 256];
 
 fn specs(n: u32) -> Vec<BackendSpec> {
@@ -27,7 +27,7 @@ fn specs(n: u32) -> Vec<BackendSpec> {
                 label: addr,
                 weight: 1 + i % 3,
                 max_connections: 0,
-                backup: false,
+                priority: 0,
             }
         })
         .collect()

@@ -23,7 +23,8 @@ pub struct Explanation {
 pub struct Chosen {
     /// `addr` as written in the configuration.
     pub label: String,
-    pub backup: bool,
+    /// Its tier (0: first choice).
+    pub priority: u8,
 }
 
 /// The pick a fresh process makes for `client` (no randomness, nothing tried yet) with
@@ -36,7 +37,7 @@ pub fn explain(listener: &Listener, client: SocketAddr) -> Explanation {
         .and_then(|i| snapshot.backends().get(i))
         .map(|b| Chosen {
             label: b.spec.label.clone(),
-            backup: b.spec.backup,
+            priority: b.spec.priority,
         });
     Explanation {
         listener: listener.name.clone(),
@@ -64,7 +65,10 @@ impl fmt::Display for Explanation {
             self.algorithm.as_str(),
             self.client,
             backend.label,
-            if backend.backup { " (backup)" } else { "" }
+            match backend.priority {
+                0 => String::new(),
+                p => format!(" (backup, priority {p})"),
+            }
         )?;
         if !pins_clients(self.algorithm) {
             write!(
@@ -161,12 +165,12 @@ mod tests {
             e.backend,
             Some(Chosen {
                 label: "10.0.0.9:80".into(),
-                backup: true
+                priority: 1
             })
         );
         assert_eq!(
             e.to_string(),
-            "listener t (maglev): client 192.0.2.1:5 -> backend 10.0.0.9:80 (backup)"
+            "listener t (maglev): client 192.0.2.1:5 -> backend 10.0.0.9:80 (backup, priority 1)"
         );
     }
 

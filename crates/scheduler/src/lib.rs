@@ -48,20 +48,23 @@ mod failure;
 mod hash;
 mod snapshot;
 mod state;
+mod steer;
 mod tables;
 mod tried;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use ringlb_config::{Algorithm, Listener};
+use ringlb_config::{Algorithm, Listener, Steering};
 
 pub use explain::{explain, pins_clients, Chosen, Explanation};
 pub use failure::ConnectFailure;
 pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
-pub use state::{ActiveGuard, AdminState, BackendState};
+pub use state::{ActiveGuard, AdminState, BackendState, FULL_RAMP};
+pub use steer::{TierChange, TierRange, LATENCY_IDLE_HALF_LIFE, RAMP_FLOOR};
 pub use tables::{maglev_table_size, MAGLEV_DEFAULT_SIZE};
 pub use tried::Tried;
 
@@ -77,8 +80,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// 0 = unlimited.
     pub max_connections: u32,
-    /// Serves only while no primary backend is up.
-    pub backup: bool,
+    /// Tier: 0 first; later tiers serve while earlier ones have too few backends up.
+    pub priority: u8,
 }
 
 impl From<&ringlb_config::Backend> for BackendSpec {
@@ -88,7 +91,7 @@ impl From<&ringlb_config::Backend> for BackendSpec {
             label: b.label.clone(),
             weight: b.weight,
             max_connections: b.max_connections,
-            backup: b.backup,
+            priority: b.priority,
         }
     }
 }
@@ -112,6 +115,11 @@ impl Backend {
         self.state.weight_override().unwrap_or(self.spec.weight)
     }
 
+    /// The effective weight scaled by its slow-start ramp: the share it is given now.
+    pub fn current_weight(&self) -> f64 {
+        f64::from(self.effective_weight()) * f64::from(self.state.ramp()) / f64::from(FULL_RAMP)
+    }
+
     /// The admin state in effect: the operator's, except that a `ready` backend whose
     /// effective weight is 0 is drained (`weight: 0` in the file means drained).
     pub fn admin_state(&self) -> AdminState {
@@ -127,45 +135,115 @@ impl Backend {
     }
 }
 
+/// Where the scheduler's time comes from: a monotonic clock by default, a fake in tests.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// The monotonic clock a scheduler uses unless given another.
+pub fn monotonic_clock() -> Clock {
+    let start = Instant::now();
+    Arc::new(move || start.elapsed())
+}
+
 /// The backend selector of one listener. `Send + Sync`; workers call
 /// [`snapshot`](Self::snapshot) and pick without locks. The writers (reload, health
-/// changes) serialise among themselves on a mutex that no pick ever touches.
-#[derive(Debug)]
+/// changes, the steering tick, the operator) serialise among themselves on a mutex that
+/// no pick ever touches.
 pub struct Scheduler {
     current: ArcSwap<Snapshot>,
-    writer: Mutex<()>,
+    writer: Mutex<Writer>,
+    clock: Clock,
+}
+
+/// What only writers touch.
+struct Writer {
+    steering: Steering,
+    pin: Arc<steer::Pin>,
+    steerer: steer::Steerer,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scheduler {
     pub fn new(algorithm: Algorithm, specs: Vec<BackendSpec>) -> Scheduler {
-        let backends = specs
+        Scheduler::with_steering(algorithm, Steering::default(), specs, monotonic_clock())
+    }
+
+    /// A scheduler with tiers, failback and slow start as `steering` says, on `clock`.
+    pub fn with_steering(
+        algorithm: Algorithm,
+        steering: Steering,
+        specs: Vec<BackendSpec>,
+        clock: Clock,
+    ) -> Scheduler {
+        let backends: Vec<Backend> = specs
             .into_iter()
             .map(|spec| Backend {
                 spec,
                 state: Arc::new(BackendState::new()),
             })
             .collect();
-        Scheduler {
-            current: ArcSwap::from_pointee(Snapshot::build(algorithm, backends, None)),
-            writer: Mutex::new(()),
-        }
+        let pin = Arc::new(steer::Pin::default());
+        let scheduler = Scheduler {
+            current: ArcSwap::from_pointee(Snapshot::build(
+                algorithm,
+                steering,
+                Arc::clone(&pin),
+                backends,
+                None,
+            )),
+            writer: Mutex::new(Writer {
+                steering,
+                pin,
+                steerer: steer::Steerer::default(),
+            }),
+            clock,
+        };
+        // Take the first look, so that the hold and the tiers in use start out known.
+        scheduler.tick();
+        scheduler
     }
 
     /// A scheduler for a validated listener: its algorithm over its backends, in file order.
     pub fn for_listener(listener: &Listener) -> Scheduler {
-        Scheduler::new(listener.algorithm, specs(listener))
+        Scheduler::with_steering(
+            listener.algorithm,
+            listener.steering,
+            specs(listener),
+            monotonic_clock(),
+        )
     }
 
-    /// [`reconfigure`](Self::reconfigure) to a validated listener's algorithm and backends.
+    /// [`reconfigure`](Self::reconfigure) to a validated listener's algorithm, steering and
+    /// backends.
     pub fn reconfigure_from(&self, listener: &Listener) {
-        self.reconfigure(listener.algorithm, specs(listener));
+        self.reconfigure_with(listener.algorithm, Some(listener.steering), specs(listener));
     }
 
     /// Reload: publishes a new snapshot. A backend whose `label` was already present keeps
     /// its `Arc<BackendState>` (health, active connections, failure count); new labels start
     /// up with zero connections. Snapshots already handed out stay valid and unchanged.
     pub fn reconfigure(&self, algorithm: Algorithm, specs: Vec<BackendSpec>) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.reconfigure_with(algorithm, None, specs);
+    }
+
+    /// [`reconfigure`](Self::reconfigure), with new steering settings when given. The
+    /// failback hold survives.
+    pub fn reconfigure_with(
+        &self,
+        algorithm: Algorithm,
+        steering: Option<Steering>,
+        specs: Vec<BackendSpec>,
+    ) -> Option<TierChange> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(steering) = steering {
+            writer.steering = steering;
+        }
         let old = self.current.load_full();
         let mut carried: std::collections::HashMap<&str, &Arc<BackendState>> = old
             .backends()
@@ -183,33 +261,105 @@ impl Scheduler {
                 Backend { spec, state }
             })
             .collect();
-        self.current
-            .store(Arc::new(Snapshot::build(algorithm, backends, None)));
+        self.publish(&mut writer, algorithm, backends, None, true)
     }
 
     /// Called after the prober flips a backend's up flag: rebuilds the tables that depend
     /// on the up set (maglev, the round-robin ring and schedule, the random weights) and
     /// publishes them. A no-op when the flags match the ones the current tables were built
-    /// from. Until it runs, picks still never return a down backend (live check + fallback).
-    pub fn health_changed(&self) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+    /// from and steering has nothing new. Until it runs, picks still never return a down
+    /// backend (live check + fallback). Returns a change of the tiers in use, to log.
+    pub fn health_changed(&self) -> Option<TierChange> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        if !old.health_differs() {
-            return;
-        }
-        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec(), Some(&old));
-        self.current.store(Arc::new(rebuilt));
+        self.publish(
+            &mut writer,
+            old.algorithm(),
+            old.backends().to_vec(),
+            Some(&old),
+            false,
+        )
     }
 
     /// Called after the operator changed a backend's admin state or weight override (see
     /// [`BackendState::set_admin_state`]): rebuilds every table from scratch, since a new
     /// weight changes even the health-independent ones (the maglev permutation fill).
     /// Picks refuse a backend that is not `ready` from the moment its state is set.
-    pub fn admin_changed(&self) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn admin_changed(&self) -> Option<TierChange> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        let rebuilt = Snapshot::build(old.algorithm(), old.backends().to_vec(), None);
-        self.current.store(Arc::new(rebuilt));
+        self.publish(
+            &mut writer,
+            old.algorithm(),
+            old.backends().to_vec(),
+            None,
+            true,
+        )
+    }
+
+    /// The steering tick (the control plane calls it a few times a second): moves slow
+    /// starts on, lets latency averages of idle backends decay, and fails back once a
+    /// `failback` window has passed. Rebuilds only when something changed.
+    pub fn tick(&self) -> Option<TierChange> {
+        self.health_changed()
+    }
+
+    /// `ringlb ctl failback`: new connections go to the tiers health wants now, whatever
+    /// the failback policy held them on. Returns the tiers in use before and after.
+    pub fn failback(&self) -> (Option<TierRange>, Option<TierRange>) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let before = old.tiers_now();
+        let writer = &mut *writer;
+        if writer.steerer.failback_now(
+            steer::wanted_of(old.backends(), writer.steering.min_active),
+            &writer.pin,
+        ) {
+            let _ = self.publish(writer, old.algorithm(), old.backends().to_vec(), None, true);
+        }
+        (before, self.current.load().tiers_now())
+    }
+
+    /// A failback the policy holds back: the tiers health would use now, when they differ
+    /// from the ones in use (what `ringlb ctl failback` would switch to).
+    pub fn failback_pending(&self) -> Option<TierRange> {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = self.current.load();
+        let wanted = steer::wanted_of(snapshot.backends(), writer.steering.min_active)?;
+        (snapshot.tiers_now() != Some(wanted)).then_some(wanted)
+    }
+
+    /// Steering look, then a rebuild when anything changed (or `always`).
+    fn publish(
+        &self,
+        writer: &mut Writer,
+        algorithm: Algorithm,
+        backends: Vec<Backend>,
+        same_set: Option<&Snapshot>,
+        always: bool,
+    ) -> Option<TierChange> {
+        let old = self.current.load_full();
+        let decay = algorithm == Algorithm::LeastLatency;
+        let wanted = steer::wanted_of(&backends, writer.steering.min_active);
+        let steered = writer.steerer.look(
+            (self.clock)(),
+            &writer.steering,
+            &backends,
+            wanted,
+            &writer.pin,
+            decay,
+        );
+        let stale = old.health_differs() || old.tiers_built() != old.tiers_now();
+        if always || steered.ramps || steered.pin || stale {
+            self.current.store(Arc::new(Snapshot::build(
+                algorithm,
+                writer.steering,
+                Arc::clone(&writer.pin),
+                backends,
+                same_set,
+            )));
+        }
+        steered.change
     }
 
     /// The current snapshot. Keep it for the life of the connection (and its retries).

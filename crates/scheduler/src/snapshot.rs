@@ -5,9 +5,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ringlb_config::Algorithm;
+use ringlb_config::{Algorithm, Failback, Steering};
 
 use crate::hash::{client_hash, fmix64, rehash, scale};
+use crate::state::FULL_RAMP;
+use crate::steer::{in_use, Pin, TierRange, RAMP_FLOOR};
 use crate::tables::{maglev, maglev_restrict, maglev_table_size, smooth_wrr, WeightedSet};
 use crate::{Backend, BackendState, Tried};
 
@@ -37,6 +39,23 @@ struct Hot {
     capacity_int: u64,
     /// `⌊2^32 / weight⌋`: least_connections compares `active × inv_weight`.
     inv_weight: u64,
+    priority: u8,
+    /// Slow start: thousandths of its share the backend has ([`FULL_RAMP`]: all).
+    ramp: u32,
+}
+
+/// With slow start, table weights are in twentieths of a configured weight, so that a
+/// backend at the start of its ramp still has a whole (non-zero) table weight.
+const RAMP_UNITS: u64 = (FULL_RAMP / RAMP_FLOOR) as u64;
+
+/// The weight the tables use for a backend of effective weight `weight` (≥ 1) whose ramp
+/// is at `ramp` thousandths: the weight itself without slow start.
+fn table_weight(weight: u32, ramp: u32, slow_start: bool) -> u32 {
+    if !slow_start {
+        return weight;
+    }
+    let scaled = u64::from(weight) * RAMP_UNITS * u64::from(ramp) / u64::from(FULL_RAMP);
+    scaled.clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// The round-robin cursor, alone on its cache line: every worker bumps it, and the
@@ -60,10 +79,12 @@ enum Table {
     Maglev { base: Arc<[u32]>, table: Box<[u32]> },
 }
 
-/// Primaries or backups.
+/// The backends of the tiers in use when the snapshot was built.
 #[derive(Debug)]
 struct Tier {
-    /// All members in config order: the deterministic fallback scan walks these.
+    /// Which tiers.
+    range: Option<TierRange>,
+    /// All their members in config order: the deterministic fallback scan walks these.
     members: Box<[u32]>,
     table: Table,
 }
@@ -75,8 +96,12 @@ pub struct Snapshot {
     algorithm: Algorithm,
     backends: Vec<Backend>,
     hot: Box<[Hot]>,
-    primary: Tier,
-    backup: Tier,
+    /// Backend indices by priority, then config order: what the tier choice walks.
+    by_priority: Box<[u32]>,
+    top_priority: u8,
+    steering: Steering,
+    pin: Arc<Pin>,
+    serving: Tier,
     cursor: Cursor,
     /// Which backends took new connections (up, ready, non-zero weight) when the tables
     /// were built; `health_changed` skips a rebuild when that is unchanged.
@@ -96,12 +121,15 @@ impl fmt::Debug for Snapshot {
 
 impl Snapshot {
     /// `same_set`: a snapshot with exactly these backends (a health rebuild), whose
-    /// health-independent tables are reused.
+    /// health-independent tables are reused. `pin`: the listener's failback hold.
     pub(crate) fn build(
         algorithm: Algorithm,
+        steering: Steering,
+        pin: Arc<Pin>,
         backends: Vec<Backend>,
         same_set: Option<&Snapshot>,
     ) -> Snapshot {
+        let slow_start = steering.slow_start.is_some();
         let hot: Box<[Hot]> = backends
             .iter()
             .map(|b| {
@@ -111,6 +139,8 @@ impl Snapshot {
                 } else {
                     weight.saturating_mul(DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT)
                 };
+                let ramp = b.state.ramp();
+                let weight = table_weight(weight, ramp, slow_start);
                 Hot {
                     state: Arc::clone(&b.state),
                     configured: b.spec.weight,
@@ -119,6 +149,8 @@ impl Snapshot {
                     capacity: f64::from(capacity),
                     capacity_int: u64::from(capacity),
                     inv_weight: (1u64 << 32) / u64::from(weight),
+                    priority: b.spec.priority,
+                    ramp,
                 }
             })
             .collect();
@@ -126,11 +158,28 @@ impl Snapshot {
             .iter()
             .map(|b| b.state.admits(b.spec.weight))
             .collect();
+        let mut by_priority: Vec<u32> = (0..backends.len() as u32).collect();
+        by_priority.sort_by_key(|&i| hot[i as usize].priority);
+        let top_priority = hot.iter().map(|h| h.priority).max().unwrap_or(0);
+        let wanted = TierRange::wanted(
+            by_priority
+                .iter()
+                .map(|&i| (hot[i as usize].priority, built_up[i as usize])),
+            steering.min_active,
+            top_priority,
+        );
+        let range = in_use(pin.held(), wanted, &backends)
+            // Nothing up: build over the first tier, so that the first backend back is
+            // served from real tables.
+            .or(Some(TierRange {
+                lowest: 0,
+                highest: 0,
+            }));
         let maglev_size =
             (algorithm == Algorithm::Maglev).then(|| maglev_table_size(backends.len()) as usize);
-        let tier = |backup: bool| {
+        let tier = |range: Option<TierRange>| {
             let members: Vec<u32> = (0..backends.len())
-                .filter(|&i| backends[i].spec.backup == backup)
+                .filter(|&i| range.is_some_and(|r| r.contains(backends[i].spec.priority)))
                 .map(|i| i as u32)
                 .collect();
             // Tables that depend on health cover the members taking connections now (up,
@@ -148,11 +197,20 @@ impl Snapshot {
                 |set: &[u32]| -> Vec<u32> { set.iter().map(|&i| hot[i as usize].weight).collect() };
             let table = match algorithm {
                 Algorithm::LeastConnections | Algorithm::DynamicWeight => Table::Scan,
+                // With slow start, round robin is weighted by the ramps (every other
+                // weight being equal).
+                Algorithm::RoundRobin if slow_start => {
+                    let ramps: Vec<u32> = up
+                        .iter()
+                        .map(|&i| backends[i as usize].state.ramp())
+                        .collect();
+                    Table::Schedule(smooth_wrr(&up, &ramps).into())
+                }
                 Algorithm::RoundRobin => Table::Ring(up.into()),
                 Algorithm::WeightedRoundRobin => {
                     Table::Schedule(smooth_wrr(&up, &weights(&up)).into())
                 }
-                Algorithm::Random | Algorithm::PowerOfTwo => {
+                Algorithm::Random | Algorithm::PowerOfTwo | Algorithm::LeastLatency => {
                     Table::Weighted(WeightedSet::new(&up, &weights(&up)))
                 }
                 // All members, so a down backend's clients alone move (by the fallback) and
@@ -166,14 +224,13 @@ impl Snapshot {
                         .map(|&i| backends[i as usize].spec.label.as_str())
                         .collect();
                     let w = weights(&members);
-                    let reused = same_set.and_then(|s| {
-                        let old = if backup { &s.backup } else { &s.primary };
-                        match &old.table {
-                            Table::Maglev { base, .. } if s.algorithm == algorithm => {
-                                Some(Arc::clone(base))
-                            }
-                            _ => None,
+                    let reused = same_set.and_then(|s| match &s.serving.table {
+                        Table::Maglev { base, .. }
+                            if s.algorithm == algorithm && s.serving.range == range =>
+                        {
+                            Some(Arc::clone(base))
                         }
+                        _ => None,
                     });
                     let base = reused.unwrap_or_else(|| {
                         let size = maglev_size.unwrap_or(0) as u64;
@@ -184,18 +241,21 @@ impl Snapshot {
                 }
             };
             Tier {
+                range,
                 members: members.into(),
                 table,
             }
         };
-        let primary = tier(false);
-        let backup = tier(true);
+        let serving = tier(range);
         Snapshot {
             algorithm,
             backends,
             hot,
-            primary,
-            backup,
+            by_priority: by_priority.into(),
+            top_priority,
+            steering,
+            pin,
+            serving,
             cursor: Cursor::default(),
             built_up,
             maglev_size,
@@ -215,15 +275,11 @@ impl Snapshot {
         self.maglev_size
     }
 
-    /// Slots per backend index in the maglev table of the tier serving now (primaries if
-    /// any is up, else backups). Empty for other algorithms. For tests, `explain` and docs.
+    /// Slots per backend index in the maglev table of the tiers in use when the snapshot
+    /// was built. Empty for other algorithms. For tests, `explain` and docs.
     pub fn maglev_slot_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.backends.len()];
-        if let Some(Tier {
-            table: Table::Maglev { table: t, .. },
-            ..
-        }) = self.serving_tier()
-        {
+        if let Table::Maglev { table: t, .. } = &self.serving.table {
             for &i in t.iter() {
                 if let Some(c) = counts.get_mut(i as usize) {
                     *c += 1;
@@ -242,15 +298,42 @@ impl Snapshot {
             .any(|(h, &was)| h.state.admits(h.configured) != was)
     }
 
+    /// The tiers taking new connections when this snapshot was built (see
+    /// [`tiers_now`](Self::tiers_now) for the live answer).
+    pub fn tiers_built(&self) -> Option<TierRange> {
+        self.serving.range
+    }
+
+    /// The tiers taking new connections now: from the first tier with a backend up until
+    /// `min_active` backends are up, merged with the failback hold. `None`: no backend
+    /// takes connections.
+    #[inline]
+    pub fn tiers_now(&self) -> Option<TierRange> {
+        let hot = &self.hot;
+        let wanted = TierRange::wanted(
+            self.by_priority.iter().map(|&i| {
+                let h = &hot[i as usize];
+                (h.priority, h.state.admits(h.configured))
+            }),
+            self.steering.min_active,
+            self.top_priority,
+        )?;
+        if self.steering.failback == Failback::Immediate {
+            return Some(wanted);
+        }
+        in_use(self.pin.held(), Some(wanted), &self.backends)
+    }
+
     /// Whether backend `index` may take this connection now: up, `ready` with a non-zero
     /// weight (not drained or in maintenance), below its `max_connections`, not tried yet,
-    /// and in the tier that is serving (backups only while no primary takes connections).
+    /// and in a tier that takes connections (see [`tiers_now`](Self::tiers_now)).
     pub fn is_candidate(&self, index: usize, tried: &Tried) -> bool {
         let Some(b) = self.backends.get(index) else {
             return false;
         };
-        let serving_backups = !self.primary_up();
-        b.spec.backup == serving_backups && self.eligible(index as u32, tried)
+        self.tiers_now()
+            .is_some_and(|r| r.contains(b.spec.priority))
+            && self.eligible(index as u32, tried)
     }
 
     /// [`pick`](Self::pick), then take one of the backend's connection slots. A backend
@@ -280,7 +363,13 @@ impl Snapshot {
     /// connect retry pass the backends already tried: they are never returned.
     #[inline]
     pub fn pick(&self, client: IpAddr, random: u64, tried: &Tried) -> Option<usize> {
-        let tier = self.serving_tier()?;
+        let range = self.tiers_now()?;
+        if self.serving.range != Some(range) {
+            // Health or the hold moved since the tables were built; the rebuild follows in
+            // moments. Until then, the first candidate of the tiers in use.
+            return self.scan_tiers(range, random, tried).map(|i| i as usize);
+        }
+        let tier = &self.serving;
         let found = match self.algorithm {
             Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => self.pick_cursor(tier, tried),
             Algorithm::Random => self.pick_random(tier, random, tried),
@@ -290,31 +379,20 @@ impl Snapshot {
                 self.pick_hashed(tier, client_hash(client), tried)
             }
             Algorithm::DynamicWeight => self.pick_dynamic(tier, random, tried),
+            Algorithm::LeastLatency => self.pick_latency(tier, random, tried),
         };
         found.map(|i| i as usize)
     }
 
-    /// Whether any primary takes new connections: up and neither drained nor in
-    /// maintenance. Primaries all drained by the operator hand over to the backups, as
-    /// primaries all down do.
-    #[inline]
-    fn primary_up(&self) -> bool {
-        self.primary.members.iter().any(|&i| {
-            let h = &self.hot[i as usize];
-            h.state.admits(h.configured)
-        })
-    }
-
-    /// Primaries while any takes connections (live flags, not the build-time ones), else
-    /// backups.
-    #[inline]
-    fn serving_tier(&self) -> Option<&Tier> {
-        let tier = if self.primary_up() {
-            &self.primary
-        } else {
-            &self.backup
-        };
-        (!tier.members.is_empty()).then_some(tier)
+    /// The first candidate among the backends of `range` in config order, rotated to
+    /// start at `start mod n`.
+    fn scan_tiers(&self, range: TierRange, start: u64, tried: &Tried) -> Option<u32> {
+        let n = self.hot.len();
+        let s = start.checked_rem(n as u64)? as usize;
+        (s..n)
+            .chain(0..s)
+            .map(|i| i as u32)
+            .find(|&i| range.contains(self.hot[i as usize].priority) && self.eligible(i, tried))
     }
 
     /// Live check of one backend; `index` comes from this snapshot's own tables.
@@ -413,6 +491,28 @@ impl Snapshot {
     /// Two candidates drawn by weight; the one with fewer active connections per unit of
     /// weight wins, the first drawn on a tie.
     fn pick_two(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        self.pick_two_by(tier, random, tried, |_, active| u128::from(active))
+    }
+
+    /// least_latency: two candidates drawn by weight; the lower `latency × (active + 1)`
+    /// per unit of weight wins.
+    fn pick_latency(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
+        // No sample counts as 1 ns: unsampled backends are tried first, and among
+        // themselves (UDP sessions give no samples) the less loaded wins.
+        self.pick_two_by(tier, random, tried, |h, active| {
+            u128::from(h.state.latency_ns().max(1)) * (u128::from(active) + 1)
+        })
+    }
+
+    /// Power of two choices: two members drawn from the weighted table, the one with the
+    /// lower `cost / weight` wins (the first drawn on a tie).
+    fn pick_two_by(
+        &self,
+        tier: &Tier,
+        random: u64,
+        tried: &Tried,
+        cost: impl Fn(&Hot, u32) -> u128,
+    ) -> Option<u32> {
         let Table::Weighted(set) = &tier.table else {
             return self.scan(tier, random, tried);
         };
@@ -447,13 +547,11 @@ impl Snapshot {
         };
         match (la, lb) {
             (Some(x), Some(y)) => {
-                let wa = u64::from(self.hot[a as usize].weight);
-                let wb = u64::from(self.hot[b as usize].weight);
-                Some(if u64::from(y) * wa < u64::from(x) * wb {
-                    b
-                } else {
-                    a
-                })
+                let (ha, hb) = (&self.hot[a as usize], &self.hot[b as usize]);
+                // cost_b / w_b < cost_a / w_a, multiplied out (costs stay far below 2^96).
+                let b_wins =
+                    cost(hb, y) * u128::from(ha.weight) < cost(ha, x) * u128::from(hb.weight);
+                Some(if b_wins { b } else { a })
             }
             (Some(_), None) => Some(a),
             (None, Some(_)) => Some(b),
@@ -487,12 +585,12 @@ impl Snapshot {
         self.scan(tier, rehash(key, FALLBACK_REHASHES + 1), tried)
     }
 
-    /// `w_i = 1 / (1 + L_i / C_i) = C_i / (C_i + L_i)` over the candidates, and a draw with
-    /// probability `S_i = w_i / Σ w_j`.
+    /// `w_i = r_i × C_i / (C_i + L_i)` over the candidates (`r_i`: the slow-start ramp, 1
+    /// when not ramping), and a draw with probability `S_i = w_i / Σ w_j`.
     ///
     /// Rejection sampling first: draw a member uniformly, accept it with probability `w_i`
     /// (0 for a non-candidate). An accepted draw has exactly the distribution `S_i`, and
-    /// since every candidate below its `max_connections` has `w_i > 1/2`, it usually takes
+    /// since every candidate below its `max_connections` has `w_i > r_i / 2`, it usually takes
     /// one or two draws whatever the number of backends. After `DYNAMIC_DRAWS` rejections
     /// the exact cumulative draw below runs instead; it has the same distribution, so the
     /// mixture is still exactly `S_i`.
@@ -509,9 +607,13 @@ impl Snapshot {
             let Some(active) = self.load_if_eligible(i, tried) else {
                 continue;
             };
-            // Accept with probability C / (C + L): u32 draw × (C + L) < C × 2^32.
-            let c = self.hot[i as usize].capacity_int;
-            if u128::from(r as u32) * u128::from(c + u64::from(active)) < u128::from(c) << 32 {
+            // Accept with probability ramp × C / (C + L), the ramp in thousandths:
+            // u32 draw × (C + L) × 1000 < C × ramp × 2^32.
+            let h = &self.hot[i as usize];
+            let c = h.capacity_int;
+            if u128::from(r as u32) * u128::from(c + u64::from(active)) * u128::from(FULL_RAMP)
+                < (u128::from(c) * u128::from(h.ramp)) << 32
+            {
                 return Some(i);
             }
         }
@@ -524,8 +626,9 @@ impl Snapshot {
         let unit = (random >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
         let weight = |i: u32| -> Option<f64> {
             let active = self.load_if_eligible(i, tried)?;
-            let c = self.hot[i as usize].capacity;
-            Some(c / (c + f64::from(active)))
+            let h = &self.hot[i as usize];
+            let ramp = f64::from(h.ramp) / f64::from(FULL_RAMP);
+            Some(ramp * h.capacity / (h.capacity + f64::from(active)))
         };
         if members.len() <= STACK {
             let mut cum = [0f64; STACK];

@@ -87,7 +87,25 @@ pub struct BackendState {
     /// The operator's [`AdminState`] and weight override, packed (see [`pack`]). Only the
     /// control plane writes it.
     admin: AtomicU64,
+    /// Slow start: the share of its weight the backend has now, in thousandths
+    /// ([`FULL_RAMP`] when not ramping). Written by the control plane only.
+    ramp: AtomicU32,
+    /// Slow start bookkeeping of the control plane (under the scheduler's writer lock):
+    /// whether the backend admitted connections at the last look, and when (its clock, in
+    /// nanoseconds + 1; 0 = not ramping) its ramp began.
+    seen_admitting: AtomicBool,
+    ramp_began: AtomicU64,
+    /// least_latency: moving average of the latency ringlb sees, in nanoseconds; 0 = no
+    /// sample yet.
+    latency_ns: AtomicU64,
 }
+
+/// A ramp at its end: the backend has its whole weight.
+pub const FULL_RAMP: u32 = 1000;
+
+/// Weight of a new latency sample in the moving average: 1/4, so about 2.4 samples halve
+/// the influence of the past.
+const LATENCY_SAMPLE_SHIFT: u32 = 2;
 
 impl Default for BackendState {
     fn default() -> Self {
@@ -103,9 +121,86 @@ impl BackendState {
             active: AtomicU32::new(0),
             passive_failures: AtomicU64::new(0),
             admin: AtomicU64::new(READY_NO_OVERRIDE),
+            ramp: AtomicU32::new(FULL_RAMP),
+            seen_admitting: AtomicBool::new(true),
+            ramp_began: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
         }
     }
 
+    /// Slow start: thousandths of its weight the backend has now ([`FULL_RAMP`]: all).
+    pub fn ramp(&self) -> u32 {
+        self.ramp.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ramp(&self, thousandths: u32) {
+        self.ramp
+            .store(thousandths.min(FULL_RAMP), Ordering::Relaxed);
+    }
+
+    /// Control plane: the admitting flag seen at the last look; stores the new one.
+    pub(crate) fn swap_seen_admitting(&self, now: bool) -> bool {
+        self.seen_admitting.swap(now, Ordering::Relaxed)
+    }
+
+    /// When the current ramp began (scheduler clock), if one is running.
+    pub(crate) fn ramp_began(&self) -> Option<std::time::Duration> {
+        match self.ramp_began.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n - 1)),
+        }
+    }
+
+    pub(crate) fn set_ramp_began(&self, at: Option<std::time::Duration>) {
+        let n = at.map_or(0, |d| (d.as_nanos() as u64).saturating_add(1));
+        self.ramp_began.store(n, Ordering::Relaxed);
+    }
+
+    /// least_latency: the moving average of this backend's latency; `None` before the
+    /// first sample (or after it came back up, when the old figure no longer says much).
+    pub fn latency(&self) -> Option<std::time::Duration> {
+        match self.latency_ns.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
+        }
+    }
+
+    pub(crate) fn latency_ns(&self) -> u64 {
+        self.latency_ns.load(Ordering::Relaxed)
+    }
+
+    /// Folds one latency sample (connect time, or the time from forwarding a client's bytes
+    /// to the backend's first bytes back) into the moving average. Lock-free; any worker.
+    pub fn record_latency(&self, sample: std::time::Duration) {
+        // At least 1 ns, so that a sample is never mistaken for "none yet".
+        let sample = (sample.as_nanos().min(u128::from(u64::MAX >> 8)) as u64).max(1);
+        let _ = self
+            .latency_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    // old + (sample − old) / 4, without going through negative numbers.
+                    (old - (old >> LATENCY_SAMPLE_SHIFT) + (sample >> LATENCY_SAMPLE_SHIFT)).max(1)
+                })
+            });
+    }
+
+    /// Control plane, every steering tick: moves the average toward `floor` (the best
+    /// backend's), keeping `keep / 1024` of the gap, so that a backend that stopped being
+    /// picked because it was slow is tried again in time.
+    pub(crate) fn decay_latency(&self, floor: u64, keep: u64) {
+        let _ = self
+            .latency_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                (old > floor).then(|| floor + (((old - floor) * keep) >> 10))
+            });
+    }
+
+    /// Forgets the latency average: the backend is tried again as if new.
+    pub(crate) fn forget_latency(&self) {
+        self.latency_ns.store(0, Ordering::Relaxed);
+    }
     /// The operator's state as set; a backend whose effective weight is 0 takes no new
     /// connection even when this says `Ready` (see [`crate::Backend::admin_state`]).
     pub fn admin_state(&self) -> AdminState {
@@ -279,5 +374,24 @@ mod tests {
         assert!(!s.admits(1));
         s.set_weight_override(Some(u32::MAX));
         assert_eq!(s.weight_override(), Some(u32::MAX - 1));
+    }
+
+    #[test]
+    fn latency_average_moves_a_quarter_per_sample_and_decays() {
+        use std::time::Duration;
+        let s = BackendState::new();
+        assert_eq!(s.latency(), None);
+        s.record_latency(Duration::from_micros(800));
+        assert_eq!(s.latency(), Some(Duration::from_micros(800)));
+        s.record_latency(Duration::from_micros(0));
+        assert_eq!(s.latency(), Some(Duration::from_micros(600)));
+        s.decay_latency(200_000, 512);
+        assert_eq!(s.latency(), Some(Duration::from_micros(400)));
+        s.forget_latency();
+        assert_eq!(s.latency(), None);
+        s.decay_latency(0, 512);
+        assert_eq!(s.latency(), None, "no sample stays no sample");
+        s.record_latency(Duration::ZERO);
+        assert_eq!(s.latency(), Some(Duration::from_nanos(1)));
     }
 }

@@ -8,7 +8,7 @@ use common::{assert_shares, equal, ip, spec, weighted, Rng};
 use ringlb_config::Algorithm;
 use ringlb_scheduler::{ActiveGuard, Scheduler, Snapshot, Tried};
 
-const ALL: [Algorithm; 8] = Algorithm::ALL;
+const ALL: [Algorithm; 9] = Algorithm::ALL;
 
 /// Picks `n` times with fresh randomness and distinct clients; counts per backend index.
 fn counts(snap: &Snapshot, n: usize, seed: u64) -> Vec<u64> {

@@ -8,7 +8,7 @@ use common::{equal, ip, spec, Rng};
 use ringlb_config::Algorithm;
 use ringlb_scheduler::{BackendSpec, Scheduler, Snapshot, Tried};
 
-const ALL: [Algorithm; 8] = Algorithm::ALL;
+const ALL: [Algorithm; 9] = Algorithm::ALL;
 
 fn picked(snap: &Snapshot, n: usize, tried: &Tried) -> std::collections::BTreeSet<Option<usize>> {
     let mut rng = Rng(42);
@@ -268,7 +268,7 @@ fn from_config_backend() {
         label: "10.0.0.11:7000".into(),
         weight: 5,
         max_connections: 2000,
-        backup: true,
+        priority: 1,
     };
     let s = BackendSpec::from(&c);
     assert_eq!(
@@ -277,9 +277,9 @@ fn from_config_backend() {
             s.label.as_str(),
             s.weight,
             s.max_connections,
-            s.backup
+            s.priority
         ),
-        (c.addr, "10.0.0.11:7000", 5, 2000, true)
+        (c.addr, "10.0.0.11:7000", 5, 2000, 1)
     );
 }
 

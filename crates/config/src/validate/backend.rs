@@ -74,11 +74,7 @@ fn backend(errs: &mut Errors, path: &str, rb: &RawBackend) -> Option<Backend> {
         u32::MAX.into(),
         "",
     );
-    let backup = rb
-        .backup
-        .as_ref()
-        .and_then(|s| boolean(errs, &p("backup"), s))
-        .unwrap_or(false);
+    let priority = priority(errs, path, rb);
     if errs.count() != before {
         return None;
     }
@@ -88,8 +84,39 @@ fn backend(errs: &mut Errors, path: &str, rb: &RawBackend) -> Option<Backend> {
         label,
         weight,
         max_connections,
-        backup,
+        priority,
     })
+}
+
+/// Highest tier number: tiers are few in practice (site, remote site, disaster recovery),
+/// and each one is a level a pick may have to look through.
+pub const MAX_PRIORITY: u64 = 15;
+
+/// `priority: N`, or `backup: true` as priority 1; never both.
+fn priority(errs: &mut Errors, path: &str, rb: &RawBackend) -> u8 {
+    let backup = rb
+        .backup
+        .as_ref()
+        .and_then(|s| boolean(errs, &format!("{path}.backup"), s));
+    let Some(given) = &rb.priority else {
+        return u8::from(backup == Some(true));
+    };
+    if rb.backup.is_some() {
+        errs.push(
+            format!("{path}.backup"),
+            "give either backup or priority, not both (backup: true is priority: 1)",
+        );
+    }
+    let priority = opt_int(
+        errs,
+        &format!("{path}.priority"),
+        Some(given),
+        0,
+        0,
+        MAX_PRIORITY,
+        "",
+    );
+    u8::try_from(priority).unwrap_or(0)
 }
 
 /// A socket address a backend can be connected to: not port 0, not a wildcard.
@@ -121,6 +148,26 @@ fn destination(errs: &mut Errors, path: &str, s: &Scalar) -> Option<SocketAddr> 
 #[cfg(test)]
 mod tests {
     use crate::validate::testing::*;
+
+    #[test]
+    fn priority_and_backup() {
+        let c = ok(&with_backends(
+            "      - addr: 10.0.0.1:80\n      - {addr: 10.0.0.2:80, backup: true}\n      - {addr: 10.0.0.3:80, priority: 3}\n      - {addr: 10.0.0.4:80, backup: false}\n",
+        ));
+        let p: Vec<u8> = c.listeners[0].backends.iter().map(|b| b.priority).collect();
+        assert_eq!(p, [0, 1, 3, 0]);
+        assert!(c.listeners[0].backends[1].is_backup());
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, backup: true, priority: 2}\n"),
+            "listeners[0].backends[0].backup",
+            "either backup or priority",
+        );
+        assert_one_error(
+            &with_backends("      - {addr: 10.0.0.1:80, priority: 16}\n"),
+            "listeners[0].backends[0].priority",
+            "0..=15",
+        );
+    }
 
     #[test]
     fn backends_are_required() {
@@ -250,7 +297,7 @@ mod tests {
     #[test]
     fn backup_is_a_boolean_and_all_backup_is_allowed() {
         let c = ok(&with_backends("      - {addr: 10.0.0.1:80, backup: true}\n      - {addr: 10.0.0.2:80, backup: true}\n"));
-        assert!(c.listeners[0].backends.iter().all(|b| b.backup));
+        assert!(c.listeners[0].backends.iter().all(|b| b.is_backup()));
         assert_one_error(
             &with_backends("      - {addr: 10.0.0.1:80, backup: yes}\n"),
             "listeners[0].backends[0].backup",

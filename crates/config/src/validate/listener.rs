@@ -9,6 +9,7 @@ use super::backend::backends;
 use super::health::health_check;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
+use super::steering::steering;
 use super::{
     Errors, Seen, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT,
@@ -81,6 +82,7 @@ pub(super) fn listener(
         .map(|hc| health_check(errs, &path(i, "health_check"), hc));
     let backends = backends(errs, i, rl.backends.as_deref());
     covers_backends(errs, i, &tcp.source, &backends);
+    let steering = steering(errs, i, rl, algorithm, &backends);
 
     if errs.count() != before {
         return None;
@@ -98,6 +100,7 @@ pub(super) fn listener(
             Protocol::Tcp => Transport::Tcp(tcp),
             Protocol::Udp => Transport::Udp(udp),
         },
+        steering,
     })
 }
 

@@ -11,6 +11,7 @@ mod health;
 mod listener;
 mod scalar;
 mod source;
+mod steering;
 #[cfg(test)]
 mod testing;
 
@@ -324,7 +325,7 @@ mod tests {
         assert_eq!(l.proxy_protocol, ProxyProtocol::None);
         assert_eq!(l.health_check, None);
         let b = &l.backends[0];
-        assert_eq!((b.weight, b.max_connections, b.backup), (1, 0, false));
+        assert_eq!((b.weight, b.max_connections, b.priority), (1, 0, 0));
         assert_eq!(
             ok(&one_udp("")).listeners[0].transport,
             Transport::Udp(UdpSettings {
@@ -380,7 +381,7 @@ mod tests {
             })
         );
         let b = &l.backends[0];
-        assert_eq!((b.weight, b.max_connections, b.backup), (7, 100, true));
+        assert_eq!((b.weight, b.max_connections, b.priority), (7, 100, 1));
     }
 
     #[test]

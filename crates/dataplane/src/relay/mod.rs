@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 mod policy;
 
 use ringlb_config::Forwarding;
+use ringlb_scheduler::BackendState;
 use socket2::Socket;
 
 use crate::ctx::Cut;
@@ -88,6 +89,8 @@ pub(crate) struct RelayContext<'a> {
     /// Fires when a live upgrade takes the connections: freeze the link.
     pub(crate) handover: &'a Cut,
     pub(crate) pipes: &'a PipePool,
+    /// least_latency: where answer times go (the backend's latency average).
+    pub(crate) latency: Option<&'a BackendState>,
 }
 
 /// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
@@ -103,6 +106,9 @@ struct Link<'a> {
     first_eof: Cell<Option<EndReason>>,
     last_activity: Cell<Instant>,
     counters: &'a WorkerCounters,
+    latency: Option<&'a BackendState>,
+    /// least_latency: when client bytes went to the backend with no answer seen since.
+    asked_at: Cell<Option<Instant>>,
 }
 
 impl Link<'_> {
@@ -165,10 +171,31 @@ impl Link<'_> {
     }
 
     fn touch(&self, dir: Dir, n: usize) {
-        self.last_activity.set(Instant::now());
+        let now = Instant::now();
+        self.last_activity.set(now);
         match dir {
             Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
             Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
+        }
+        if let Some(backend) = self.latency {
+            self.sample_answer_time(backend, dir, now);
+        }
+    }
+
+    /// One sample per exchange: from the first client bytes forwarded after an answer to
+    /// the first backend bytes after them. Uses the time `touch` read anyway.
+    fn sample_answer_time(&self, backend: &BackendState, dir: Dir, now: Instant) {
+        match dir {
+            Dir::ClientToBackend => {
+                if self.asked_at.get().is_none() {
+                    self.asked_at.set(Some(now));
+                }
+            }
+            Dir::BackendToClient => {
+                if let Some(asked) = self.asked_at.take() {
+                    backend.record_latency(now.saturating_duration_since(asked));
+                }
+            }
         }
     }
 
@@ -211,6 +238,8 @@ pub(crate) async fn relay(
                 .unwrap_or_else(Instant::now),
         ),
         counters: cx.counters,
+        latency: cx.latency,
+        asked_at: Cell::new(None),
     };
     let halves = async {
         tokio::join!(

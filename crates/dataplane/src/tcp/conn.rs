@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Forwarding, ProxyProtocol};
+use ringlb_config::{Algorithm, Forwarding, ProxyProtocol};
+use ringlb_scheduler::{BackendState, Snapshot};
 use socket2::Socket;
 
 use super::connect::connect_backend;
@@ -73,6 +74,7 @@ pub(super) async fn serve(
         .backends()
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
+    let latency = sampled_latency(&snapshot, index);
     let client = Rc::new(client);
     let backend = Rc::new(backend);
     let header = proxy_header(settings.proxy_protocol, peer, || {
@@ -107,6 +109,7 @@ pub(super) async fn serve(
         peer,
         label,
         started,
+        latency,
     };
     forward(
         &ctx,
@@ -125,6 +128,16 @@ struct Established<'a> {
     peer: SocketAddr,
     label: &'a str,
     started: Instant,
+    /// least_latency: the backend whose latency average this link's answer times feed.
+    latency: Option<&'a BackendState>,
+}
+
+/// The backend state to feed latency samples to, when the listener balances by latency.
+fn sampled_latency(snapshot: &Snapshot, index: usize) -> Option<&BackendState> {
+    (snapshot.algorithm() == Algorithm::LeastLatency)
+        .then(|| snapshot.backends().get(index))
+        .flatten()
+        .map(|b| &*b.state)
 }
 
 /// Relay an established connection to its end and count and log how it ended, or, when a
@@ -149,6 +162,7 @@ async fn forward(
             cut: &ctx.cut,
             handover: &ctx.handover,
             pipes: &ctx.pipes,
+            latency: link.latency,
         };
         let end = relay::relay(
             Rc::clone(&link.client),
@@ -238,12 +252,14 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
     let _admission = Admission(state);
     let _live = ctx.enter_relay();
     let snapshot = state.scheduler.snapshot();
-    let backend = snapshot
+    let found = snapshot
         .backends()
         .iter()
-        .find(|b| b.spec.label == moved.backend);
+        .position(|b| b.spec.label == moved.backend);
     // A backend that a reload removed meanwhile is still this connection's backend.
-    let _active = backend.map(|b| b.state.acquire());
+    let _active = found
+        .and_then(|i| snapshot.backends().get(i))
+        .map(|b| b.state.acquire());
     let link = Established {
         client: Rc::new(moved.client),
         backend: Rc::new(moved.backend_socket),
@@ -252,6 +268,7 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
+        latency: found.and_then(|i| sampled_latency(&snapshot, i)),
     };
     // The settings of this process's configuration for this listener.
     let relay_settings = match state.settings.load().tcp() {

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::TcpSettings;
+use ringlb_config::{Algorithm, TcpSettings};
 use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -49,7 +49,11 @@ pub(super) async fn connect_backend(
         let started = Instant::now();
         match connect_from_sources(accounting, backend.spec.addr, settings).await {
             Ok(socket) => {
-                accounting.record_connect(started.elapsed());
+                let took = started.elapsed();
+                accounting.record_connect(took);
+                if snapshot.algorithm() == Algorithm::LeastLatency {
+                    backend.state.record_latency(took);
+                }
                 return Ok((socket, index, active));
             }
             Err(ConnectError::Backend(failure)) => {

@@ -102,6 +102,12 @@ struct BackendView {
     active: u32,
     connect_failures: u64,
     transitions: u64,
+    /// Effective weight scaled by the slow-start ramp.
+    weight: f64,
+    /// Its priority tier takes new connections.
+    tier_in_use: bool,
+    /// least_latency's moving average, once there is a sample.
+    latency: Option<std::time::Duration>,
 }
 
 /// What one scrape reads from one listener: every per-worker counter summed once.
@@ -145,12 +151,15 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         .health
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let backends = shared
-        .scheduler
-        .snapshot()
+    let snapshot = shared.scheduler.snapshot();
+    let tiers = snapshot.tiers_now();
+    let backends = snapshot
         .backends()
         .iter()
         .map(|b| BackendView {
+            weight: b.current_weight(),
+            tier_in_use: tiers.is_some_and(|t| t.contains(b.spec.priority)),
+            latency: b.state.latency(),
             label: b.spec.label.clone(),
             up: b.state.is_up(),
             admin: b.admin_state(),
@@ -365,6 +374,39 @@ pub fn render(registry: &Registry) -> String {
     }
 
     out.per_backend(
+        "ringlb_backend_weight",
+        "gauge",
+        "The backend's weight now: the configured one or the operator's override, scaled by its slow start while it ramps.",
+        &all,
+        |b| b.weight,
+    );
+
+    out.per_backend(
+        "ringlb_backend_priority_in_use",
+        "gauge",
+        "1 while the backend's priority tier takes new connections (tiers, min_active, failback), 0 otherwise.",
+        &all,
+        |b| u64::from(b.tier_in_use),
+    );
+
+    out.family(
+        "ringlb_backend_latency_seconds",
+        "gauge",
+        "least_latency: moving average of the latency ringlb sees to the backend (connect time, and time from a client's bytes to the backend's first answer); absent until the first sample.",
+    );
+    for v in &all {
+        for b in &v.backends {
+            if let Some(latency) = b.latency {
+                out.sample(
+                    "ringlb_backend_latency_seconds",
+                    &[("listener", &v.name), ("backend", &b.label)],
+                    latency.as_secs_f64(),
+                );
+            }
+        }
+    }
+
+    out.per_backend(
         "ringlb_connect_failures_total",
         "counter",
         "Client connects to the backend that were refused or timed out.",
@@ -534,13 +576,13 @@ impl Exposition {
     }
 
     /// A family with one sample per backend of every listener of `views`.
-    fn per_backend(
+    fn per_backend<V: std::fmt::Display>(
         &mut self,
         name: &str,
         kind: &str,
         help: &str,
         views: &[&ListenerView],
-        value: impl Fn(&BackendView) -> u64,
+        value: impl Fn(&BackendView) -> V,
     ) {
         self.family(name, kind, help);
         for v in views {

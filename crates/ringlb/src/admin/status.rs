@@ -5,6 +5,9 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
+use ringlb_scheduler::{TierRange, FULL_RAMP};
+
+use crate::control::failback_name;
 use crate::registry::{HealthRecord, Registry};
 
 /// Renders `{"listeners":[...]}`, listeners in name order (as the registry keeps them),
@@ -37,7 +40,11 @@ pub fn listeners(registry: &Registry) -> Value {
                         "weight": b.effective_weight(),
                         "configured_weight": b.spec.weight,
                         "admin_state": b.admin_state().as_str(),
-                        "backup": b.spec.backup,
+                        "backup": b.spec.priority > 0,
+                        "priority": b.spec.priority,
+                        "current_weight": b.current_weight(),
+                        "slow_start_ramp": f64::from(b.state.ramp()) / f64::from(FULL_RAMP),
+                        "latency_ms": b.state.latency().map(|d| d.as_secs_f64() * 1000.0),
                         "max_connections": b.spec.max_connections,
                         "up": b.state.is_up(),
                         "active_connections": b.state.active(),
@@ -55,7 +62,11 @@ pub fn listeners(registry: &Registry) -> Value {
                 "max_connections": settings.max_connections,
                 "active_connections": shared.active(),
                 "health_checked": settings.health_check.is_some(),
-                "failback": "immediate",
+                "failback": failback_name(settings.steering.failback),
+                "min_active": settings.steering.min_active,
+                "slow_start": settings.steering.slow_start.map(|d| humantime::format_duration(d).to_string()),
+                "tiers_in_use": snapshot.tiers_now().map(TierRange::describe),
+                "failback_pending": shared.scheduler.failback_pending().map(TierRange::describe),
                 "backends": backends,
             })
         })

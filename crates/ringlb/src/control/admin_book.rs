@@ -209,7 +209,7 @@ mod tests {
             label: label.into(),
             weight,
             max_connections: 0,
-            backup: false,
+            priority: 0,
         }
     }
 

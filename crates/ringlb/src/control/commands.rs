@@ -10,6 +10,7 @@ use ringlb_scheduler::{AdminState, Backend};
 use serde_json::{json, Map};
 
 use super::admin_book::Setting;
+use super::steering::log_tier_change;
 use super::ControlPlane;
 use crate::control_socket::protocol::{Reply, Request};
 
@@ -122,7 +123,7 @@ impl ControlPlane {
         }
     }
 
-    fn find_listener(&self, name: &str) -> Result<&Arc<ListenerState>, Reply> {
+    pub(super) fn find_listener(&self, name: &str) -> Result<&Arc<ListenerState>, Reply> {
         self.listeners.get(name).ok_or_else(|| {
             let mut names: Vec<&str> = self.listeners.keys().map(String::as_str).collect();
             names.sort_unstable();
@@ -146,7 +147,9 @@ impl ControlPlane {
         }
         let before = b.admin_state();
         b.state.set_admin_state(state);
-        shared.scheduler.admin_changed();
+        if let Some(change) = shared.scheduler.admin_changed() {
+            log_tier_change(listener, &change);
+        }
         let mut setting = self.book.get(listener, &label);
         setting.state = state;
         self.book.set(listener, &label, setting);
@@ -174,7 +177,9 @@ impl ControlPlane {
         let label = b.spec.label.clone();
         let before = b.effective_weight();
         b.state.set_weight_override(weight);
-        shared.scheduler.admin_changed();
+        if let Some(change) = shared.scheduler.admin_changed() {
+            log_tier_change(listener, &change);
+        }
         let mut setting: Setting = self.book.get(listener, &label);
         setting.weight = weight;
         self.book.set(listener, &label, setting);
@@ -190,15 +195,6 @@ impl ControlPlane {
         }
         info!("ctl: {message}");
         self.changed_reply(message)
-    }
-
-    fn failback(&self, listener: &str) -> Reply {
-        if let Err(refused) = self.find_listener(listener) {
-            return refused;
-        }
-        Reply::message(format!(
-            "listener \"{listener}\" fails back immediately: new connections already go to the primaries as soon as one is up; nothing to do"
-        ))
     }
 
     fn set_node(&mut self, failed: bool) -> Reply {

@@ -217,11 +217,16 @@ impl ControlPlane {
                 })
                 .collect();
             let scheduler = Arc::clone(&shared.scheduler);
+            let name = shared.name.clone();
             out.push(ProbeListener {
                 name: shared.name.clone(),
                 check,
                 backends,
-                on_change: Arc::new(move || scheduler.health_changed()),
+                on_change: Arc::new(move || {
+                    if let Some(change) = scheduler.health_changed() {
+                        super::steering::log_tier_change(&name, &change);
+                    }
+                }),
             });
         }
         out

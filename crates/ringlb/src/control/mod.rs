@@ -30,6 +30,9 @@ mod ports;
 mod reload;
 mod shutdown;
 mod startup;
+mod steering;
+
+pub(crate) use steering::failback_name;
 mod upgrade;
 
 use std::collections::HashMap;
@@ -82,8 +85,10 @@ impl ControlPlane {
         signals: Receiver<ControlSignal>,
         transitions: Receiver<Transition>,
     ) -> Exit {
+        let steer_tick = crossbeam_channel::tick(steering::STEER_TICK);
         loop {
             select! {
+                recv(steer_tick) -> _ => self.steer(),
                 recv(signals) -> signal => match signal {
                     Ok(ControlSignal::Reload) => self.reload(),
                     Ok(ControlSignal::Upgrade) => {

@@ -165,7 +165,7 @@ fn backend_changes(before: &[Backend], after: &[Backend]) -> Vec<String> {
             old.get(k)
                 .filter(|o| {
                     o.weight != b.weight
-                        || o.backup != b.backup
+                        || o.priority != b.priority
                         || o.max_connections != b.max_connections
                 })
                 .map(|o| format!("{k} weight {}→{}", o.weight, b.weight))

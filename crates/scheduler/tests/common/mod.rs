@@ -12,7 +12,7 @@ pub fn spec(n: u32, weight: u32, max_connections: u32, backup: bool) -> BackendS
         label: addr,
         weight,
         max_connections,
-        backup,
+        priority: u8::from(backup),
     }
 }
 

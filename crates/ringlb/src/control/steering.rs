@@ -1,0 +1,95 @@
+//! Steering on the control thread: the periodic tick that moves slow starts and timed
+//! failbacks on, `ringlb ctl failback`, and the log line of every change of the tiers
+//! that take new connections.
+
+use std::time::Duration;
+
+use ringlb_config::Failback;
+use ringlb_scheduler::{TierChange, TierRange};
+use serde_json::json;
+
+use super::ControlPlane;
+use crate::control_socket::protocol::Reply;
+
+/// How often slow starts, latency decay and failback windows are looked at: a ramp or a
+/// window ends at most this late.
+pub(super) const STEER_TICK: Duration = Duration::from_millis(100);
+
+/// `"priority 0"`, `"priorities 0-1"` or `"no backend (none is up)"`.
+pub(crate) fn describe(range: Option<TierRange>) -> String {
+    match range {
+        None => "no backend (none is up)".into(),
+        Some(r) if r.lowest == r.highest => format!("priority {}", r.lowest),
+        Some(r) => format!("priorities {}", r.describe()),
+    }
+}
+
+/// One line per change, like a health transition: a warning when traffic moves away from
+/// the preferred tiers, info when it comes back.
+pub(crate) fn log_tier_change(listener: &str, change: &TierChange) {
+    let line = format!(
+        "listener \"{listener}\": new connections go to {} (was {}): {}",
+        describe(change.to),
+        describe(change.from),
+        change.cause
+    );
+    let worse = match (change.from, change.to) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(from), Some(to)) => to.lowest > from.lowest || to.highest > from.highest,
+    };
+    if worse {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+}
+
+/// `failback` as written in the config.
+pub(crate) fn failback_name(failback: Failback) -> String {
+    match failback {
+        Failback::Immediate => "immediate".into(),
+        Failback::Manual => "manual".into(),
+        Failback::After(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
+impl ControlPlane {
+    /// Every listener's steering tick; changes are logged.
+    pub(super) fn steer(&self) {
+        for shared in self.listeners.values() {
+            if let Some(change) = shared.scheduler.tick() {
+                log_tier_change(&shared.name, &change);
+            }
+        }
+    }
+
+    /// `ringlb ctl failback LISTENER`.
+    pub(super) fn failback(&self, listener: &str) -> Reply {
+        let shared = match self.find_listener(listener) {
+            Ok(shared) => shared,
+            Err(refused) => return refused,
+        };
+        let policy = shared.settings.load().steering.failback;
+        let (before, after) = shared.scheduler.failback();
+        let message = if before == after {
+            format!(
+                "listener \"{listener}\": new connections already go to {} (failback {}): nothing to do",
+                describe(after),
+                failback_name(policy)
+            )
+        } else {
+            let message = format!(
+                "listener \"{listener}\": failback: new connections go to {} (was {})",
+                describe(after),
+                describe(before)
+            );
+            info!("ctl: {message} (asked by ringlb ctl failback)");
+            message
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("message".into(), json!(message));
+        fields.insert("tiers".into(), json!(after.map(TierRange::describe)));
+        Reply::Ok(fields)
+    }
+}
