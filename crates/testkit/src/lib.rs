@@ -91,8 +91,8 @@ pub use proxy::{
 pub use server::{ConnEnd, ConnRecord};
 pub use skip::{have_command, io_uring_available, is_root, Requirement, SKIP_LOG_ENV};
 pub use tcp::{
-    refused_addr, EchoBackend, HalfCloseBackend, HalfCloseRecord, ResetBackend, SinkRecord,
-    SinkSourceBackend, SlowBackend,
+    refused_addr, DelayedEchoBackend, EchoBackend, HalfCloseBackend, HalfCloseRecord, ResetBackend,
+    SinkRecord, SinkSourceBackend, SlowBackend,
 };
 pub use udp::UdpEchoBackend;
 pub use yaml::one_listener_yaml;

@@ -138,6 +138,55 @@ impl EchoBackend {
 }
 tcp_backend_common!(EchoBackend);
 
+/// A tagged echo backend that waits before each answer: a backend whose process is slow
+/// while its kernel completes handshakes at once. The delay can change while it runs.
+pub struct DelayedEchoBackend {
+    server: TcpServer,
+    delay_us: Arc<AtomicU64>,
+}
+
+impl DelayedEchoBackend {
+    /// Writes `TAG\n` on each new connection, then echoes each read `delay` after it.
+    pub fn tagged(tag: &str, delay: Duration) -> DelayedEchoBackend {
+        let delay_us = Arc::new(AtomicU64::new(delay.as_micros() as u64));
+        let greeting = format!("{tag}\n").into_bytes();
+        let d = Arc::clone(&delay_us);
+        let server = TcpServer::start(
+            "delayed echo",
+            Arc::new(move |c: &mut Conn| {
+                if let Err(e) = c.write_all(&greeting) {
+                    return classify(&e);
+                }
+                let mut buf = vec![0u8; BUF];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => {
+                            let _ = c.stream.shutdown(Shutdown::Write);
+                            return c.eof();
+                        }
+                        Ok(n) => {
+                            thread::sleep(Duration::from_micros(d.load(Ordering::Relaxed)));
+                            if let Err(e) = c.write_all(&buf[..n]) {
+                                return classify(&e);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return classify(&e),
+                    }
+                }
+            }),
+        );
+        DelayedEchoBackend { server, delay_us }
+    }
+
+    /// Answers from now on after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+tcp_backend_common!(DelayedEchoBackend);
+
 /// Echoes until EOF (then shuts down its write side) or an error.
 pub(crate) fn echo_loop(c: &mut Conn) -> ConnEnd {
     let mut buf = vec![0u8; BUF];
