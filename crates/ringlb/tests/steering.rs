@@ -379,3 +379,130 @@ fn least_latency_gives_a_late_backend_a_small_share_until_it_recovers() {
         started.elapsed()
     );
 }
+
+/// Primaries down then back with `failback: manual`: traffic is held on the backup.
+fn held_on_the_backup(lb: &Ringlb, primaries: &mut [EchoBackend; 2]) {
+    let mark = lb.log_mark();
+    for p in primaries.iter_mut() {
+        p.close_listener();
+    }
+    for p in primaries.iter() {
+        flip(lb, mark, p.addr(), false);
+    }
+    let mark = lb.log_mark();
+    for p in primaries.iter_mut() {
+        p.reopen();
+    }
+    for p in primaries.iter() {
+        flip(lb, mark, p.addr(), true);
+    }
+    assert_eq!(share(&tags(lb.listener_addr("t"), 10), "b"), 1.0);
+}
+
+/// The new process's pid, from the old one's `upgrade: pid N took over` line.
+fn successor(lb: &Ringlb) -> Option<u32> {
+    lb.logs()
+        .iter()
+        .filter_map(|l| l.split("upgrade: pid ").nth(1))
+        .find_map(|rest| rest.split(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_manual_failback_hold_survives_a_live_upgrade() {
+    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
+    let backup = EchoBackend::tagged("b");
+    let yaml = config(
+        &format!("failback: manual\n{HC}"),
+        &[
+            (primaries[0].addr(), 0),
+            (primaries[1].addr(), 0),
+            (backup.addr(), 1),
+        ],
+    );
+    let lb = start(&yaml);
+    let addr = lb.listener_addr("t");
+    held_on_the_backup(&lb, &mut primaries);
+
+    lb.signal(Signal::Usr2);
+    assert!(
+        wait_until(WAIT, || successor(&lb).is_some()),
+        "no process took over"
+    );
+    let next = successor(&lb).expect("successor");
+    // Ended by pid when the test ends, whatever happens below.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process this test's ringlb started.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    let _next = Kill(next);
+    // Not `wait_exit`: it reads the log pipe to its end, which the new process holds.
+    let old = lb.pid();
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(format!(
+            "/proc/{old}/stat"
+        ))
+        .map_or(true, |s| s.contains(") Z "))),
+        "the old process did not exit"
+    );
+    assert_eq!(
+        share(&tags(addr, 20), "b"),
+        1.0,
+        "still held after the upgrade"
+    );
+    let out = ctl(&lb, &["failback", "t"]);
+    assert!(
+        out.contains("new connections go to priority 0 (was priority 1)"),
+        "{out}"
+    );
+    assert_eq!(share(&tags(addr, 20), "b"), 0.0);
+}
+
+#[test]
+fn a_manual_failback_hold_survives_a_restart_with_state_file() {
+    let dir = std::env::temp_dir().join(format!("ringlb-steering-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let state = dir.join("state.json");
+    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
+    let backup = EchoBackend::tagged("b");
+    let yaml = format!(
+        "state_file: {}\n{}",
+        state.display(),
+        config(
+            &format!("failback: manual\n{HC}"),
+            &[
+                (primaries[0].addr(), 0),
+                (primaries[1].addr(), 0),
+                (backup.addr(), 1),
+            ],
+        )
+    );
+    let mut lb = start(&yaml);
+    held_on_the_backup(&lb, &mut primaries);
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(&state)
+            .is_ok_and(|t| t.contains("\"holds\":[{"))),
+        "the hold never reached the state file"
+    );
+    lb.signal(Signal::Term);
+    assert!(lb.wait_exit(WAIT).is_some());
+    drop(lb);
+
+    let lb = start(&yaml);
+    assert_eq!(
+        share(&tags(lb.listener_addr("t"), 20), "b"),
+        1.0,
+        "held after the restart"
+    );
+    ctl(&lb, &["failback", "t"]);
+    assert_eq!(share(&tags(lb.listener_addr("t"), 20), "b"), 0.0);
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(&state)
+            .is_ok_and(|t| t.contains("\"holds\":[{\"highest\":0"))),
+        "{:?}",
+        std::fs::read_to_string(&state)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -320,6 +320,34 @@ impl Scheduler {
         (before, self.current.load().tiers_now())
     }
 
+    /// The tiers the failback policy holds traffic on (`None` with `failback: immediate`):
+    /// what a live upgrade or `state_file` carries, so a restart does not fail back.
+    pub fn hold(&self) -> Option<TierRange> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pin
+            .held()
+    }
+
+    /// Puts back a hold kept by [`hold`](Self::hold) (previous process, `state_file`). A
+    /// no-op with `failback: immediate`; failover is never held back by it.
+    pub fn restore_hold(&self, range: TierRange) -> Option<TierChange> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if writer.steering.failback == ringlb_config::Failback::Immediate {
+            return None;
+        }
+        writer.pin.hold(Some(range));
+        let old = self.current.load_full();
+        self.publish(
+            &mut writer,
+            old.algorithm(),
+            old.backends().to_vec(),
+            None,
+            true,
+        )
+    }
+
     /// A failback the policy holds back: the tiers health would use now, when they differ
     /// from the ones in use (what `ringlb ctl failback` would switch to).
     pub fn failback_pending(&self) -> Option<TierRange> {

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use ringlb_scheduler::{AdminState, Scheduler};
+use ringlb_scheduler::{AdminState, Scheduler, TierRange};
 use serde_json::{json, Value};
 
 /// One backend's operator settings; the default (ready, no override) is not stored.
@@ -38,6 +38,9 @@ impl Default for Setting {
 pub(super) struct AdminBook {
     backends: BTreeMap<(String, String), Setting>,
     pub node_failed: bool,
+    /// Per listener, the tiers a non-immediate failback holds traffic on, so that an
+    /// upgrade or a restart does not fail back behind the operator's back.
+    holds: BTreeMap<String, TierRange>,
 }
 
 impl AdminBook {
@@ -76,7 +79,28 @@ impl AdminBook {
         if changed {
             scheduler.admin_changed();
         }
+        if let Some(hold) = self.holds.get(listener) {
+            if scheduler.hold() != Some(*hold) {
+                scheduler.restore_hold(*hold);
+                changed = true;
+            }
+        }
         changed
+    }
+
+    /// Records `listener`'s failback hold as its scheduler has it now; returns whether the
+    /// book changed.
+    pub fn note_hold(&mut self, listener: &str, hold: Option<TierRange>) -> bool {
+        let before = match hold {
+            Some(h) => self.holds.insert(listener.to_string(), h),
+            None => self.holds.remove(listener),
+        };
+        before != hold
+    }
+
+    /// Drops the holds of listeners that do not run.
+    pub fn retain_holds(&mut self, running: impl Fn(&str) -> bool) {
+        self.holds.retain(|l, _| running(l));
     }
 
     /// Drops the settings of backends that do not run (`running(listener, backend)` says
@@ -109,7 +133,12 @@ impl AdminBook {
                 })
             })
             .collect();
-        json!({ "v": 1, "node_failed": self.node_failed, "backends": backends })
+        let holds: Vec<Value> = self
+            .holds
+            .iter()
+            .map(|(listener, h)| json!({"listener": listener, "lowest": h.lowest, "highest": h.highest}))
+            .collect();
+        json!({ "v": 1, "node_failed": self.node_failed, "backends": backends, "holds": holds })
     }
 
     /// Parses a state file's text; the error says what is wrong with it.
@@ -126,6 +155,28 @@ impl AdminBook {
             node_failed,
             ..AdminBook::default()
         };
+        if let Some(holds) = v.get("holds") {
+            let holds = holds.as_array().ok_or("\"holds\" must be a list")?;
+            for (i, entry) in holds.iter().enumerate() {
+                let listener = entry
+                    .get("listener")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("holds[{i}].listener must be a string"))?;
+                let tier = |key: &str| -> Result<u8, String> {
+                    entry
+                        .get(key)
+                        .and_then(Value::as_u64)
+                        .and_then(|p| u8::try_from(p).ok())
+                        .ok_or_else(|| format!("holds[{i}].{key} must be a priority 0..=255"))
+                };
+                let (lowest, highest) = (tier("lowest")?, tier("highest")?);
+                if lowest > highest {
+                    return Err(format!("holds[{i}]: lowest above highest"));
+                }
+                book.holds
+                    .insert(listener.to_string(), TierRange { lowest, highest });
+            }
+        }
         let list = match v.get("backends") {
             None => return Ok(book),
             Some(list) => list.as_array().ok_or("\"backends\" must be a list")?,

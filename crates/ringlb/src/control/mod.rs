@@ -147,6 +147,7 @@ impl ControlPlane {
             self.book.apply(&shared.name, &shared.scheduler);
         }
         let listeners = &self.listeners;
+        self.book.retain_holds(|l| listeners.contains_key(l));
         let dropped = self.book.retain_running(|listener, backend| {
             listeners.get(listener).is_some_and(|l| {
                 l.scheduler

@@ -55,23 +55,37 @@ pub(crate) fn failback_name(failback: Failback) -> String {
 }
 
 impl ControlPlane {
-    /// Every listener's steering tick; changes are logged.
-    pub(super) fn steer(&self) {
+    /// Every listener's steering tick; changes are logged, and failback holds are kept
+    /// in the book (`state_file`, live upgrade).
+    pub(super) fn steer(&mut self) {
+        let mut holds_changed = false;
         for shared in self.listeners.values() {
             if let Some(change) = shared.scheduler.tick() {
                 log_tier_change(&shared.name, &change);
+            }
+            holds_changed |= self.book.note_hold(&shared.name, shared.scheduler.hold());
+        }
+        if holds_changed {
+            if let Err(e) = self.save_book() {
+                log::warn!("{e}");
             }
         }
     }
 
     /// `ringlb ctl failback LISTENER`.
-    pub(super) fn failback(&self, listener: &str) -> Reply {
+    pub(super) fn failback(&mut self, listener: &str) -> Reply {
         let shared = match self.find_listener(listener) {
             Ok(shared) => shared,
             Err(refused) => return refused,
         };
         let policy = shared.settings.load().steering.failback;
         let (before, after) = shared.scheduler.failback();
+        let hold = shared.scheduler.hold();
+        if self.book.note_hold(listener, hold) {
+            if let Err(e) = self.save_book() {
+                log::warn!("{e}");
+            }
+        }
         let message = if before == after {
             format!(
                 "listener \"{listener}\": new connections already go to {} (failback {}): nothing to do",
