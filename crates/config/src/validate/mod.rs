@@ -8,6 +8,7 @@
 
 mod backend;
 mod health;
+mod keepalive;
 mod listener;
 mod scalar;
 mod source;
@@ -293,7 +294,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::model::{
-        Algorithm, Forwarding, HealthCheck, ProxyProtocol, TcpSettings, Transport, UdpSettings,
+        Algorithm, Forwarding, HealthCheck, Liveness, ProxyProtocol, TcpSettings, Transport,
+        UdpSettings,
     };
     use crate::validate::testing::*;
     use ipnet::IpNet;
@@ -317,6 +319,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(900),
                 forwarding: Forwarding::Auto,
                 source: Vec::new(),
+                liveness: Liveness::default(),
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -362,6 +365,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(7200),
                 forwarding: Forwarding::Splice,
                 source: vec!["10.0.0.9".parse().unwrap()],
+                liveness: Liveness::default(),
             })
         );
         assert_eq!(l.max_connections, 10);
