@@ -149,6 +149,32 @@ pub struct TcpSettings {
     /// several widens the connections a busy backend can take. Validation guarantees an
     /// address of each backend's family when not empty.
     pub source: Vec<IpAddr>,
+    /// Dead-peer detection on both legs (`tcp_keepalive`, `tcp_user_timeout`); off by default.
+    pub liveness: Liveness,
+}
+
+/// How the kernel finds a peer that is gone without a FIN or RST (a crashed host, a flow
+/// a stateful firewall forgot): set on the client's and the backend's socket of every new
+/// connection. `Default` is both off, the kernel's own behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Liveness {
+    /// `tcp_keepalive`: probe a connection that has been silent.
+    pub keepalive: Option<Keepalive>,
+    /// `tcp_user_timeout` (TCP_USER_TIMEOUT): how long sent data may stay unacknowledged
+    /// before the connection is dropped. Whole milliseconds, at most `u32::MAX` of them.
+    pub user_timeout: Option<Duration>,
+}
+
+/// SO_KEEPALIVE with its three parameters. A silent peer is given up after
+/// `idle + interval × count` (unless `tcp_user_timeout` is set: it then decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe (TCP_KEEPIDLE): whole seconds, 1..=32767.
+    pub idle: Duration,
+    /// Between unanswered probes (TCP_KEEPINTVL): whole seconds, 1..=32767.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT): 1..=127.
+    pub count: u32,
 }
 
 /// Settings only a UDP listener has.
@@ -325,6 +351,10 @@ mod tests {
         idle_timeout: Duration::from_secs(3),
         forwarding: Forwarding::Copy,
         source: Vec::new(),
+        liveness: Liveness {
+            keepalive: None,
+            user_timeout: None,
+        },
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),

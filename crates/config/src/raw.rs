@@ -46,6 +46,8 @@ pub(crate) struct RawListener {
     pub proxy_protocol: Option<Scalar>,
     pub forwarding: Option<Scalar>,
     pub source: Option<Vec<Scalar>>,
+    pub tcp_keepalive: Option<RawKeepalive>,
+    pub tcp_user_timeout: Option<Scalar>,
     pub session_timeout: Option<Scalar>,
     pub max_sessions: Option<Scalar>,
     pub slow_start: Option<Scalar>,
@@ -69,6 +71,18 @@ pub(crate) struct RawHealthCheck {
     pub port: Option<Scalar>,
     pub send: Option<Scalar>,
     pub expect: Option<Scalar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "tcp_keepalive",
+    expecting = "a tcp_keepalive mapping (idle, interval, count)"
+)]
+pub(crate) struct RawKeepalive {
+    pub idle: Option<Scalar>,
+    pub interval: Option<Scalar>,
+    pub count: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

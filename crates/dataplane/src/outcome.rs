@@ -57,6 +57,11 @@ pub enum EndReason {
     BackendClose,
     ClientReset,
     BackendReset,
+    /// TCP: the kernel gave up on the client: keepalive probes or (`tcp_user_timeout`)
+    /// sent data went unanswered, or retransmissions ran out; the backend was reset.
+    ClientTimedOut,
+    /// TCP: the kernel gave up on the backend, as for `ClientTimedOut`; the client was reset.
+    BackendTimedOut,
     /// TCP: no byte either way for `idle_timeout`.
     IdleTimeout,
     /// `shutdown_timeout` expired while it was still open.
@@ -72,11 +77,13 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 12] = [
         EndReason::ClientClose,
         EndReason::BackendClose,
         EndReason::ClientReset,
         EndReason::BackendReset,
+        EndReason::ClientTimedOut,
+        EndReason::BackendTimedOut,
         EndReason::IdleTimeout,
         EndReason::DrainCut,
         EndReason::LocalError,
@@ -101,6 +108,8 @@ impl EndReason {
             EndReason::BackendClose => "backend_close",
             EndReason::ClientReset => "client_reset",
             EndReason::BackendReset => "backend_reset",
+            EndReason::ClientTimedOut => "client_timed_out",
+            EndReason::BackendTimedOut => "backend_timed_out",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::DrainCut => "drain_cut",
             EndReason::LocalError => "local_error",
@@ -241,8 +250,9 @@ mod tests {
         };
         assert_eq!(names(Protocol::Udp), ["drain_cut", "expired", "moved"]);
         let tcp = names(Protocol::Tcp);
-        assert_eq!(tcp.len(), 8, "{tcp:?}");
+        assert_eq!(tcp.len(), 10, "{tcp:?}");
         assert!(tcp.contains(&"proxy_header_failed") && !tcp.contains(&"expired"));
+        assert!(tcp.contains(&"client_timed_out") && tcp.contains(&"backend_timed_out"));
     }
 
     #[test]

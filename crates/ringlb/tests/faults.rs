@@ -10,12 +10,9 @@
 //! its own nftables): they need root, `ip`, `sysctl` and, for the SYN tests, `nft`, and
 //! print `SKIPPED: <reason>` without them.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -59,116 +56,6 @@ fn first_line(lb: &Ringlb, needle: &str) -> String {
         .into_iter()
         .find(|l| l.contains(needle))
         .unwrap_or_default()
-}
-
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let shown = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("{shown}: stdin: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{shown}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace with only `lo` (up: all of 127.0.0.0/8 is local), deleted on
-/// Drop. Everything a test does inside runs on a thread that joined it, so the sockets it
-/// opens and the processes it spawns (ringlb) live there.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Result<Netns, String> {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let ns = Netns {
-            name: format!(
-                "ringlb-f-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::SeqCst)
-            ),
-        };
-        run("ip", &["netns", "add", &ns.name], None)?;
-        // From here on Drop deletes it.
-        ns.exec(&["ip", "link", "set", "lo", "up"], None)?;
-        Ok(ns)
-    }
-
-    /// `ip netns exec NS ARGS…`, with `stdin` fed to it.
-    fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        let mut all = vec!["netns", "exec", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all, stdin)
-    }
-
-    /// Runs `body` on a thread inside the namespace; a panic there is this test's panic.
-    fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        thread::scope(|s| {
-            s.spawn(|| {
-                let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on this thread only, with an fd we own and keep open.
-                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-                body()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name], None);
-    }
-}
-
-/// A namespace for a test that needs one, or `None` after printing why it is skipped.
-fn netns_for_test(commands: &[&'static str]) -> Option<Netns> {
-    let missing: Vec<&'static str> = commands
-        .iter()
-        .copied()
-        .filter(|c| !have_command(c))
-        .collect();
-    let (requirement, reason) = if !is_root() {
-        (
-            Requirement::Root,
-            "needs root to create a network namespace".to_string(),
-        )
-    } else if let Some(first) = missing.first() {
-        (
-            Requirement::Command(first),
-            format!("needs {missing:?} on PATH"),
-        )
-    } else {
-        match Netns::create() {
-            Ok(ns) => return Some(ns),
-            Err(e) => (
-                Requirement::NetNs,
-                format!("cannot create a network namespace: {e}"),
-            ),
-        }
-    };
-    ringlb_testkit::skip::report_skip(module_path!(), requirement, &reason);
-    None
 }
 
 /// A client connection from 127.0.0.1:`port`: an explicit port, so clients never take
@@ -215,7 +102,7 @@ fn hold_clients(to: SocketAddr, first_port: u16, n: u16) -> (Vec<TcpStream>, usi
 /// two port spaces toward its backend and serves more clients at once.
 #[test]
 fn out_of_local_ports_is_not_the_backends_fault() {
-    let Some(ns) = netns_for_test(&["ip", "sysctl"]) else {
+    let Some(ns) = netns_for_test(module_path!(), &["ip", "sysctl"]) else {
         return;
     };
     ns.run(|| {
@@ -310,25 +197,17 @@ fn out_of_local_ports_is_not_the_backends_fault() {
 /// of this kernel is 60 bytes: 20 IP + 20 TCP + 20 options; the quota matches while
 /// the bytes seen, this packet included, stay below it). [`dropped`] counts what it hit.
 fn drop_first_syns(ns: &Netns, port: u16, bytes: u32) {
-    let rules = format!(
-        "table inet ringlb_faults {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n\
-         \x20   tcp dport {port} tcp flags & (syn|ack) == syn quota until {bytes} bytes counter drop\n  }}\n}}\n"
+    ns.nft_drop(
+        "ringlb_faults",
+        &[format!(
+            "tcp dport {port} tcp flags & (syn|ack) == syn quota until {bytes} bytes"
+        )],
     );
-    ns.exec(&["nft", "-f", "-"], Some(&rules))
-        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// SYNs the rule of [`drop_first_syns`] dropped.
 fn dropped(ns: &Netns) -> u64 {
-    let listing = ns
-        .exec(&["nft", "list", "table", "inet", "ringlb_faults"], None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    listing
-        .split("counter packets ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in:\n{listing}"))
+    ns.nft_dropped("ringlb_faults")
 }
 
 /// In a namespace where the first SYNs to an echo backend tagged `tag` are dropped
@@ -341,7 +220,7 @@ fn behind_lost_syns(
     keys: &str,
     check: impl FnOnce(&Netns, &Ringlb, &EchoBackend) + Send,
 ) {
-    let Some(ns) = netns_for_test(&["ip", "nft"]) else {
+    let Some(ns) = netns_for_test(module_path!(), &["ip", "nft"]) else {
         return;
     };
     ns.run(|| {

@@ -6,7 +6,8 @@
 //! [`SlowBackend`], [`ProxyBackend`], [`UdpEchoBackend`], [`refused_addr`]), the
 //! [`Ringlb`] process handle with its log and metric readers ([`log_time`],
 //! [`HealthFlip`], [`Ringlb::metric`]), client helpers, a tagged client load ([`Load`]),
-//! and skip helpers ([`skip_unless!`], [`Requirement`]). Test-only: plain std threads and
+//! skip helpers ([`skip_unless!`], [`Requirement`]) and a network namespace of a test's
+//! own ([`Netns`], [`netns_for_test`]). Test-only: plain std threads and
 //! blocking sockets, panics with clear messages instead of error plumbing.
 //!
 //! Must not: touch anything but 127.0.0.0/8, leave threads or sockets behind (every
@@ -61,6 +62,7 @@ mod checksum;
 mod client;
 mod load;
 mod log;
+mod netns;
 mod process;
 mod proxy;
 mod server;
@@ -81,6 +83,7 @@ pub use load::{
     tag_counts, tagged_client, tagged_client_timed, tagged_clients, Load, LoadLog, Phases,
 };
 pub use log::{log_time, parse_health_flip, since, HealthFlip};
+pub use netns::{netns_for_test, Netns};
 pub use process::{
     exit_code, http_get, metric_value, parse_admin_line, parse_http_response, parse_listener_line,
     ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal, READY_TIMEOUT,

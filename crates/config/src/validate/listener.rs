@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use super::backend::backends;
 use super::health::health_check;
+use super::keepalive::liveness;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::steering::steering;
@@ -26,7 +27,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The settings keys in schema order (`RawListener`, docs/configuration.md). Their
 /// checkers run grouped by protocol, but `ringlb check` lists their problems in this
 /// order.
-const SETTINGS_ORDER: [&str; 10] = [
+const SETTINGS_ORDER: [&str; 12] = [
     "connect_timeout",
     "connect_attempts",
     "idle_timeout",
@@ -35,6 +36,8 @@ const SETTINGS_ORDER: [&str; 10] = [
     "proxy_protocol",
     "forwarding",
     "source",
+    "tcp_keepalive",
+    "tcp_user_timeout",
     "session_timeout",
     "max_sessions",
 ];
@@ -220,13 +223,15 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 5] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 7] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
         ("idle_timeout", rl.idle_timeout.is_some()),
         ("forwarding", rl.forwarding.is_some()),
         ("source", rl.source.is_some()),
+        ("tcp_keepalive", rl.tcp_keepalive.is_some()),
+        ("tcp_user_timeout", rl.tcp_user_timeout.is_some()),
     ]
 }
 
@@ -273,6 +278,7 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         idle_timeout,
         forwarding,
         source: source(errs, i, rl.source.as_deref()),
+        liveness: liveness(errs, i, rl),
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod backend;
 mod health;
+mod keepalive;
 mod listener;
 mod scalar;
 mod source;
@@ -294,7 +295,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::model::{
-        Algorithm, Forwarding, HealthCheck, ProxyProtocol, TcpSettings, Transport, UdpSettings,
+        Algorithm, Forwarding, HealthCheck, Liveness, ProxyProtocol, TcpSettings, Transport,
+        UdpSettings,
     };
     use crate::validate::testing::*;
     use ipnet::IpNet;
@@ -318,6 +320,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(900),
                 forwarding: Forwarding::Auto,
                 source: Vec::new(),
+                liveness: Liveness::default(),
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -363,6 +366,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(7200),
                 forwarding: Forwarding::Splice,
                 source: vec!["10.0.0.9".parse().unwrap()],
+                liveness: Liveness::default(),
             })
         );
         assert_eq!(l.max_connections, 10);

@@ -3,10 +3,11 @@
 //!
 //! Two halves (client→backend, backend→client) run in one task, each a small loop that owns
 //! its buffer. EOF on one side becomes shutdown(SHUT_WR) toward the other while the other
-//! direction keeps flowing. Any error (reset, broken pipe) aborts the whole link: SO_LINGER 0
-//! on both sockets so the peer sees a reset — a truncated stream is never presented as a clean
-//! end — and every op still in flight on either socket is cancelled. A watchdog in the same
-//! task enforces `idle_timeout` and the shutdown cut.
+//! direction keeps flowing. Any error (reset, broken pipe, a peer the kernel gave up on:
+//! `Side::failed` names which) aborts the whole link: SO_LINGER 0 on both sockets so the
+//! peer sees a reset — a truncated stream is never presented as a clean end — and every op
+//! still in flight on either socket is cancelled. A watchdog in the same task enforces
+//! `idle_timeout` and the shutdown cut.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -38,17 +39,19 @@ enum Dir {
 }
 
 impl Dir {
-    fn reset_reason_reading(self) -> EndReason {
+    /// The leg this direction reads from.
+    fn source(self) -> Side {
         match self {
-            Dir::ClientToBackend => EndReason::ClientReset,
-            Dir::BackendToClient => EndReason::BackendReset,
+            Dir::ClientToBackend => Side::Client,
+            Dir::BackendToClient => Side::Backend,
         }
     }
 
-    fn reset_reason_writing(self) -> EndReason {
+    /// The leg this direction writes to.
+    fn destination(self) -> Side {
         match self {
-            Dir::ClientToBackend => EndReason::BackendReset,
-            Dir::BackendToClient => EndReason::ClientReset,
+            Dir::ClientToBackend => Side::Backend,
+            Dir::BackendToClient => Side::Client,
         }
     }
 
@@ -58,6 +61,44 @@ impl Dir {
             Dir::BackendToClient => EndReason::BackendClose,
         }
     }
+}
+
+/// One leg of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    /// How the link ends when this leg reset or a write to it went nowhere.
+    fn reset(self) -> EndReason {
+        match self {
+            Side::Client => EndReason::ClientReset,
+            Side::Backend => EndReason::BackendReset,
+        }
+    }
+
+    /// How the link ends when an operation on this leg's socket failed with `e`.
+    fn failed(self, e: &io::Error) -> EndReason {
+        match (self, kernel_gave_up(e)) {
+            (Side::Client, true) => EndReason::ClientTimedOut,
+            (Side::Backend, true) => EndReason::BackendTimedOut,
+            (side, false) => side.reset(),
+        }
+    }
+}
+
+/// Whether the kernel itself dropped the connection because its peer stopped answering:
+/// keepalive probes or (with TCP_USER_TIMEOUT) sent data went unacknowledged too long, or
+/// retransmissions ran out (`net.ipv4.tcp_retries2`). It reports ETIMEDOUT, or the ICMP
+/// error it last heard (host or network unreachable): an established socket without
+/// IP_RECVERR reports those only when such a timer gives up.
+fn kernel_gave_up(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETIMEDOUT) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)
+    )
 }
 
 /// What a finished relay reports for counters and the access log.
@@ -318,8 +359,8 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
     match link.poll(from, POLLIN).await {
         Ok(_) => {}
         Err(e) if is_cancelled(&e) => return forwarded,
-        Err(_) => {
-            link.abort(dir.reset_reason_reading(), true).await;
+        Err(e) => {
+            link.abort(dir.source().failed(&e), true).await;
             return forwarded;
         }
     }
@@ -359,13 +400,13 @@ async fn write_out(link: &Link<'_>, dir: Dir, mut buf: Vec<u8>) -> Option<Vec<u8
         buf = returned;
         match res {
             Ok(0) => {
-                link.abort(dir.reset_reason_writing(), true).await;
+                link.abort(dir.destination().reset(), true).await;
                 return None;
             }
             Ok(n) => offset += n,
             Err(e) if is_cancelled(&e) => {} // frozen or aborted: decided at the loop's top
-            Err(_) => {
-                link.abort(dir.reset_reason_writing(), true).await;
+            Err(e) => {
+                link.abort(dir.destination().failed(&e), true).await;
                 return None;
             }
         }
@@ -401,8 +442,8 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
             }
             Ok(n) => n,
             Err(e) if is_cancelled(&e) => return CopyEnd::Done,
-            Err(_) => {
-                link.abort(dir.reset_reason_reading(), true).await;
+            Err(e) => {
+                link.abort(dir.source().failed(&e), true).await;
                 return CopyEnd::Done;
             }
         };
@@ -484,8 +525,8 @@ async fn splice_half(
         match link.poll(from, POLLIN).await {
             Ok(_) => {}
             Err(e) if is_cancelled(&e) => return SpliceEnd::Done,
-            Err(_) => {
-                link.abort(dir.reset_reason_reading(), true).await;
+            Err(e) => {
+                link.abort(dir.source().failed(&e), true).await;
                 return SpliceEnd::Done;
             }
         }
@@ -514,8 +555,8 @@ async fn splice_burst(link: &Link<'_>, dir: Dir, pipe: &Rc<Pipe>, forwarded: &mu
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return true,
             Err(e) if is_cancelled(&e) => return false,
-            Err(_) => {
-                link.abort(dir.reset_reason_reading(), true).await;
+            Err(e) => {
+                link.abort(dir.source().failed(&e), true).await;
                 return false;
             }
         };
@@ -544,7 +585,7 @@ async fn drain_pipe<K: Unpin + 'static>(
         let (res, _) = uring::splice(pipe_r, to_fd, pending as u32, keep()).await;
         match res {
             Ok(0) => {
-                link.abort(dir.reset_reason_writing(), true).await;
+                link.abort(dir.destination().reset(), true).await;
                 return false;
             }
             Ok(m) => pending -= m.min(pending),
@@ -552,18 +593,59 @@ async fn drain_pipe<K: Unpin + 'static>(
                 match link.poll(to, POLLOUT).await {
                     Ok(_) => {}
                     Err(e) if is_cancelled(&e) => return false,
-                    Err(_) => {
-                        link.abort(dir.reset_reason_writing(), true).await;
+                    Err(e) => {
+                        link.abort(dir.destination().failed(&e), true).await;
                         return false;
                     }
                 }
             }
             Err(e) if is_cancelled(&e) => return false,
-            Err(_) => {
-                link.abort(dir.reset_reason_writing(), true).await;
+            Err(e) => {
+                link.abort(dir.destination().failed(&e), true).await;
                 return false;
             }
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leg_the_kernel_gave_up_on_timed_out_any_other_failure_is_a_reset() {
+        let err = io::Error::from_raw_os_error;
+        for (errno, client, backend) in [
+            (
+                libc::ETIMEDOUT,
+                EndReason::ClientTimedOut,
+                EndReason::BackendTimedOut,
+            ),
+            (
+                libc::EHOSTUNREACH,
+                EndReason::ClientTimedOut,
+                EndReason::BackendTimedOut,
+            ),
+            (
+                libc::ENETUNREACH,
+                EndReason::ClientTimedOut,
+                EndReason::BackendTimedOut,
+            ),
+            (
+                libc::ECONNRESET,
+                EndReason::ClientReset,
+                EndReason::BackendReset,
+            ),
+            (libc::EPIPE, EndReason::ClientReset, EndReason::BackendReset),
+        ] {
+            assert_eq!(Side::Client.failed(&err(errno)), client, "errno {errno}");
+            assert_eq!(Side::Backend.failed(&err(errno)), backend, "errno {errno}");
+        }
+        // A failure reading the backend is the backend's; writing to it, too.
+        assert_eq!(Dir::BackendToClient.source(), Side::Backend);
+        assert_eq!(Dir::ClientToBackend.destination(), Side::Backend);
+        assert_eq!(Dir::ClientToBackend.source(), Side::Client);
+        assert_eq!(Dir::BackendToClient.destination(), Side::Client);
+    }
 }

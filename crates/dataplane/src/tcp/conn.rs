@@ -10,6 +10,7 @@ use ringlb_scheduler::{BackendState, Snapshot};
 use socket2::Socket;
 
 use super::connect::connect_backend;
+use super::sockopts::{self, Leg};
 use super::Accounting;
 use crate::ctx::WorkerCtx;
 use crate::handover::{Moved, MovedConn};
@@ -70,6 +71,9 @@ pub(super) async fn serve(
                 return reject(client);
             }
         };
+    // Dead-peer detection, once there is a link to protect (see `sockopts`).
+    sockopts::apply(&accounting, Leg::Client, &client, &tcp.liveness);
+    sockopts::apply(&accounting, Leg::Backend, &backend, &tcp.liveness);
     let label = snapshot
         .backends()
         .get(index)

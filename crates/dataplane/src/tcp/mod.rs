@@ -4,6 +4,7 @@
 
 mod conn;
 mod connect;
+mod sockopts;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -85,6 +86,8 @@ pub(crate) struct Accounting {
     pub(crate) state: Arc<ListenerState>,
     /// Out-of-fds lines (accept or backend socket): a flood must not flood the log.
     resource_log: RateLog,
+    /// Keepalive / user-timeout options the kernel refused (`sockopts`).
+    sockopt_log: RateLog,
     /// Where the next connection starts in the listener's `source` list.
     source_cursor: Cell<usize>,
     connect_latency: RefCell<Histogram<u64>>,
@@ -96,6 +99,7 @@ impl Accounting {
         Accounting {
             state,
             resource_log: RateLog::default(),
+            sockopt_log: RateLog::default(),
             source_cursor: Cell::new(0),
             connect_latency: RefCell::new(new_latency_histogram()),
             unpublished: Cell::new(false),
