@@ -113,6 +113,29 @@ pub struct TcpSettings {
     /// several widens the connections a busy backend can take. Validation guarantees an
     /// address of each backend's family when not empty.
     pub source: Vec<IpAddr>,
+    /// `per_source:`; `None`: no per-source limit.
+    pub per_source: Option<PerSource>,
+}
+
+/// Limits per client source on a TCP listener, so that one client cannot take every
+/// connection slot. A source is a client's IPv4 address, or its IPv6 /64 (an IPv4-mapped
+/// IPv6 address is the IPv4 address). Validation guarantees at least one of
+/// `max_connections` and `rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerSource {
+    /// Live connections per source across all workers; `None`: not limited.
+    pub max_connections: Option<u32>,
+    /// New connections per source; `None`: not limited.
+    pub rate: Option<SourceRate>,
+    /// Bound on the sources tracked at once across all workers (the table's memory).
+    pub max_sources: u32,
+}
+
+/// A token bucket: `burst` new connections at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRate {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// Settings only a UDP listener has.
@@ -278,6 +301,7 @@ mod tests {
         idle_timeout: Duration::from_secs(3),
         forwarding: Forwarding::Copy,
         source: Vec::new(),
+        per_source: None,
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),

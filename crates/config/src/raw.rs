@@ -48,6 +48,7 @@ pub(crate) struct RawListener {
     pub source: Option<Vec<Scalar>>,
     pub session_timeout: Option<Scalar>,
     pub max_sessions: Option<Scalar>,
+    pub per_source: Option<RawPerSource>,
     pub health_check: Option<RawHealthCheck>,
     pub backends: Option<Vec<RawBackend>>,
 }
@@ -66,6 +67,19 @@ pub(crate) struct RawHealthCheck {
     pub port: Option<Scalar>,
     pub send: Option<Scalar>,
     pub expect: Option<Scalar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "per_source",
+    expecting = "a per_source mapping (max_connections, new_per_second, burst, max_sources)"
+)]
+pub(crate) struct RawPerSource {
+    pub max_connections: Option<Scalar>,
+    pub new_per_second: Option<Scalar>,
+    pub burst: Option<Scalar>,
+    pub max_sources: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

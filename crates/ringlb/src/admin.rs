@@ -94,6 +94,7 @@ pub(crate) mod testing {
                     idle_timeout: Duration::from_secs(60),
                     forwarding: Forwarding::Copy,
                     source: Vec::new(),
+                    per_source: None,
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),

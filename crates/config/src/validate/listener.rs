@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use super::backend::backends;
 use super::health::health_check;
+use super::per_source::per_source;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::{
@@ -217,13 +218,14 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 5] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 6] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
         ("idle_timeout", rl.idle_timeout.is_some()),
         ("forwarding", rl.forwarding.is_some()),
         ("source", rl.source.is_some()),
+        ("per_source", rl.per_source.is_some()),
     ]
 }
 
@@ -270,6 +272,7 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         idle_timeout,
         forwarding,
         source: source(errs, i, rl.source.as_deref()),
+        per_source: per_source(errs, i, rl.per_source.as_ref()),
     }
 }
 

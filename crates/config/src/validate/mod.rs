@@ -9,6 +9,7 @@
 mod backend;
 mod health;
 mod listener;
+mod per_source;
 mod scalar;
 mod source;
 #[cfg(test)]
@@ -317,6 +318,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(900),
                 forwarding: Forwarding::Auto,
                 source: Vec::new(),
+                per_source: None,
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -362,6 +364,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(7200),
                 forwarding: Forwarding::Splice,
                 source: vec!["10.0.0.9".parse().unwrap()],
+                per_source: None,
             })
         );
         assert_eq!(l.max_connections, 10);
