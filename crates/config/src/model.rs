@@ -151,6 +151,8 @@ pub struct TcpSettings {
     pub source: Vec<IpAddr>,
     /// Dead-peer detection on both legs (`tcp_keepalive`, `tcp_user_timeout`); off by default.
     pub liveness: Liveness,
+    /// `per_source:`; `None`: no per-source limit.
+    pub per_source: Option<PerSource>,
 }
 
 /// How the kernel finds a peer that is gone without a FIN or RST (a crashed host, a flow
@@ -175,6 +177,27 @@ pub struct Keepalive {
     pub interval: Duration,
     /// Unanswered probes before the connection is dropped (TCP_KEEPCNT): 1..=127.
     pub count: u32,
+}
+
+/// Limits per client source on a TCP listener, so that one client cannot take every
+/// connection slot. A source is a client's IPv4 address, or its IPv6 /64 (an IPv4-mapped
+/// IPv6 address is the IPv4 address). Validation guarantees at least one of
+/// `max_connections` and `rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerSource {
+    /// Live connections per source across all workers; `None`: not limited.
+    pub max_connections: Option<u32>,
+    /// New connections per source; `None`: not limited.
+    pub rate: Option<SourceRate>,
+    /// Bound on the sources tracked at once across all workers (the table's memory).
+    pub max_sources: u32,
+}
+
+/// A token bucket: `burst` new connections at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRate {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// Settings only a UDP listener has.
@@ -355,6 +378,7 @@ mod tests {
             keepalive: None,
             user_timeout: None,
         },
+        per_source: None,
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),

@@ -53,6 +53,7 @@ pub(crate) struct RawListener {
     pub slow_start: Option<Scalar>,
     pub failback: Option<Scalar>,
     pub min_active: Option<Scalar>,
+    pub per_source: Option<RawPerSource>,
     pub health_check: Option<RawHealthCheck>,
     pub backends: Option<Vec<RawBackend>>,
 }
@@ -83,6 +84,19 @@ pub(crate) struct RawKeepalive {
     pub idle: Option<Scalar>,
     pub interval: Option<Scalar>,
     pub count: Option<Scalar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "per_source",
+    expecting = "a per_source mapping (max_connections, new_per_second, burst, max_sources)"
+)]
+pub(crate) struct RawPerSource {
+    pub max_connections: Option<Scalar>,
+    pub new_per_second: Option<Scalar>,
+    pub burst: Option<Scalar>,
+    pub max_sources: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -1,7 +1,7 @@
 //! ringlb-dataplane: the per-core data plane.
 //!
 //! Owns: worker threads (one per core, pinned, each with its own tokio-uring ring), their
-//! SO_REUSEPORT listener sockets, the TCP connection path (accept → allow → limit → pick →
+//! SO_REUSEPORT listener sockets, the TCP connection path (accept → allow → per-source → limit → pick →
 //! connect with retries → relay by copy or splice) and UDP sessions, plus the counters the
 //! admin endpoint reads. Must not: take locks or use cross-thread channels per connection,
 //! depend on the prober (health arrives only through the scheduler's atomics), block a worker.
@@ -14,6 +14,7 @@ mod handover;
 mod listener;
 mod memory;
 mod outcome;
+mod per_source;
 mod pipes;
 mod proxy_protocol;
 mod ratelog;

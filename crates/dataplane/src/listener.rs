@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use ringlb_config::{Listener, Protocol};
+use ringlb_persource::SourceTable;
 use ringlb_scheduler::Scheduler;
 
 use crate::outcome::{access_line, Record};
@@ -27,6 +28,9 @@ pub struct ListenerState {
     /// Live TCP connections or UDP sessions across all workers (for `max_connections`).
     pub active: AtomicU32,
     pub access_log: AtomicBool,
+    /// TCP `per_source`: the sources every worker counts against. Kept by a reload of
+    /// the listener whatever its limits become; empty while it has none.
+    pub sources: SourceTable,
     /// Index = worker id. Each worker writes only its own entry.
     pub workers: Vec<WorkerCounters>,
 }
@@ -47,6 +51,7 @@ impl ListenerState {
             scheduler,
             active: AtomicU32::new(0),
             access_log: AtomicBool::new(access_log),
+            sources: SourceTable::new(),
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
         }
     }

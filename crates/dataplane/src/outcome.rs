@@ -24,15 +24,19 @@ pub enum DenyReason {
     Resources,
     /// TCP: the last connect attempt got no answer within `connect_timeout`.
     ConnectTimeout,
+    /// TCP: the client's source (IPv4 address or IPv6 /64) is at its `per_source`
+    /// `max_connections` or out of its `new_per_second` bucket.
+    SourceLimit,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 5] = [
+    pub const ALL: [DenyReason; 6] = [
         DenyReason::NotAllowed,
         DenyReason::Limit,
         DenyReason::NoBackend,
         DenyReason::Resources,
         DenyReason::ConnectTimeout,
+        DenyReason::SourceLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl DenyReason {
             DenyReason::NoBackend => "no_backend",
             DenyReason::Resources => "resources",
             DenyReason::ConnectTimeout => "connect_timeout",
+            DenyReason::SourceLimit => "source_limit",
         }
     }
 }

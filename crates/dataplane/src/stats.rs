@@ -23,6 +23,9 @@ pub struct WorkerCounters {
     pub denied_no_backend: Counter,
     pub denied_resources: Counter,
     pub denied_connect_timeout: Counter,
+    pub denied_source_limit: Counter,
+    /// New sources admitted without a `per_source` entry because the table was full.
+    pub source_untracked: Counter,
     /// client → backend bytes.
     pub bytes_in: Counter,
     /// backend → client bytes.
@@ -55,6 +58,7 @@ impl WorkerCounters {
             DenyReason::NoBackend => &self.denied_no_backend,
             DenyReason::Resources => &self.denied_resources,
             DenyReason::ConnectTimeout => &self.denied_connect_timeout,
+            DenyReason::SourceLimit => &self.denied_source_limit,
         }
     }
 

@@ -95,6 +95,7 @@ pub(crate) mod testing {
                     forwarding: Forwarding::Copy,
                     source: Vec::new(),
                     liveness: Default::default(),
+                    per_source: None,
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),

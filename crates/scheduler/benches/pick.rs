@@ -1,4 +1,5 @@
-//! ns per pick per algorithm, and table build times.
+//! ns per pick per algorithm, and table build times; and what per-source limits
+//! (ringlb-persource) add to each connection, the other shared-state work of an accept.
 //!
 //! Run: cargo bench -p ringlb-scheduler --bench pick -- --warm-up-time 1 --measurement-time 2
 //!
@@ -12,7 +13,8 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ringlb_config::Algorithm;
+use ringlb_config::{Algorithm, PerSource, SourceRate};
+use ringlb_persource::{Limits, SourceTable, Verdict};
 use ringlb_scheduler::{ActiveGuard, BackendSpec, Scheduler, Snapshot, Tried};
 
 const ALGORITHMS: [Algorithm; 9] = Algorithm::ALL;
@@ -134,6 +136,107 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sources of the per-source hit-path cases, each holding one connection all along, so
+/// every admission finds its source in the table.
+const HELD_SOURCES: u64 = 1024;
+
+/// Both limits set, neither ever reached: every admission does all the work of a pass.
+const PER_SOURCE: PerSource = PerSource {
+    max_connections: Some(1_000_000),
+    rate: Some(SourceRate {
+        per_second: 1_000_000,
+        burst: u32::MAX,
+    }),
+    max_sources: 100_000,
+};
+
+fn held_source(r: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (r % HELD_SOURCES) as u32))
+}
+
+/// What ringlb does per connection: the accept time (already read) in the table's
+/// time, admit, and (the connection ended) release. The limits are converted once per
+/// worker, as ringlb caches them.
+#[inline(always)]
+fn source_admit_release(table: &SourceTable, limits: &Limits, ip: IpAddr, accepted: Instant) {
+    let now = table.time(black_box(accepted));
+    match table.admit(black_box(ip), limits, now) {
+        Verdict::Tracked(slot) => drop(black_box(slot)),
+        _ => panic!("the bench's limits are never reached"),
+    }
+}
+
+fn per_source(c: &mut Criterion) {
+    let mut g = c.benchmark_group("per_source");
+    let table = SourceTable::new();
+    let limits = Limits::from(&PER_SOURCE);
+    // Time hardly matters to the cost: one instant, as if every connection came at once.
+    let accepted = Instant::now();
+    let _held: Vec<_> = (0..HELD_SOURCES)
+        .map(|i| match table.admit(held_source(i), &limits, 0) {
+            Verdict::Tracked(slot) => slot,
+            _ => panic!("not tracked"),
+        })
+        .collect();
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    g.bench_function("hit/admit+release", |b| {
+        b.iter(|| source_admit_release(&table, &limits, held_source(xorshift(&mut seed)), accepted))
+    });
+
+    // A source seen for the first time: its entry is made, then removed with its only
+    // connection (no rate limit, so nothing is left to remember).
+    let fresh = SourceTable::new();
+    let only_connections = Limits::new(Some(10), None, 100_000);
+    g.bench_function("new_source/admit+release", |b| {
+        b.iter(|| {
+            let ip = IpAddr::V4(Ipv4Addr::from((xorshift(&mut seed) >> 32) as u32));
+            match fresh.admit(black_box(ip), &only_connections, 0) {
+                Verdict::Tracked(slot) => drop(black_box(slot)),
+                _ => panic!("not tracked"),
+            }
+        })
+    });
+
+    // Two workers admitting on one table, over the same sources.
+    g.bench_function("contended_2t/hit/admit+release", |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(2);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let mut seed = 0x0fed_cba9_8765_4321u64;
+                    start.wait();
+                    for _ in 0..iters {
+                        let ip = held_source(xorshift(&mut seed));
+                        source_admit_release(&table, &limits, ip, accepted);
+                    }
+                });
+                let mut seed = 0x1234_5678_9abc_def1u64;
+                start.wait();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let ip = held_source(xorshift(&mut seed));
+                    source_admit_release(&table, &limits, ip, accepted);
+                }
+                t.elapsed()
+            })
+        })
+    });
+
+    // The whole shared-state work of one connection: per-source pass, pick, count.
+    let s = Scheduler::new(Algorithm::LeastConnections, specs(16));
+    let snap = s.snapshot();
+    let _load = loaded(&snap);
+    let tried = Tried::new();
+    g.bench_function("with_pick+acquire+release/least_connections/16", |b| {
+        b.iter(|| {
+            let r = xorshift(&mut seed);
+            source_admit_release(&table, &limits, held_source(r), accepted);
+            pick_connect_close(&snap, &mut seed, &tried);
+        })
+    });
+    g.finish();
+}
+
 fn snapshot_load(c: &mut Criterion) {
     let s = Scheduler::new(Algorithm::LeastConnections, specs(16));
     c.bench_function("scheduler.snapshot()+pick/least_connections/16", |b| {
@@ -175,6 +278,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = single, single_connect, contended, snapshot_load, builds
+    targets = single, single_connect, contended, per_source, snapshot_load, builds
 }
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use super::backend::backends;
 use super::health::health_check;
 use super::keepalive::liveness;
+use super::per_source::per_source;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::steering::steering;
@@ -223,7 +224,7 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 7] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 8] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
@@ -232,6 +233,7 @@ fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 7] {
         ("source", rl.source.is_some()),
         ("tcp_keepalive", rl.tcp_keepalive.is_some()),
         ("tcp_user_timeout", rl.tcp_user_timeout.is_some()),
+        ("per_source", rl.per_source.is_some()),
     ]
 }
 
@@ -279,6 +281,7 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         forwarding,
         source: source(errs, i, rl.source.as_deref()),
         liveness: liveness(errs, i, rl),
+        per_source: per_source(errs, i, rl.per_source.as_ref()),
     }
 }
 

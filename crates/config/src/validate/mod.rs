@@ -10,6 +10,7 @@ mod backend;
 mod health;
 mod keepalive;
 mod listener;
+mod per_source;
 mod scalar;
 mod source;
 mod steering;
@@ -321,6 +322,7 @@ mod tests {
                 forwarding: Forwarding::Auto,
                 source: Vec::new(),
                 liveness: Liveness::default(),
+                per_source: None,
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -367,6 +369,7 @@ mod tests {
                 forwarding: Forwarding::Splice,
                 source: vec!["10.0.0.9".parse().unwrap()],
                 liveness: Liveness::default(),
+                per_source: None,
             })
         );
         assert_eq!(l.max_connections, 10);

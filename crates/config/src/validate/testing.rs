@@ -42,6 +42,14 @@ pub(super) fn assert_one_error(yaml: &str, path: &str, needle: &str) {
     );
 }
 
+/// `errors` are exactly as many as `want`, each starting with its line of `want`.
+pub(super) fn assert_errors_start_with(errors: &[String], want: &[&str]) {
+    assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    for (got, want) in errors.iter().zip(want) {
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+    }
+}
+
 pub(super) fn two(bind_a: &str, proto_a: &str, bind_b: &str, proto_b: &str) -> String {
     format!(
         "listeners:\n  - name: a\n    bind: \"{bind_a}\"\n    protocol: {proto_a}\n    backends: [{{addr: 10.0.0.1:80}}]\n\

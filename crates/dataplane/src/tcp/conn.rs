@@ -1,5 +1,5 @@
-//! One accepted TCP client, start to end: allow-list → listener limit → pick → connect
-//! (timeout, retries: `connect`) → PROXY header → relay → outcome.
+//! One accepted TCP client, start to end: allow-list → per-source limits → listener limit
+//! → pick → connect (timeout, retries: `connect`) → PROXY header → relay → outcome.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,6 +16,7 @@ use crate::ctx::WorkerCtx;
 use crate::handover::{Moved, MovedConn};
 use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
+use crate::per_source;
 use crate::proxy_protocol;
 use crate::relay::{self, Frozen, RelayContext, RelayEnd};
 use crate::uring;
@@ -52,6 +53,15 @@ pub(super) async fn serve(
         deny(DenyReason::NotAllowed);
         return reject(client);
     }
+    // Before the listener's limit, so a source over its own limit takes no listener slot.
+    let gate = &accounting.sources;
+    let _source = match gate.admit(state, counters, tcp.per_source.as_ref(), peer, started) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            deny(reason);
+            return reject(client);
+        }
+    };
     if !state.try_admit(settings.max_connections) {
         deny(DenyReason::Limit);
         return reject(client);
@@ -254,6 +264,9 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         return;
     }
     let _admission = Admission(state);
+    let settings = state.settings.load_full();
+    let per_source = settings.tcp().and_then(|tcp| tcp.per_source);
+    let _source = per_source::adopt(state, per_source.as_ref(), moved.client_addr);
     let _live = ctx.enter_relay();
     let snapshot = state.scheduler.snapshot();
     let found = snapshot
@@ -275,7 +288,7 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         latency: found.and_then(|i| sampled_latency(&snapshot, i)),
     };
     // The settings of this process's configuration for this listener.
-    let relay_settings = match state.settings.load().tcp() {
+    let relay_settings = match settings.tcp() {
         Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
         None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
     };

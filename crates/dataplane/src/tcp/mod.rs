@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use socket2::Socket;
@@ -20,6 +20,7 @@ use crate::ctx::WorkerCtx;
 use crate::handover::MovedConn;
 use crate::listener::ListenerState;
 use crate::outcome::DenyReason;
+use crate::per_source::SourceGate;
 use crate::ratelog::RateLog;
 use crate::stats::new_latency_histogram;
 use crate::uring;
@@ -88,6 +89,8 @@ pub(crate) struct Accounting {
     resource_log: RateLog,
     /// Keepalive / user-timeout options the kernel refused (`sockopts`).
     sockopt_log: RateLog,
+    /// `per_source` admission and its log lines.
+    sources: SourceGate,
     /// Where the next connection starts in the listener's `source` list.
     source_cursor: Cell<usize>,
     connect_latency: RefCell<Histogram<u64>>,
@@ -100,6 +103,7 @@ impl Accounting {
             state,
             resource_log: RateLog::default(),
             sockopt_log: RateLog::default(),
+            sources: SourceGate::default(),
             source_cursor: Cell::new(0),
             connect_latency: RefCell::new(new_latency_histogram()),
             unpublished: Cell::new(false),
@@ -192,7 +196,8 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Publishes this worker's latency histogram for one listener until the listener stops.
+/// Publishes this worker's latency histogram for one listener until the listener stops,
+/// and sweeps idle sources out of its `per_source` table a few shards at a time.
 /// Holds the listener weakly so a stopped listener's socket closes at once.
 async fn publish_loop(worker: usize, listener: Weak<TcpListener>) {
     loop {
@@ -203,6 +208,9 @@ async fn publish_loop(worker: usize, listener: Weak<TcpListener>) {
         if listener.stopped.get() {
             return;
         }
-        listener.accounting().publish(worker);
+        let accounting = listener.accounting();
+        accounting.publish(worker);
+        let sources = &accounting.state.sources;
+        sources.maintain(sources.time(Instant::now()));
     }
 }

@@ -556,8 +556,12 @@ impl UdpWorkerListener {
             DenyReason::NoBackend => self.log_no_backend.note(log::Level::Warn, name, || {
                 "no backend available: datagrams from new clients refused".to_string()
             }),
-            // Logged where the socket failed; allow-list refusals are counted only.
-            DenyReason::Resources | DenyReason::NotAllowed | DenyReason::ConnectTimeout => {
+            // Logged where the socket failed; allow-list refusals are counted only. (No
+            // per-source limit on UDP: validation rejects `per_source` there.)
+            DenyReason::Resources
+            | DenyReason::NotAllowed
+            | DenyReason::ConnectTimeout
+            | DenyReason::SourceLimit => {
                 log::debug!(
                     "listener {name}: datagram from {client} refused: {}",
                     reason.as_str()

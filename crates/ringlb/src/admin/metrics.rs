@@ -123,6 +123,8 @@ struct ListenerView {
     splice_switches: u64,
     copy_switches: u64,
     bulk_buffer_grows: u64,
+    source_entries: u64,
+    source_untracked: u64,
     udp_sessions: u64,
     udp_created: u64,
     udp_expired: u64,
@@ -190,6 +192,8 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         splice_switches: sum(shared, |w| w.splice_switches.get()),
         copy_switches: sum(shared, |w| w.copy_switches.get()),
         bulk_buffer_grows: sum(shared, |w| w.bulk_buffer_grows.get()),
+        source_entries: shared.sources.len() as u64,
+        source_untracked: sum(shared, |w| w.source_untracked.get()),
         udp_sessions: if i64::try_from(udp_sessions).is_ok() {
             udp_sessions
         } else {
@@ -303,6 +307,22 @@ pub fn render(registry: &Registry) -> String {
         "TCP connection directions (forwarding: copy) whose buffer grew from 64 KiB to 256 KiB for a bulk stream.",
         &tcp,
         |v| v.bulk_buffer_grows,
+    );
+
+    out.per_listener(
+        "ringlb_source_table_entries",
+        "gauge",
+        "Client sources (IPv4 addresses, IPv6 /64s) the listener's per_source table tracks now; at most per_source.max_sources.",
+        &tcp,
+        |v| v.source_entries,
+    );
+
+    out.per_listener(
+        "ringlb_source_table_full_total",
+        "counter",
+        "New sources admitted without per-source limits because the per_source table held per_source.max_sources.",
+        &tcp,
+        |v| v.source_untracked,
     );
 
     out.family(
@@ -706,6 +726,8 @@ mod tests {
         web.workers[0].bytes_in.add(10);
         web.workers[1].bytes_out.add(20);
         web.workers[1].denied(DenyReason::Limit).add(2);
+        web.workers[0].denied(DenyReason::SourceLimit).add(5);
+        web.workers[1].source_untracked.add(3);
         let mut h = ringlb_dataplane::stats::new_latency_histogram();
         h.record(800).unwrap();
         web.workers[1].connect_latency.publish(h);
@@ -727,6 +749,9 @@ mod tests {
             "ringlb_bytes_total{listener=\"web\",direction=\"out\"} 20",
             "ringlb_denied_total{listener=\"web\",reason=\"limit\"} 2",
             "ringlb_denied_total{listener=\"web\",reason=\"not_allowed\"} 0",
+            "ringlb_denied_total{listener=\"web\",reason=\"source_limit\"} 5",
+            "ringlb_source_table_entries{listener=\"web\"} 0",
+            "ringlb_source_table_full_total{listener=\"web\"} 3",
             "ringlb_backend_up{listener=\"web\",backend=\"127.0.0.1:9001\"} 1",
             "ringlb_backend_up{listener=\"web\",backend=\"127.0.0.1:9002\"} 0",
             "ringlb_active_connections{listener=\"web\",backend=\"127.0.0.1:9001\"} 1",
@@ -755,6 +780,10 @@ mod tests {
         );
         assert!(
             !text.contains("ringlb_udp_sessions{listener=\"web\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("ringlb_source_table_entries{listener=\"dns\"}"),
             "{text}"
         );
         // Every family has HELP then TYPE, once, and its samples follow contiguously.
