@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use super::backend::backends;
 use super::health::health_check;
+use super::lifecycle::lifecycle;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::{
@@ -79,8 +80,9 @@ pub(super) fn listener(
         .health_check
         .as_ref()
         .map(|hc| health_check(errs, &path(i, "health_check"), hc));
-    let backends = backends(errs, i, rl.backends.as_deref());
+    let mut backends = backends(errs, i, rl.backends.as_deref());
     covers_backends(errs, i, &tcp.source, &backends);
+    let lifecycle = lifecycle(errs, i, rl, protocol, &mut backends);
 
     if errs.count() != before {
         return None;
@@ -98,6 +100,7 @@ pub(super) fn listener(
             Protocol::Tcp => Transport::Tcp(tcp),
             Protocol::Udp => Transport::Udp(udp),
         },
+        lifecycle,
     })
 }
 

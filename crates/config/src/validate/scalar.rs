@@ -197,7 +197,12 @@ pub(super) enum ZeroOk {
     No,
 }
 
-fn duration(errs: &mut Errors, path: &str, s: &Scalar, zero: ZeroOk) -> Option<Duration> {
+pub(super) fn duration(
+    errs: &mut Errors,
+    path: &str,
+    s: &Scalar,
+    zero: ZeroOk,
+) -> Option<Duration> {
     const EXAMPLES: &str = "e.g. \"250ms\", \"2s\", \"15m\"";
     if s.kind != ScalarKind::Str {
         errs.push(
