@@ -91,6 +91,9 @@ pub struct Listener {
     pub transport: Transport,
     /// Which backends new connections go to while health changes: tiers, failback, slow start.
     pub steering: Steering,
+    /// TCP: what happens to open connections when their backend goes down and when they
+    /// grow old. A UDP listener has the defaults (validation rejects the keys there).
+    pub lifecycle: Lifecycle,
 }
 
 /// How new connections follow backends that go down and come back.
@@ -124,6 +127,42 @@ pub enum Failback {
     Manual,
     /// Once the tier has stayed up for the whole window.
     After(Duration),
+}
+
+/// What happens to a TCP listener's open connections when the prober marks their backend
+/// down (`on_down`; a backend's own `on_down` overrides the listener's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnDown {
+    /// Leave them open: they end on their own, by `idle_timeout` or at shutdown.
+    Keep,
+    /// Close them: each side gets what was in flight, then a FIN.
+    Close,
+    /// Reset them: both sides get an RST at once.
+    Reset,
+}
+
+/// A TCP listener's connection lifecycle (docs/configuration.md, "on_down").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// The listener's `on_down`; what applies to each backend, resolved, is
+    /// [`Backend::on_down`].
+    pub on_down: OnDown,
+    /// Connections ended by `on_down` end each after its own random delay in
+    /// `[0, on_down_spread)`, so their clients do not all reconnect at once.
+    pub on_down_spread: Duration,
+    /// Connections older than this (plus a random 0–10 %) are closed once quiet; `None`:
+    /// connections live as long as their ends want.
+    pub max_connection_duration: Option<Duration>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            on_down: OnDown::Keep,
+            on_down_spread: crate::validate::DEFAULT_ON_DOWN_SPREAD,
+            max_connection_duration: None,
+        }
+    }
 }
 
 /// A listener's protocol and the settings that belong to it alone, so that a TCP
@@ -276,6 +315,8 @@ pub struct Backend {
     /// Tier: 0 is the first choice; higher tiers serve while the lower ones do not have
     /// `min_active` backends up. `backup: true` in the file is priority 1.
     pub priority: u8,
+    /// Resolved: the backend's own `on_down`, else its listener's (always `Keep` on UDP).
+    pub on_down: OnDown,
 }
 
 impl Backend {
@@ -310,6 +351,18 @@ impl Algorithm {
             Algorithm::PowerOfTwo => "power_of_two",
             Algorithm::DynamicWeight => "dynamic_weight",
             Algorithm::LeastLatency => "least_latency",
+        }
+    }
+}
+
+impl OnDown {
+    pub const ALL: [OnDown; 3] = [OnDown::Keep, OnDown::Close, OnDown::Reset];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDown::Keep => "keep",
+            OnDown::Close => "close",
+            OnDown::Reset => "reset",
         }
     }
 }
@@ -365,6 +418,7 @@ mod tests {
             backends: Vec::new(),
             transport,
             steering: Steering::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 

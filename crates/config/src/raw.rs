@@ -41,6 +41,9 @@ pub(crate) struct RawListener {
     pub connect_timeout: Option<Scalar>,
     pub connect_attempts: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
+    pub max_connection_duration: Option<Scalar>,
+    pub on_down: Option<Scalar>,
+    pub on_down_spread: Option<Scalar>,
     pub max_connections: Option<Scalar>,
     pub allow: Option<Vec<Scalar>>,
     pub proxy_protocol: Option<Scalar>,
@@ -103,7 +106,7 @@ pub(crate) struct RawPerSource {
 #[serde(
     deny_unknown_fields,
     rename = "backend",
-    expecting = "a backend mapping (addr, weight, max_connections, backup, priority)"
+    expecting = "a backend mapping (addr, weight, max_connections, backup, priority, on_down)"
 )]
 pub(crate) struct RawBackend {
     pub addr: Option<Scalar>,
@@ -111,6 +114,7 @@ pub(crate) struct RawBackend {
     pub max_connections: Option<Scalar>,
     pub backup: Option<Scalar>,
     pub priority: Option<Scalar>,
+    pub on_down: Option<Scalar>,
 }
 
 /// What kind of YAML scalar a value was written as.

@@ -1,6 +1,6 @@
 //! The per-worker context every task on a worker shares: its id, the count of live
-//! connections and sessions (what a drain waits for), the shutdown cut, cheap randomness
-//! for the scheduler and the splice pipe pool. The bottom layer of the data plane: it
+//! connections and sessions (what a drain waits for), the shutdown cut, the connections'
+//! end requests, cheap randomness for the scheduler and the splice pipe pool. The bottom layer of the data plane: it
 //! imports nothing from the listeners, the relay or the worker loop.
 
 use std::cell::{Cell, RefCell};
@@ -9,6 +9,7 @@ use std::rc::Rc;
 use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
+use crate::ending::EndRegistry;
 use crate::handover::Moved;
 use crate::pipes::PipePool;
 
@@ -23,6 +24,8 @@ pub(crate) struct WorkerCtx {
     idle: Notify,
     /// The shutdown cut: every relay resets its link, every UDP listener ends its sessions.
     pub(crate) cut: Cut,
+    /// Relaying TCP connections by backend, for the control plane's end requests.
+    pub(crate) ends: EndRegistry,
     rng: Cell<u64>,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
@@ -50,6 +53,7 @@ impl WorkerCtx {
             peak: Cell::new(0),
             idle: Notify::new(),
             cut: Cut::default(),
+            ends: EndRegistry::default(),
             rng: Cell::new(seed | 1),
             pipes: PipePool::new(),
             relays: Cell::new(0),
@@ -172,10 +176,11 @@ impl Drop for RelayGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// Runs `f` on a current-thread runtime with timers.
+    pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

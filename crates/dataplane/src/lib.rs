@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod ctx;
+mod ending;
 pub mod fdbudget;
 mod handover;
 mod listener;
@@ -29,4 +30,4 @@ mod worker_listener;
 
 pub use handover::{monotonic_now, Frozen, Moved, MovedConn, MovedSession};
 pub use listener::ListenerState;
-pub use outcome::{DenyReason, EndReason};
+pub use outcome::{DenyReason, EndCause, EndMode, EndOrder, EndReason};

@@ -79,10 +79,20 @@ pub enum EndReason {
     Expired,
     /// UDP: its backend went down or refused; the session goes on with another backend.
     Moved,
+    /// TCP: its backend was marked down and the listener's `on_down: close` ended it.
+    BackendDownClose,
+    /// TCP: its backend was marked down and `on_down: reset` reset it.
+    BackendDownReset,
+    /// TCP: `ringlb ctl shutdown-sessions` closed it.
+    ShutdownSessionsClose,
+    /// TCP: `ringlb ctl shutdown-sessions --reset` reset it.
+    ShutdownSessionsReset,
+    /// TCP: older than `max_connection_duration`, closed once quiet.
+    MaxDuration,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 12] = [
+    pub const ALL: [EndReason; 17] = [
         EndReason::ClientClose,
         EndReason::BackendClose,
         EndReason::ClientReset,
@@ -95,6 +105,11 @@ impl EndReason {
         EndReason::ProxyHeaderFailed,
         EndReason::Expired,
         EndReason::Moved,
+        EndReason::BackendDownClose,
+        EndReason::BackendDownReset,
+        EndReason::ShutdownSessionsClose,
+        EndReason::ShutdownSessionsReset,
+        EndReason::MaxDuration,
     ];
 
     /// Whether a listener of `protocol` can end a connection or session this way (the
@@ -121,6 +136,48 @@ impl EndReason {
             EndReason::ProxyHeaderFailed => "proxy_header_failed",
             EndReason::Expired => "expired",
             EndReason::Moved => "moved",
+            EndReason::BackendDownClose => "backend_down_close",
+            EndReason::BackendDownReset => "backend_down_reset",
+            EndReason::ShutdownSessionsClose => "shutdown_sessions_close",
+            EndReason::ShutdownSessionsReset => "shutdown_sessions_reset",
+            EndReason::MaxDuration => "max_duration",
+        }
+    }
+}
+
+/// Why the control plane asks a worker to end connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The prober marked their backend down and the listener says `on_down: close|reset`.
+    BackendDown,
+    /// `ringlb ctl shutdown-sessions`.
+    ShutdownSessions,
+}
+
+/// How a connection the control plane asked to end ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndMode {
+    /// The relay stops reading, writes what it holds, sends a FIN to both sides, and
+    /// closes once they close too (or after a short linger).
+    Close,
+    /// Both sides get an RST at once.
+    Reset,
+}
+
+/// An end the control plane asks for: why and how, which name its [`EndReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndOrder {
+    pub cause: EndCause,
+    pub mode: EndMode,
+}
+
+impl EndOrder {
+    pub fn reason(self) -> EndReason {
+        match (self.cause, self.mode) {
+            (EndCause::BackendDown, EndMode::Close) => EndReason::BackendDownClose,
+            (EndCause::BackendDown, EndMode::Reset) => EndReason::BackendDownReset,
+            (EndCause::ShutdownSessions, EndMode::Close) => EndReason::ShutdownSessionsClose,
+            (EndCause::ShutdownSessions, EndMode::Reset) => EndReason::ShutdownSessionsReset,
         }
     }
 }
@@ -255,9 +312,29 @@ mod tests {
         };
         assert_eq!(names(Protocol::Udp), ["drain_cut", "expired", "moved"]);
         let tcp = names(Protocol::Tcp);
-        assert_eq!(tcp.len(), 10, "{tcp:?}");
-        assert!(tcp.contains(&"proxy_header_failed") && !tcp.contains(&"expired"));
+        assert_eq!(tcp.len(), 15, "{tcp:?}");
         assert!(tcp.contains(&"client_timed_out") && tcp.contains(&"backend_timed_out"));
+        assert!(tcp.contains(&"proxy_header_failed") && !tcp.contains(&"expired"));
+        assert!(tcp.contains(&"backend_down_close") && tcp.contains(&"max_duration"));
+    }
+
+    #[test]
+    fn every_order_names_its_own_reason() {
+        let mut reasons = Vec::new();
+        for cause in [EndCause::BackendDown, EndCause::ShutdownSessions] {
+            for mode in [EndMode::Close, EndMode::Reset] {
+                let reason = EndOrder { cause, mode }.reason();
+                let mode_name = if mode == EndMode::Close {
+                    "_close"
+                } else {
+                    "_reset"
+                };
+                assert!(reason.as_str().ends_with(mode_name), "{reason:?}");
+                reasons.push(reason);
+            }
+        }
+        reasons.dedup();
+        assert_eq!(reasons.len(), 4);
     }
 
     #[test]

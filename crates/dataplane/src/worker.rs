@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use ringlb_scheduler::BackendState;
 use socket2::Socket;
 use tokio::sync::mpsc;
 
@@ -17,6 +18,7 @@ use crate::ctx::WorkerCtx;
 use crate::handover::Moved;
 use crate::listener::ListenerState;
 use crate::memory;
+use crate::outcome::EndOrder;
 use crate::sys;
 use crate::worker_listener::WorkerListener;
 
@@ -60,6 +62,15 @@ pub enum Command {
     /// process's sessions arrive first; datagrams wait in the sockets meanwhile).
     HoldUdp,
     OpenUdp,
+    /// End the TCP connections relaying to any of `backends` (each state is one
+    /// listener's backend) as `order` says, each at its own random moment in
+    /// `[0, spread)` so that their clients do not all reconnect at once. Connections still
+    /// connecting at that instant are not ended.
+    End {
+        backends: Vec<Arc<BackendState>>,
+        order: EndOrder,
+        spread: Duration,
+    },
     /// Shutdown, phase 1: stop accepting everywhere; report `Drained` when no connection is left.
     Drain,
     /// Shutdown, phase 2: reset whatever is left, report `Finished`, exit.
@@ -234,6 +245,18 @@ impl Worker {
                 let _ = self.events.send(WorkerEvent::Thawed { worker: ctx.id });
             }
             Command::Adopt(moved) => self.adopt(moved),
+            Command::End {
+                backends,
+                order,
+                spread,
+            } => {
+                let asked = ctx.ends.end(&backends, order, spread, || ctx.random());
+                log::debug!(
+                    "worker {}: {asked} connection(s) to end ({}) within {spread:?}",
+                    ctx.id,
+                    order.reason().as_str()
+                );
+            }
             Command::HoldUdp => ctx.udp_open.reset(),
             Command::OpenUdp => ctx.udp_open.fire(),
             Command::Drain => {

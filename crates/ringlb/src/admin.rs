@@ -54,8 +54,8 @@ pub(crate) mod testing {
     use std::time::Duration;
 
     use ringlb_config::{
-        Algorithm, Backend, Forwarding, Listener, Protocol, ProxyProtocol, TcpSettings, Transport,
-        UdpSettings,
+        Algorithm, Backend, Forwarding, Lifecycle, Listener, OnDown, Protocol, ProxyProtocol,
+        TcpSettings, Transport, UdpSettings,
     };
     use ringlb_dataplane::ListenerState;
     use ringlb_scheduler::Scheduler;
@@ -85,6 +85,7 @@ pub(crate) mod testing {
                     weight: 1,
                     max_connections: 0,
                     priority: 0,
+                    on_down: OnDown::Keep,
                 })
                 .collect(),
             transport: match protocol {
@@ -103,6 +104,7 @@ pub(crate) mod testing {
                 }),
             },
             steering: Default::default(),
+            lifecycle: Lifecycle::default(),
         };
         let scheduler = Arc::new(Scheduler::for_listener(&settings));
         Arc::new(ListenerState::new(

@@ -1,24 +1,28 @@
 //! `ringlb ctl` and `ringlb upgrade`: one request to a running instance over its control
 //! socket (docs/control-protocol.md), its answer printed for a person (or as JSON), and an
 //! exit status a script can branch on: 0 applied, 1 refused (the reason on stderr), 2
-//! usage, 3 no running instance.
+//! usage, 3 no running instance, 4 `wait-empty` timed out.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
 
 use crate::control_socket::client::{self, ClientError};
 use crate::control_socket::path;
-use crate::control_socket::protocol::{Reply, Request, MAX_WEIGHT};
+use crate::control_socket::protocol::{Reply, Request, MAX_SPREAD, MAX_WEIGHT};
 use crate::control_socket::{ANSWER_TIMEOUT, UPGRADE_ANSWER_TIMEOUT};
 use ringlb_scheduler::AdminState;
 
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NO_INSTANCE: u8 = 3;
+pub const EXIT_TIMEOUT: u8 = 4;
+
+/// How often `wait-empty` asks for the backend's open connections.
+const WAIT_EMPTY_POLL: Duration = Duration::from_millis(100);
 
 /// Which instance: the one serving a configuration file, or a control socket by path.
 #[derive(Debug, Args)]
@@ -71,6 +75,26 @@ pub enum CtlCommand {
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
     },
+    /// End BACKEND's open connections: closed (FIN after what is in flight) or, with
+    /// --reset, reset; each at its own random moment within --spread.
+    ShutdownSessions {
+        listener: String,
+        backend: String,
+        /// Spread the ends over this long (e.g. 30s), so clients do not all reconnect at once.
+        #[arg(long, value_name = "DURATION", value_parser = parse_spread, default_value = "0s")]
+        spread: Duration,
+        /// Reset (RST) instead of closing.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Wait until BACKEND has no open connection (exit 0), or --timeout passes (exit 4).
+    WaitEmpty {
+        listener: String,
+        backend: String,
+        /// Give up after this long.
+        #[arg(long, value_name = "DURATION", value_parser = ringlb_config::parse_duration, default_value = "5m")]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +113,14 @@ fn parse_weight(text: &str) -> Result<WeightArg, String> {
             "expected an integer 0..={MAX_WEIGHT} or `config`, got {text:?}"
         )),
     }
+}
+
+fn parse_spread(text: &str) -> Result<Duration, String> {
+    let spread = ringlb_config::parse_duration(text)?;
+    if spread > MAX_SPREAD {
+        return Err(format!("{text:?} is longer than the maximum of 1h"));
+    }
+    Ok(spread)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +158,21 @@ impl CtlCommand {
                 failed: state == NodeState::Fail,
             },
             CtlCommand::Upgrade { binary } => Request::Upgrade { binary },
+            CtlCommand::ShutdownSessions {
+                listener,
+                backend,
+                spread,
+                reset,
+            } => Request::ShutdownSessions {
+                listener,
+                backend,
+                spread,
+                reset,
+            },
+            // Asked again and again until the count is 0 (see `wait_empty`).
+            CtlCommand::WaitEmpty {
+                listener, backend, ..
+            } => Request::Active { listener, backend },
         }
     }
 }
@@ -139,6 +186,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let wait_for = match args.command {
+        CtlCommand::WaitEmpty { timeout, .. } => Some(timeout),
+        _ => None,
+    };
     let request = args.command.request();
     let timeout = match request {
         Request::Upgrade { .. } => UPGRADE_ANSWER_TIMEOUT,
@@ -146,6 +197,9 @@ pub fn run(args: CtlArgs) -> ExitCode {
         // "no answer" reply arrives rather than our timeout.
         _ => ANSWER_TIMEOUT + Duration::from_secs(5),
     };
+    if let Some(wait_for) = wait_for {
+        return wait_empty(&socket, &request, timeout, wait_for, args.json);
+    }
     let status = matches!(request, Request::Status);
     match client::request(&socket, &request, timeout) {
         Ok(Reply::Ok(fields)) => {
@@ -158,8 +212,19 @@ pub fn run(args: CtlArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        other => failure(other, args.json),
+    }
+}
+
+/// The exit status of a request that was not applied, its reason on stderr.
+fn failure(result: Result<Reply, ClientError>, json: bool) -> ExitCode {
+    match result {
+        Ok(Reply::Ok(fields)) => {
+            eprintln!("error: unexpected reply: {}", Reply::Ok(fields).encode());
+            ExitCode::from(EXIT_REFUSED)
+        }
         Ok(Reply::Refused(why)) => {
-            if args.json {
+            if json {
                 println!("{}", Reply::Refused(why.clone()).encode());
             }
             eprintln!("refused: {why}");
@@ -173,6 +238,47 @@ pub fn run(args: CtlArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_REFUSED)
         }
+    }
+}
+
+/// `wait-empty`: asks for the backend's open connections (`request`, an `active`) until
+/// there are none (exit 0) or `wait_for` has passed (exit 4). Each answer comes from the
+/// control plane at once, so the instance serves everything else meanwhile.
+fn wait_empty(
+    socket: &Path,
+    request: &Request,
+    answer_timeout: Duration,
+    wait_for: Duration,
+    json: bool,
+) -> ExitCode {
+    let deadline = Instant::now() + wait_for;
+    loop {
+        let fields = match client::request(socket, request, answer_timeout) {
+            Ok(Reply::Ok(fields)) => fields,
+            other => return failure(other, json),
+        };
+        let Some(active) = fields.get("active").and_then(Value::as_u64) else {
+            return failure(Ok(Reply::Ok(fields)), json);
+        };
+        let message = fields
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if active == 0 || Instant::now() >= deadline {
+            if json {
+                println!("{}", Reply::Ok(fields).encode());
+            }
+            if active == 0 {
+                if !json {
+                    println!("{message}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("timed out after {wait_for:?}: {message}");
+            return ExitCode::from(EXIT_TIMEOUT);
+        }
+        std::thread::sleep(WAIT_EMPTY_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
 }
 
@@ -297,6 +403,30 @@ fn status_table(fields: &Map<String, Value>) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn spreads_and_timeouts_are_durations_as_in_the_file() {
+        assert_eq!(parse_spread("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_spread("0s"), Ok(Duration::ZERO));
+        assert!(parse_spread("2h").unwrap_err().contains("maximum of 1h"));
+        assert!(parse_spread("2").is_err());
+    }
+
+    #[test]
+    fn wait_empty_asks_for_the_open_connections() {
+        let wait = CtlCommand::WaitEmpty {
+            listener: "l".into(),
+            backend: "b".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            wait.request(),
+            Request::Active {
+                listener: "l".into(),
+                backend: "b".into()
+            }
+        );
+    }
 
     #[test]
     fn weights_parse_with_their_bounds() {

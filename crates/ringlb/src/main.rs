@@ -1,6 +1,6 @@
 //! ringlb: the binary. Parses the command line, loads the configuration, starts the control
 //! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config;
-//! `ctl`: 0 applied, 1 refused, 2 usage, 3 no running instance).
+//! `ctl`: 0 applied, 1 refused, 2 usage, 3 no running instance, 4 `wait-empty` timed out).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

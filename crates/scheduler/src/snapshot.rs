@@ -497,10 +497,14 @@ impl Snapshot {
     /// least_latency: two candidates drawn by weight; the lower `latency × (active + 1)`
     /// per unit of weight wins.
     fn pick_latency(&self, tier: &Tier, random: u64, tried: &Tried) -> Option<u32> {
-        // No sample counts as 1 ns: unsampled backends are tried first, and among
-        // themselves (UDP sessions give no samples) the less loaded wins.
+        // Without a sample the cost is the active count alone: such a backend is tried
+        // before any sampled one (whose cost is in nanoseconds), and among themselves
+        // (UDP sessions give no samples) they compare as power_of_two does.
         self.pick_two_by(tier, random, tried, |h, active| {
-            u128::from(h.state.latency_ns().max(1)) * (u128::from(active) + 1)
+            match h.state.latency_ns() {
+                0 => u128::from(active),
+                ns => u128::from(ns) * (u128::from(active) + 1),
+            }
         })
     }
 

@@ -269,6 +269,7 @@ fn from_config_backend() {
         weight: 5,
         max_connections: 2000,
         priority: 1,
+        on_down: ringlb_config::OnDown::Keep,
     };
     let s = BackendSpec::from(&c);
     assert_eq!(

@@ -85,8 +85,9 @@ pub use load::{
 pub use log::{log_time, parse_health_flip, since, HealthFlip};
 pub use netns::{netns_for_test, Netns};
 pub use process::{
-    exit_code, http_get, metric_value, parse_admin_line, parse_http_response, parse_listener_line,
-    ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal, READY_TIMEOUT,
+    ctl, exit_code, http_get, metric_value, parse_admin_line, parse_http_response,
+    parse_listener_line, ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal,
+    READY_TIMEOUT,
 };
 pub use proxy::{
     parse_proxy_v1, parse_proxy_v2, ProxyBackend, ProxyHeader, ProxySeen, PROXY_V2_SIGNATURE,

@@ -52,6 +52,15 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     }
 }
 
+/// `BIN ctl --config CONFIG ARGS...` (a running instance's `ringlb ctl`): (exit code,
+/// stdout, stderr). Panics if it has not exited within 60 s.
+pub fn ctl(bin: &Path, config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("ctl").arg("--config").arg(config).args(args);
+    let (status, out, err) = run_to_completion(cmd, Duration::from_secs(60));
+    (exit_code(status), out, err)
+}
+
 // ---------------------------------------------------------------- pure parsing
 
 /// Parses `listener "NAME" listening on ADDR (...` anywhere in a log line.

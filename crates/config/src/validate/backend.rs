@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::scalar::{boolean, opt_int, socket_addr};
 use super::Errors;
-use crate::model::Backend;
+use crate::model::{Backend, OnDown};
 use crate::raw::{RawBackend, Scalar};
 
 /// Upper bound of a backend weight: keeps the sums the schedulers build (smooth WRR,
@@ -85,6 +85,8 @@ fn backend(errs: &mut Errors, path: &str, rb: &RawBackend) -> Option<Backend> {
         weight,
         max_connections,
         priority,
+        // Resolved against the listener's by `lifecycle`.
+        on_down: OnDown::Keep,
     })
 }
 

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use super::backend::backends;
 use super::health::health_check;
 use super::keepalive::liveness;
+use super::lifecycle::lifecycle;
 use super::per_source::per_source;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
@@ -84,9 +85,10 @@ pub(super) fn listener(
         .health_check
         .as_ref()
         .map(|hc| health_check(errs, &path(i, "health_check"), hc));
-    let backends = backends(errs, i, rl.backends.as_deref());
+    let mut backends = backends(errs, i, rl.backends.as_deref());
     covers_backends(errs, i, &tcp.source, &backends);
     let steering = steering(errs, i, rl, algorithm, &backends);
+    let lifecycle = lifecycle(errs, i, rl, protocol, &mut backends);
 
     if errs.count() != before {
         return None;
@@ -105,6 +107,7 @@ pub(super) fn listener(
             Protocol::Udp => Transport::Udp(udp),
         },
         steering,
+        lifecycle,
     })
 }
 

@@ -9,6 +9,7 @@
 mod backend;
 mod health;
 mod keepalive;
+mod lifecycle;
 mod listener;
 mod per_source;
 mod scalar;
@@ -24,6 +25,9 @@ use std::time::Duration;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{Config, Protocol, Workers};
 use crate::raw::{RawConfig, Scalar, ScalarKind};
+pub use lifecycle::{
+    parse_duration, DEFAULT_ON_DOWN_SPREAD, MAX_ON_DOWN_SPREAD, MIN_MAX_CONNECTION_DURATION,
+};
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 
 // Defaults; docs/configuration.md lists the same values.

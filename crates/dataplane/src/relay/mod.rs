@@ -7,10 +7,17 @@
 //! `Side::failed` names which) aborts the whole link: SO_LINGER 0 on both sockets so the
 //! peer sees a reset — a truncated stream is never presented as a clean end — and every op
 //! still in flight on either socket is cancelled. A watchdog in the same task enforces
-//! `idle_timeout` and the shutdown cut.
+//! `idle_timeout`, `max_connection_duration`, the control plane's end requests and the
+//! shutdown cut.
+//!
+//! A requested close ends a link gracefully: the halves stop reading, write what they hold,
+//! each sends a FIN to its destination, then the relay reads and drops what the peers
+//! still send until they close too (a short linger), so that closing never turns the FIN
+//! into an RST.
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -22,8 +29,9 @@ use ringlb_scheduler::BackendState;
 use socket2::Socket;
 
 use crate::ctx::Cut;
+use crate::ending::EndRequest;
 pub(crate) use crate::handover::Frozen;
-use crate::outcome::EndReason;
+use crate::outcome::{EndMode, EndReason};
 use crate::pipes::{Pipe, PipePool, PIPE_SIZE};
 use crate::stats::WorkerCounters;
 use crate::uring;
@@ -31,6 +39,18 @@ use policy::{CopyPolicy, CopyStep, SplicePolicy, SpliceStep, COPY_BUFFER};
 
 const POLLIN: u32 = libc::POLLIN as u32;
 const POLLOUT: u32 = libc::POLLOUT as u32;
+
+/// A link past its `max_connection_duration` is closed only after this long without a
+/// byte either way, with nothing held and nothing waiting to be read: long enough for a
+/// backend to answer the request it was just sent.
+pub(crate) const QUIET: Duration = Duration::from_secs(1);
+/// A requested close waits this long for the peers to take what the halves hold; a peer
+/// that does not read is then reset.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a requested close, how long the relay waits for the peers' own FIN.
+const LINGER: Duration = Duration::from_secs(2);
+/// Read buffer of the linger (what it reads is dropped).
+const LINGER_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -132,6 +152,12 @@ pub(crate) struct RelayContext<'a> {
     pub(crate) pipes: &'a PipePool,
     /// least_latency: where answer times go (the backend's latency average).
     pub(crate) latency: Option<&'a BackendState>,
+    /// The control plane's request to end this link (`None`: it cannot be named, its
+    /// backend having been removed by a reload before a live upgrade brought it here).
+    pub(crate) end: Option<&'a EndRequest>,
+    /// Past this moment (`max_connection_duration` with its jitter) the link is closed
+    /// as soon as it is quiet.
+    pub(crate) max_age: Option<Instant>,
 }
 
 /// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
@@ -141,6 +167,10 @@ struct Link<'a> {
     aborted: Cell<Option<EndReason>>,
     /// Stopping for a live upgrade: halves stop issuing operations and keep what they hold.
     frozen: Cell<bool>,
+    /// A requested close: halves stop reading and write out what they hold.
+    closing: Cell<Option<EndReason>>,
+    /// Halves holding bytes they have not written yet.
+    writing: Cell<u8>,
     /// Per direction (`Dir as usize`): read, not yet written. Filled when frozen; at the
     /// start of a resumed relay, what the previous process handed over.
     carry: [RefCell<Vec<u8>>; 2],
@@ -165,6 +195,42 @@ impl Link<'_> {
         self.aborted.get().is_some() || self.frozen.get()
     }
 
+    /// Whether a half may start a read: not ended, not frozen, not closing.
+    fn may_read(&self) -> bool {
+        !self.is_aborted() && self.closing.get().is_none()
+    }
+
+    /// A requested close under way (not overtaken by an abort).
+    fn is_closing(&self) -> bool {
+        self.closing.get().is_some() && !self.is_aborted()
+    }
+
+    /// Start a requested close: halves stop reading; what they hold is still written.
+    /// Cancelling everything in flight wakes the reads; a cancelled write is issued again.
+    async fn close(&self, reason: EndReason) {
+        if !self.may_read() {
+            return;
+        }
+        self.closing.set(Some(reason));
+        uring::cancel_all(self.client.as_raw_fd()).await;
+        uring::cancel_all(self.backend.as_raw_fd()).await;
+    }
+
+    /// Counts a half holding unwritten bytes until the guard drops.
+    fn writing(&self) -> Writing<'_> {
+        self.writing.set(self.writing.get() + 1);
+        Writing(&self.writing)
+    }
+
+    /// Nothing moving: no byte either way for [`QUIET`], none held by a half and none
+    /// waiting in either socket.
+    fn is_quiet(&self) -> bool {
+        self.last_activity.get().elapsed() >= QUIET
+            && self.writing.get() == 0
+            && !has_unread(&self.client)
+            && !has_unread(&self.backend)
+    }
+
     /// Stop for a live upgrade: no FIN, no RST; cancel what is in flight, and let each half
     /// keep the bytes it holds (`hold`).
     async fn freeze(&self) {
@@ -176,11 +242,17 @@ impl Link<'_> {
         uring::cancel_all(self.backend.as_raw_fd()).await;
     }
 
-    /// A readiness wait, unless the link already ended or froze: an operation submitted
-    /// after `abort`/`freeze` cancelled the others would never be cancelled itself, so
-    /// every submission is checked right before it (no await in between).
+    /// A readiness wait, unless the link already ended or froze (or, to read, is
+    /// closing): an operation submitted after `abort`/`freeze`/`close` cancelled the
+    /// others would never be cancelled itself, so every submission is checked right
+    /// before it (no await in between).
     async fn poll(&self, socket: &Rc<Socket>, events: u32) -> io::Result<u32> {
-        if self.is_aborted() {
+        let allowed = if events & POLLIN != 0 {
+            self.may_read()
+        } else {
+            !self.is_aborted()
+        };
+        if !allowed {
             return Err(io::Error::from_raw_os_error(libc::ECANCELED));
         }
         uring::poll(socket, events).await
@@ -250,8 +322,26 @@ impl Link<'_> {
     }
 }
 
+/// One half holding unwritten bytes; see [`Link::writing`].
+struct Writing<'l>(&'l Cell<u8>);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// Whether bytes wait in `socket`'s receive queue (a peek that never blocks).
+fn has_unread(socket: &Socket) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    matches!(
+        socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+        Ok(n) if n > 0
+    )
 }
 
 /// Forward until both directions are done, or until a live upgrade freezes the link.
@@ -268,6 +358,8 @@ pub(crate) async fn relay(
         backend,
         aborted: Cell::new(None),
         frozen: Cell::new(false),
+        closing: Cell::new(None),
+        writing: Cell::new(0),
         carry: [
             RefCell::new(resumed.to_backend),
             RefCell::new(resumed.to_client),
@@ -293,6 +385,9 @@ pub(crate) async fn relay(
         done = halves => done,
         never = watchdog(&link, cx) => match never {},
     };
+    if link.is_closing() {
+        linger(&link).await;
+    }
     let (bytes_in, bytes_out) = (resumed.bytes_in + up, resumed.bytes_out + down);
     if link.frozen.get() && link.aborted.get().is_none() {
         let [to_backend, to_client] = link.carry;
@@ -304,9 +399,11 @@ pub(crate) async fn relay(
             bytes_out,
         });
     }
+    // A requested end says why, whatever the peers did while it was carried out.
     let end = link
-        .aborted
+        .closing
         .get()
+        .or(link.aborted.get())
         .or(link.first_eof.get())
         .unwrap_or(EndReason::LocalError);
     RelayEnd::Ended(RelayReport {
@@ -316,34 +413,108 @@ pub(crate) async fn relay(
     })
 }
 
-/// Enforces idle_timeout, the drain cut and the upgrade freeze; never completes (the
-/// halves end the relay).
+/// Enforces idle_timeout, max_connection_duration, the control plane's end request, the
+/// drain cut and the upgrade freeze; never completes (the halves end the relay).
 async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infallible {
     let idle_timeout = cx.idle_timeout;
-    loop {
+    let requested = loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if link.last_activity.get().elapsed() >= idle_timeout {
                     link.abort(EndReason::IdleTimeout, false).await;
-                    break;
+                    break None;
                 }
             }
             _ = cx.cut.wait() => {
                 link.abort(EndReason::DrainCut, true).await;
-                break;
+                break None;
             }
             _ = cx.handover.wait() => {
                 link.freeze().await;
-                break;
+                break None;
+            }
+            order = end_requested(cx.end) => break Some((order.reason(), order.mode)),
+            _ = old_and_quiet(link, cx.max_age) => {
+                break Some((EndReason::MaxDuration, EndMode::Close));
             }
         }
+    };
+    match requested {
+        Some((reason, EndMode::Reset)) => link.abort(reason, true).await,
+        Some((reason, EndMode::Close)) => {
+            link.close(reason).await;
+            // The halves end the relay once they have written what they hold; a peer that
+            // does not take it in time, or the shutdown cut, gets a reset instead.
+            tokio::select! {
+                _ = tokio::time::sleep(FLUSH_TIMEOUT) => {}
+                _ = cx.cut.wait() => {}
+            }
+            link.abort(reason, true).await;
+        }
+        None => {}
     }
     std::future::pending().await
 }
 
+async fn end_requested(end: Option<&EndRequest>) -> crate::outcome::EndOrder {
+    match end {
+        Some(end) => end.due().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes once the link is past `max_age` and quiet (see [`Link::is_quiet`]).
+async fn old_and_quiet(link: &Link<'_>, max_age: Option<Instant>) {
+    let Some(max_age) = max_age else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep_until(max_age.into()).await;
+    while !link.is_quiet() {
+        let quiet_at = (link.last_activity.get() + QUIET).max(Instant::now() + QUIET / 4);
+        tokio::time::sleep_until(quiet_at.into()).await;
+    }
+}
+
+/// After a requested close: read and drop what each peer still sends until it closes its
+/// side too, for at most [`LINGER`]. Closing a socket with unread bytes would send an RST
+/// in place of the clean end both peers were just given.
+async fn linger(link: &Link<'_>) {
+    async fn drain(socket: &Rc<Socket>) {
+        let mut buf = Vec::with_capacity(LINGER_BUFFER);
+        // A readiness wait first: a socket made non-blocking for splice would fail an
+        // immediate recv with EAGAIN.
+        while uring::poll(socket, POLLIN).await.is_ok() {
+            let (res, returned) = uring::recv(socket, buf, false).await;
+            buf = returned;
+            match res {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(_) => return,
+            }
+        }
+    }
+    let both = async { tokio::join!(drain(&link.client), drain(&link.backend)) };
+    if tokio::time::timeout(LINGER, both).await.is_err() {
+        // The dropped reads are still in flight, holding the sockets open: cancel them.
+        uring::cancel_all(link.client.as_raw_fd()).await;
+        uring::cancel_all(link.backend.as_raw_fd()).await;
+    }
+}
+
 /// One direction. Returns the bytes it forwarded.
 async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
+    let forwarded = forward_dir(link, dir, forwarding, pipes).await;
+    if link.is_closing() {
+        // A requested close: this direction stopped reading and wrote all it held.
+        let (_, to) = link.sockets(dir);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+    forwarded
+}
+
+async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
     let (from, _) = link.sockets(dir);
     let mut forwarded = 0;
     // A resumed link first writes what the previous process had read and not written.
@@ -388,6 +559,7 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
 /// `None`: the link ended or froze (what was not written is held for the next process).
 async fn write_out(link: &Link<'_>, dir: Dir, mut buf: Vec<u8>) -> Option<Vec<u8>> {
     let (_, to) = link.sockets(dir);
+    let _writing = link.writing();
     let mut offset = 0;
     while offset < buf.len() {
         if link.is_aborted() {
@@ -404,7 +576,8 @@ async fn write_out(link: &Link<'_>, dir: Dir, mut buf: Vec<u8>) -> Option<Vec<u8
                 return None;
             }
             Ok(n) => offset += n,
-            Err(e) if is_cancelled(&e) => {} // frozen or aborted: decided at the loop's top
+            // Frozen or aborted: decided at the loop's top; closing: written again.
+            Err(e) if is_cancelled(&e) => {}
             Err(e) => {
                 link.abort(dir.destination().failed(&e), true).await;
                 return None;
@@ -428,7 +601,7 @@ async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -
     // The readiness gate just said data is there: try the recv at once.
     let mut drained = false;
     loop {
-        if link.is_aborted() {
+        if !link.may_read() {
             return CopyEnd::Done;
         }
         let (res, returned) = uring::recv(from, buf, drained).await;
@@ -497,7 +670,7 @@ async fn splice_half(
     }
     let mut policy = SplicePolicy::new(auto);
     loop {
-        if link.is_aborted() {
+        if !link.may_read() {
             return SpliceEnd::Done;
         }
         let pipe = match pipes.take() {
@@ -541,7 +714,8 @@ async fn splice_burst(link: &Link<'_>, dir: Dir, pipe: &Rc<Pipe>, forwarded: &mu
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     let keep = || (Rc::clone(from), Rc::clone(to), Rc::clone(pipe));
     loop {
-        if link.is_aborted() {
+        // The pipe is empty here: a close ends the direction without losing a byte.
+        if !link.may_read() {
             return false;
         }
         let (res, _) = uring::splice(from_fd, pipe_w, PIPE_SIZE as u32, keep()).await;
@@ -578,6 +752,7 @@ async fn drain_pipe<K: Unpin + 'static>(
     keep: &impl Fn() -> K,
 ) -> bool {
     let (_, to) = link.sockets(dir);
+    let _writing = link.writing();
     while pending > 0 {
         if link.is_aborted() {
             return false;
@@ -592,14 +767,15 @@ async fn drain_pipe<K: Unpin + 'static>(
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 match link.poll(to, POLLOUT).await {
                     Ok(_) => {}
-                    Err(e) if is_cancelled(&e) => return false,
+                    // Frozen or aborted: decided at the loop's top; closing: written again.
+                    Err(e) if is_cancelled(&e) => {}
                     Err(e) => {
                         link.abort(dir.destination().failed(&e), true).await;
                         return false;
                     }
                 }
             }
-            Err(e) if is_cancelled(&e) => return false,
+            Err(e) if is_cancelled(&e) => {}
             Err(e) => {
                 link.abort(dir.destination().failed(&e), true).await;
                 return false;

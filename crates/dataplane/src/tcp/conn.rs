@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Algorithm, Forwarding, ProxyProtocol};
-use ringlb_scheduler::{BackendState, Snapshot};
+use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol};
+use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
 use super::connect::connect_backend;
 use super::sockopts::{self, Leg};
 use super::Accounting;
 use crate::ctx::WorkerCtx;
+use crate::ending::jittered;
 use crate::handover::{Moved, MovedConn};
 use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
@@ -73,7 +74,7 @@ pub(super) async fn serve(
     // The snapshot this connection was balanced with; it also names the backend in the
     // access log, so no label is copied per connection.
     let snapshot = state.scheduler.snapshot();
-    let (backend, index, _active) =
+    let (backend, index, active) =
         match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
@@ -122,17 +123,11 @@ pub(super) async fn serve(
         backend,
         peer,
         label,
+        owner: Some(active.state()),
         started,
         latency,
     };
-    forward(
-        &ctx,
-        &accounting,
-        link,
-        (tcp.forwarding, tcp.idle_timeout),
-        None,
-    )
-    .await;
+    forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
 }
 
 /// A connection with both legs up.
@@ -141,6 +136,9 @@ struct Established<'a> {
     backend: Rc<Socket>,
     peer: SocketAddr,
     label: &'a str,
+    /// Its backend's live state, by which the control plane asks for its end; `None` for
+    /// a connection handed over in a live upgrade whose backend a reload had removed.
+    owner: Option<&'a BackendState>,
     started: Instant,
     /// least_latency: the backend whose latency average this link's answer times feed.
     latency: Option<&'a BackendState>,
@@ -154,6 +152,29 @@ fn sampled_latency(snapshot: &Snapshot, index: usize) -> Option<&BackendState> {
         .map(|b| &*b.state)
 }
 
+/// What the relay of one connection runs with: read once when the connection starts, so a
+/// reload applies to the connections accepted after it.
+#[derive(Clone, Copy)]
+struct RelaySettings {
+    forwarding: Forwarding,
+    idle_timeout: Duration,
+    max_duration: Option<Duration>,
+}
+
+impl RelaySettings {
+    fn of(listener: &Listener) -> RelaySettings {
+        let (forwarding, idle_timeout) = match listener.tcp() {
+            Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
+            None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
+        };
+        RelaySettings {
+            forwarding,
+            idle_timeout,
+            max_duration: listener.lifecycle.max_connection_duration,
+        }
+    }
+}
+
 /// Relay an established connection to its end and count and log how it ended, or, when a
 /// live upgrade freezes it, send it to the process taking over. A frozen link that no
 /// upgrade takes (it was called off) goes on relaying here.
@@ -161,22 +182,28 @@ async fn forward(
     ctx: &Rc<WorkerCtx>,
     accounting: &Accounting,
     link: Established<'_>,
-    (forwarding, idle_timeout): (Forwarding, Duration),
+    settings: RelaySettings,
     mut resumed: Option<Frozen>,
 ) {
     let state = &accounting.state;
     let Some(counters) = state.workers.get(ctx.id) else {
         return;
     };
+    let registered = link.owner.map(|backend| ctx.ends.register(backend));
+    let max_age = settings
+        .max_duration
+        .map(|max| link.started + jittered(max, ctx.random()));
     loop {
         let cx = RelayContext {
-            forwarding,
-            idle_timeout,
+            forwarding: settings.forwarding,
+            idle_timeout: settings.idle_timeout,
             counters,
             cut: &ctx.cut,
             handover: &ctx.handover,
             pipes: &ctx.pipes,
             latency: link.latency,
+            end: registered.as_ref().map(|r| &*r.request),
+            max_age,
         };
         let end = relay::relay(
             Rc::clone(&link.client),
@@ -274,7 +301,7 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         .iter()
         .position(|b| b.spec.label == moved.backend);
     // A backend that a reload removed meanwhile is still this connection's backend.
-    let _active = found
+    let active = found
         .and_then(|i| snapshot.backends().get(i))
         .map(|b| b.state.acquire());
     let link = Established {
@@ -282,16 +309,14 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         backend: Rc::new(moved.backend_socket),
         peer: moved.client_addr,
         label: &moved.backend,
+        owner: active.as_ref().map(ActiveGuard::state),
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
         latency: found.and_then(|i| sampled_latency(&snapshot, i)),
     };
     // The settings of this process's configuration for this listener.
-    let relay_settings = match settings.tcp() {
-        Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
-        None => (Forwarding::Copy, ringlb_config::DEFAULT_IDLE_TIMEOUT),
-    };
+    let relay_settings = RelaySettings::of(&settings);
     forward(&ctx, &accounting, link, relay_settings, Some(moved.frozen)).await;
 }
 

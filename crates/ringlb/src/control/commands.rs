@@ -30,6 +30,13 @@ impl ControlPlane {
                 weight,
             } => self.set_weight(&listener, &backend, weight),
             Request::Failback { listener } => self.failback(&listener),
+            Request::ShutdownSessions {
+                listener,
+                backend,
+                spread,
+                reset,
+            } => self.shutdown_sessions(&listener, &backend, spread, reset),
+            Request::Active { listener, backend } => self.active(&listener, &backend),
             Request::Node { failed } => self.set_node(failed),
             Request::Upgrade { binary } => match self.start_upgrade(binary) {
                 Ok(outcome) => {
@@ -46,10 +53,10 @@ impl ControlPlane {
         }
     }
 
-    /// While draining, only `status` is served: nothing is left to change.
+    /// While draining, only what changes nothing is served (`status`, `active`).
     pub(super) fn handle_request_draining(&mut self, request: Request) -> Reply {
         if request.is_read_only() {
-            self.status()
+            self.handle_request(request)
         } else {
             Reply::refused(format!(
                 "{}: shutting down (draining); nothing is changed any more",
@@ -93,7 +100,11 @@ impl ControlPlane {
 
     /// The running listener `name` and its backend `label` (the `addr` as written in the
     /// file; the same address written another way is accepted too).
-    fn find(&self, listener: &str, backend: &str) -> Result<(Arc<ListenerState>, Backend), Reply> {
+    pub(super) fn find(
+        &self,
+        listener: &str,
+        backend: &str,
+    ) -> Result<(Arc<ListenerState>, Backend), Reply> {
         let shared = self.find_listener(listener)?;
         let snapshot = shared.scheduler.snapshot();
         let wanted: Option<std::net::SocketAddr> = backend.parse().ok();

@@ -10,6 +10,7 @@
 //!   only what really runs.
 //! - `shutdown`: drain, then cut.
 //! - `commands`: control-socket requests (`ringlb ctl`), applied here.
+//! - `sessions`: ending a backend's open connections (`on_down`, `shutdown-sessions`).
 //! - `admin_book`: the operator's admin state and weights, and the `state_file`.
 //! - `ports`: refusing a port another process already serves.
 //! - `upgrade`: the live-upgrade hook.
@@ -28,6 +29,7 @@ mod listeners;
 mod plan;
 mod ports;
 mod reload;
+mod sessions;
 mod shutdown;
 mod startup;
 mod steering;
@@ -112,7 +114,7 @@ impl ControlPlane {
                 },
                 recv(transitions) -> transition => {
                     if let Ok(t) = transition {
-                        self.log_transition(&t);
+                        self.on_transition(&t);
                     }
                 }
                 recv(self.events) -> event => {

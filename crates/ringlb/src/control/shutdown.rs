@@ -77,7 +77,7 @@ impl ControlPlane {
                 }
                 recv(transitions) -> t => {
                     if let Ok(t) = t {
-                        self.log_transition(&t);
+                        self.on_transition(&t);
                     }
                 }
                 recv(self.requests) -> request => {

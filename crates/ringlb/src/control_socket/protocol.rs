@@ -7,7 +7,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringlb_scheduler::AdminState;
 
@@ -23,6 +23,9 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 
 /// Largest configurable backend weight (the configuration's bound, 0..=65535).
 pub const MAX_WEIGHT: u32 = 65_535;
+
+/// Longest `shutdown-sessions` spread: the bound of the file's `on_down_spread`.
+pub const MAX_SPREAD: Duration = ringlb_config::MAX_ON_DOWN_SPREAD;
 
 /// One command, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,16 @@ pub enum Request {
     Node { failed: bool },
     /// Live upgrade to `binary` (default: the running executable).
     Upgrade { binary: Option<PathBuf> },
+    /// End a backend's open TCP connections, each at its own random moment in
+    /// `[0, spread)`: closed (FIN after what is in flight), or reset.
+    ShutdownSessions {
+        listener: String,
+        backend: String,
+        spread: Duration,
+        reset: bool,
+    },
+    /// A backend's open connections (what `ringlb ctl wait-empty` polls).
+    Active { listener: String, backend: String },
 }
 
 impl Request {
@@ -63,12 +76,17 @@ impl Request {
             Request::Failback { .. } => "failback",
             Request::Node { .. } => "node",
             Request::Upgrade { .. } => "upgrade",
+            Request::ShutdownSessions { .. } => "shutdown-sessions",
+            Request::Active { .. } => "active",
         }
     }
 
     /// Whether the request changes nothing (answered even while shutting down).
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Request::Ping | Request::Status)
+        matches!(
+            self,
+            Request::Ping | Request::Status | Request::Active { .. }
+        )
     }
 }
 
@@ -87,7 +105,7 @@ pub enum DecodeError {
     Version(String),
     #[error("missing \"cmd\"")]
     NoCommand,
-    #[error("unknown cmd {0:?}: expected ping, status, drain, maint, ready, weight, failback, node or upgrade")]
+    #[error("unknown cmd {0:?}: expected ping, status, drain, maint, ready, weight, failback, node, upgrade, shutdown-sessions or active")]
     UnknownCommand(String),
     #[error("{cmd}: missing field \"{field}\"")]
     Missing {
@@ -188,6 +206,22 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
                 binary: f.optional_string("binary")?.map(PathBuf::from),
             }
         }
+        "shutdown-sessions" => {
+            f.cmd = "shutdown-sessions";
+            Request::ShutdownSessions {
+                listener: f.string("listener")?,
+                backend: f.string("backend")?,
+                spread: f.spread()?,
+                reset: f.optional_bool("reset")?.unwrap_or(false),
+            }
+        }
+        "active" => {
+            f.cmd = "active";
+            Request::Active {
+                listener: f.string("listener")?,
+                backend: f.string("backend")?,
+            }
+        }
         other => return Err(DecodeError::UnknownCommand(shorten(other))),
     };
     f.finish()?;
@@ -250,6 +284,34 @@ impl Fields {
         }
     }
 
+    fn optional_bool(&mut self, field: &'static str) -> Result<Option<bool>, DecodeError> {
+        match self.fields.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(_) => Err(DecodeError::Invalid {
+                cmd: self.cmd,
+                field,
+                expected: "must be true or false",
+            }),
+        }
+    }
+
+    /// `"spread_ms"`: milliseconds, at most an hour; absent or null: 0 (all at once).
+    fn spread(&mut self) -> Result<Duration, DecodeError> {
+        let invalid = DecodeError::Invalid {
+            cmd: self.cmd,
+            field: "spread_ms",
+            expected: "must be an integer 0..=3600000 (milliseconds)",
+        };
+        match self.fields.remove("spread_ms") {
+            None | Some(Value::Null) => Ok(Duration::ZERO),
+            Some(v) => match v.as_u64().map(Duration::from_millis) {
+                Some(d) if d <= MAX_SPREAD => Ok(d),
+                _ => Err(invalid),
+            },
+        }
+    }
+
     /// Any field left over is a mistake worth naming (a typo would otherwise be ignored).
     fn finish(self) -> Result<(), DecodeError> {
         match self.fields.into_iter().next() {
@@ -303,6 +365,21 @@ pub fn encode(request: &Request) -> String {
             if let Some(path) = binary {
                 put("binary", json!(path.to_string_lossy()));
             }
+        }
+        Request::ShutdownSessions {
+            listener,
+            backend,
+            spread,
+            reset,
+        } => {
+            put("listener", json!(listener));
+            put("backend", json!(backend));
+            put("spread_ms", json!(spread.as_millis() as u64));
+            put("reset", json!(reset));
+        }
+        Request::Active { listener, backend } => {
+            put("listener", json!(listener));
+            put("backend", json!(backend));
         }
     }
     line(fields.iter().map(|(k, v)| (*k, v)))
@@ -507,6 +584,22 @@ mod tests {
             Request::Upgrade {
                 binary: Some("/usr/local/bin/ringlb".into()),
             },
+            Request::ShutdownSessions {
+                listener: "a".into(),
+                backend: "b".into(),
+                spread: Duration::from_millis(2500),
+                reset: false,
+            },
+            Request::ShutdownSessions {
+                listener: "a".into(),
+                backend: "b".into(),
+                spread: Duration::ZERO,
+                reset: true,
+            },
+            Request::Active {
+                listener: "a".into(),
+                backend: "b".into(),
+            },
         ]
     }
 
@@ -591,6 +684,22 @@ mod tests {
                 br#"{"v":1,"cmd":"drain","listener":"l","backend":"b","backnd":"c"}"#,
                 "drain: unexpected field \"backnd\"",
             ),
+            (
+                br#"{"v":1,"cmd":"shutdown-sessions","listener":"l","backend":"b","spread_ms":3600001}"#,
+                "shutdown-sessions: field \"spread_ms\" must be an integer 0..=3600000",
+            ),
+            (
+                br#"{"v":1,"cmd":"shutdown-sessions","listener":"l","backend":"b","spread_ms":"2s"}"#,
+                "(milliseconds)",
+            ),
+            (
+                br#"{"v":1,"cmd":"shutdown-sessions","listener":"l","backend":"b","reset":"yes"}"#,
+                "\"reset\" must be true or false",
+            ),
+            (
+                br#"{"v":1,"cmd":"active","listener":"l"}"#,
+                "active: missing field \"backend\"",
+            ),
         ];
         for (line, needle) in cases {
             let e = decode(line).expect_err(&String::from_utf8_lossy(line));
@@ -608,6 +717,24 @@ mod tests {
                 field: "verbose".into()
             })
         );
+    }
+
+    #[test]
+    fn shutdown_sessions_defaults_to_closing_at_once() {
+        assert_eq!(
+            decode(br#"{"v":1,"cmd":"shutdown-sessions","listener":"l","backend":"b"}"#),
+            Ok(Request::ShutdownSessions {
+                listener: "l".into(),
+                backend: "b".into(),
+                spread: Duration::ZERO,
+                reset: false,
+            })
+        );
+        assert!(Request::Active {
+            listener: "l".into(),
+            backend: "b".into()
+        }
+        .is_read_only());
     }
 
     #[test]
@@ -701,18 +828,24 @@ mod tests {
             any::<i64>().prop_map(|n| json!(n)),
             any::<f64>().prop_map(|n| json!(n)),
             "[a-z\\\\\"\\u{0}-\\u{ffff}]{0,12}".prop_map(Value::String),
-            prop_oneof![
-                Just("v"),
-                Just("cmd"),
-                Just("listener"),
-                Just("backend"),
-                Just("weight"),
-                Just("state"),
-                Just("binary"),
-                Just("drain"),
-                Just("status"),
-                Just("fail")
-            ]
+            prop::sample::select(
+                &[
+                    "v",
+                    "cmd",
+                    "listener",
+                    "backend",
+                    "weight",
+                    "state",
+                    "binary",
+                    "spread_ms",
+                    "reset",
+                    "shutdown-sessions",
+                    "active",
+                    "drain",
+                    "status",
+                    "fail",
+                ][..]
+            )
             .prop_map(|s| Value::String(s.to_string())),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
@@ -727,6 +860,7 @@ mod tests {
                         Just("weight".to_string()),
                         Just("state".to_string()),
                         Just("binary".to_string()),
+                        Just("spread_ms".to_string()),
                         "[a-z]{1,6}",
                     ],
                     inner,
@@ -758,7 +892,7 @@ mod tests {
 
         #[test]
         fn mutated_valid_requests_never_panic(
-            pick in 0usize..12,
+            pick in 0usize..15,
             cut in 0usize..120,
             flip in any::<u8>(),
         ) {
