@@ -150,6 +150,9 @@ pub struct Lifecycle {
     /// Connections ended by `on_down` end each after its own random delay in
     /// `[0, on_down_spread)`, so their clients do not all reconnect at once.
     pub on_down_spread: Duration,
+    /// When traffic returns to preferred tiers, whether the connections left on the tiers
+    /// no longer in use are shed (closed, spread over `on_down_spread`).
+    pub on_recover: OnRecover,
     /// Connections older than this (plus a random 0–10 %) are closed once quiet; `None`:
     /// connections live as long as their ends want.
     pub max_connection_duration: Option<Duration>,
@@ -160,6 +163,7 @@ impl Default for Lifecycle {
         Lifecycle {
             on_down: OnDown::Keep,
             on_down_spread: crate::validate::DEFAULT_ON_DOWN_SPREAD,
+            on_recover: OnRecover::Keep,
             max_connection_duration: None,
         }
     }
@@ -351,6 +355,28 @@ impl Algorithm {
             Algorithm::PowerOfTwo => "power_of_two",
             Algorithm::DynamicWeight => "dynamic_weight",
             Algorithm::LeastLatency => "least_latency",
+        }
+    }
+}
+
+/// `on_recover`: what happens to connections on later tiers (backups) when new connections
+/// go back to the preferred ones (per `failback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnRecover {
+    /// They stay where they are.
+    Keep,
+    /// They are closed gracefully, spread, so their clients reconnect to the preferred
+    /// tiers.
+    ShedBackup,
+}
+
+impl OnRecover {
+    pub const ALL: [OnRecover; 2] = [OnRecover::Keep, OnRecover::ShedBackup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRecover::Keep => "keep",
+            OnRecover::ShedBackup => "shed_backup",
         }
     }
 }

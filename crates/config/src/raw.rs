@@ -44,6 +44,7 @@ pub(crate) struct RawListener {
     pub max_connection_duration: Option<Scalar>,
     pub on_down: Option<Scalar>,
     pub on_down_spread: Option<Scalar>,
+    pub on_recover: Option<Scalar>,
     pub max_connections: Option<Scalar>,
     pub allow: Option<Vec<Scalar>>,
     pub proxy_protocol: Option<Scalar>,

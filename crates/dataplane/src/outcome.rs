@@ -89,10 +89,13 @@ pub enum EndReason {
     ShutdownSessionsReset,
     /// TCP: older than `max_connection_duration`, closed once quiet.
     MaxDuration,
+    /// TCP: on a tier no longer in use once traffic went back to the preferred tiers;
+    /// `on_recover: shed_backup` closed it.
+    ShedBackup,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 17] = [
+    pub const ALL: [EndReason; 18] = [
         EndReason::ClientClose,
         EndReason::BackendClose,
         EndReason::ClientReset,
@@ -110,6 +113,7 @@ impl EndReason {
         EndReason::ShutdownSessionsClose,
         EndReason::ShutdownSessionsReset,
         EndReason::MaxDuration,
+        EndReason::ShedBackup,
     ];
 
     /// Whether a listener of `protocol` can end a connection or session this way (the
@@ -141,6 +145,7 @@ impl EndReason {
             EndReason::ShutdownSessionsClose => "shutdown_sessions_close",
             EndReason::ShutdownSessionsReset => "shutdown_sessions_reset",
             EndReason::MaxDuration => "max_duration",
+            EndReason::ShedBackup => "shed_backup",
         }
     }
 }
@@ -152,6 +157,8 @@ pub enum EndCause {
     BackendDown,
     /// `ringlb ctl shutdown-sessions`.
     ShutdownSessions,
+    /// `on_recover: shed_backup`: new connections went back to preferred tiers.
+    ShedBackup,
 }
 
 /// How a connection the control plane asked to end ends.
@@ -178,6 +185,8 @@ impl EndOrder {
             (EndCause::BackendDown, EndMode::Reset) => EndReason::BackendDownReset,
             (EndCause::ShutdownSessions, EndMode::Close) => EndReason::ShutdownSessionsClose,
             (EndCause::ShutdownSessions, EndMode::Reset) => EndReason::ShutdownSessionsReset,
+            // Shedding is always graceful; a reset order counts the same.
+            (EndCause::ShedBackup, _) => EndReason::ShedBackup,
         }
     }
 }
@@ -312,7 +321,7 @@ mod tests {
         };
         assert_eq!(names(Protocol::Udp), ["drain_cut", "expired", "moved"]);
         let tcp = names(Protocol::Tcp);
-        assert_eq!(tcp.len(), 15, "{tcp:?}");
+        assert_eq!(tcp.len(), 16, "{tcp:?}");
         assert!(tcp.contains(&"client_timed_out") && tcp.contains(&"backend_timed_out"));
         assert!(tcp.contains(&"proxy_header_failed") && !tcp.contains(&"expired"));
         assert!(tcp.contains(&"backend_down_close") && tcp.contains(&"max_duration"));

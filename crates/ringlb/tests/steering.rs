@@ -506,3 +506,50 @@ fn a_manual_failback_hold_survives_a_restart_with_state_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn on_recover_sheds_the_backup_links_on_failback() {
+    let mut primary = EchoBackend::tagged("p");
+    let backup = EchoBackend::tagged("b");
+    let yaml = config(
+        &format!("failback: manual\non_recover: shed_backup\non_down_spread: 1s\n{HC}"),
+        &[(primary.addr(), 0), (backup.addr(), 1)],
+    );
+    let lb = start(&yaml);
+    let addr = lb.listener_addr("t");
+    let mark = lb.log_mark();
+    primary.close_listener();
+    flip(&lb, mark, primary.addr(), false);
+
+    let mut links: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = connect(addr);
+            assert_eq!(read_line_tag(&mut s), "b");
+            s
+        })
+        .collect();
+    let mark = lb.log_mark();
+    primary.reopen();
+    flip(&lb, mark, primary.addr(), true);
+    // Held on the backup (manual failback): the links are left alone.
+    thread::sleep(Duration::from_millis(500));
+    for s in &mut links {
+        assert_echo(s, b"still here\n");
+    }
+
+    let asked = Instant::now();
+    ctl(&lb, &["failback", "t"]);
+    for s in &mut links {
+        let end = read_until_end(s, WAIT);
+        assert!(matches!(end, ClientEnd::Eof { bytes: 0 }), "{end:?}");
+    }
+    let took = asked.elapsed();
+    println!("on_recover: 20 backup links closed within {took:?} of ctl failback (spread 1s)");
+    let ended = |lb: &Ringlb| {
+        lb.metric("ringlb_connections_ended_total{listener=\"t\",end=\"shed_backup\"}")
+            .unwrap_or(0.0)
+    };
+    assert!(wait_until(WAIT, || ended(&lb) == 20.0), "{}", ended(&lb));
+    assert!(lb.count_log("on_recover: listener=\"t\" shed_backup: closing 20 connection(s)") == 1);
+    assert_eq!(share(&tags(addr, 10), "p"), 1.0);
+}

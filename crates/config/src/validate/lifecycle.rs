@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::scalar::{choice, duration, named, opt_duration, ZeroOk};
 use super::Errors;
-use crate::model::{Backend, Lifecycle, OnDown, Protocol};
+use crate::model::{Backend, Lifecycle, OnDown, OnRecover, Protocol};
 use crate::raw::{RawListener, Scalar, ScalarKind};
 
 /// Connections ended by `on_down` end over this long by default: detection already takes
@@ -39,6 +39,19 @@ pub(super) fn lifecycle(
         .and_then(|s| on_down_mode(errs, &path("on_down"), s))
         .unwrap_or(OnDown::Keep);
     let on_down_spread = spread(errs, &path("on_down_spread"), rl.on_down_spread.as_ref());
+    let on_recover = rl
+        .on_recover
+        .as_ref()
+        .and_then(|s| {
+            choice(
+                errs,
+                &path("on_recover"),
+                "on_recover",
+                s,
+                &named(OnRecover::ALL, OnRecover::as_str),
+            )
+        })
+        .unwrap_or(OnRecover::Keep);
     let max_connection_duration = rl
         .max_connection_duration
         .as_ref()
@@ -58,6 +71,7 @@ pub(super) fn lifecycle(
     for (key, value, present) in [
         ("on_down", Some(on_down), rl.on_down.is_some()),
         ("on_down_spread", None, rl.on_down_spread.is_some()),
+        ("on_recover", None, rl.on_recover.is_some()),
         (
             "max_connection_duration",
             None,
@@ -102,6 +116,7 @@ pub(super) fn lifecycle(
     Lifecycle {
         on_down,
         on_down_spread,
+        on_recover,
         max_connection_duration,
     }
 }
@@ -185,6 +200,7 @@ mod tests {
             Lifecycle {
                 on_down: OnDown::Keep,
                 on_down_spread: Duration::from_secs(5),
+                on_recover: OnRecover::Keep,
                 max_connection_duration: None,
             }
         );
@@ -194,7 +210,7 @@ mod tests {
     #[test]
     fn every_key_is_read_and_backends_inherit_or_override() {
         let c = ok(&checked(
-            "    on_down: close\n    on_down_spread: 250ms\n    max_connection_duration: 4h\n",
+            "    on_down: close\n    on_down_spread: 250ms\n    on_recover: shed_backup\n    max_connection_duration: 4h\n",
             "        on_down: reset\n",
         ));
         let l = &c.listeners[0];
@@ -203,6 +219,7 @@ mod tests {
             Lifecycle {
                 on_down: OnDown::Close,
                 on_down_spread: Duration::from_millis(250),
+                on_recover: OnRecover::ShedBackup,
                 max_connection_duration: Some(Duration::from_secs(4 * 3600)),
             }
         );

@@ -79,6 +79,9 @@ struct ControlPlane {
     admin_socket: Option<std::net::TcpListener>,
     /// Set by a live upgrade that handed everything over: the serve loop then exits.
     handed_over: Option<upgrade::Handed>,
+    /// The tiers each listener used at the last look: `on_recover` sheds connections on
+    /// tiers that fell out of use.
+    tiers_seen: HashMap<String, Option<ringlb_scheduler::TierRange>>,
 }
 
 impl ControlPlane {

@@ -256,6 +256,7 @@ fn start(
         sockets: HashMap::new(),
         admin_socket,
         handed_over: None,
+        tiers_seen: HashMap::new(),
     };
     Ok(Started {
         plane: plane.start(bound, book),

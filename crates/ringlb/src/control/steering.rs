@@ -2,9 +2,11 @@
 //! failbacks on, `ringlb ctl failback`, and the log line of every change of the tiers
 //! that take new connections.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ringlb_config::Failback;
+use ringlb_config::{Failback, OnRecover};
+use ringlb_dataplane::{EndCause, EndMode, EndOrder};
 use ringlb_scheduler::{TierChange, TierRange};
 use serde_json::json;
 
@@ -70,16 +72,61 @@ impl ControlPlane {
                 log::warn!("{e}");
             }
         }
+        self.shed_recovered();
+    }
+
+    /// `on_recover: shed_backup`: when new connections went back to preferred tiers,
+    /// closes the connections left on the later tiers that fell out of use, spread over
+    /// `on_down_spread`, so their clients reconnect to the preferred ones.
+    pub(super) fn shed_recovered(&mut self) {
+        let mut shed = Vec::new();
+        for (name, shared) in &self.listeners {
+            let now = shared.scheduler.snapshot().tiers_now();
+            let before = self.tiers_seen.insert(name.clone(), now).flatten();
+            let (Some(before), Some(now)) = (before, now) else {
+                continue;
+            };
+            let settings = shared.settings.load();
+            if settings.lifecycle.on_recover != OnRecover::ShedBackup {
+                continue;
+            }
+            let left: Vec<String> = settings
+                .backends
+                .iter()
+                .filter(|b| before.contains(b.priority) && b.priority > now.highest)
+                .map(|b| b.label.clone())
+                .collect();
+            if !left.is_empty() {
+                shed.push((name.clone(), left, settings.lifecycle.on_down_spread, now));
+            }
+        }
+        for (listener, labels, spread, now) in shed {
+            let order = EndOrder {
+                cause: EndCause::ShedBackup,
+                mode: EndMode::Close,
+            };
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            match self.end_sessions(&listener, &refs, order, spread) {
+                Ok(open) => info!(
+                    "on_recover: listener=\"{listener}\" shed_backup: closing {open} connection(s) on {} over {} (new connections go to {})",
+                    labels.join(" "),
+                    humantime::format_duration(spread),
+                    describe(Some(now))
+                ),
+                Err(why) => warn!("on_recover: {why}"),
+            }
+        }
     }
 
     /// `ringlb ctl failback LISTENER`.
     pub(super) fn failback(&mut self, listener: &str) -> Reply {
         let shared = match self.find_listener(listener) {
-            Ok(shared) => shared,
+            Ok(shared) => Arc::clone(shared),
             Err(refused) => return refused,
         };
         let policy = shared.settings.load().steering.failback;
         let (before, after) = shared.scheduler.failback();
+        self.shed_recovered();
         let hold = shared.scheduler.hold();
         if self.book.note_hold(listener, hold) {
             if let Err(e) = self.save_book() {
