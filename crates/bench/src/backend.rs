@@ -40,6 +40,17 @@ pub struct Backend {
     pub kind: Kind,
     /// Answer to [`TAG_QUERY`]; the listen address when not given.
     pub tag: String,
+    /// Wait before each answer (echo, respond): a backend whose process is slow while its
+    /// kernel still completes handshakes at once.
+    pub delay: Duration,
+}
+
+impl Backend {
+    async fn answer_delay(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
 }
 
 const BUF: usize = 64 * 1024;
@@ -121,6 +132,7 @@ async fn handle(mut s: TcpStream, b: &Backend) -> io::Result<()> {
     match b.kind {
         Kind::Echo => loop {
             if have > 0 {
+                b.answer_delay().await;
                 s.write_all(&buf[..have]).await?;
             }
             have = s.read(&mut buf).await?;
@@ -139,6 +151,7 @@ async fn handle(mut s: TcpStream, b: &Backend) -> io::Result<()> {
                 let n = pending / request;
                 pending %= request;
                 if n > 0 && response > 0 {
+                    b.answer_delay().await;
                     out.clear();
                     for _ in 0..n {
                         out.extend_from_slice(&reply);
@@ -224,6 +237,7 @@ impl Running {
         let backend = Arc::new(Backend {
             kind,
             tag: tag.map_or_else(|| addr.to_string(), str::to_string),
+            delay: Duration::ZERO,
         });
         Self::spawn(rt, addr, move |rx| async move {
             let stop = async {

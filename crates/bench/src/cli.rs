@@ -77,6 +77,9 @@ pub struct EchoArgs {
     pub tag: Option<String>,
     #[arg(long, value_enum, default_value = "tcp")]
     pub proto: Proto,
+    /// Wait this long before each answer (TCP): a slow backend process.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub delay: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,6 +94,9 @@ pub struct RespondArgs {
     /// Reply size in bytes.
     #[arg(long, default_value_t = 64)]
     pub response: u32,
+    /// Wait this long before each answer: a slow backend process.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub delay: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -301,6 +307,7 @@ impl Command {
                 Backend {
                     kind: Kind::Echo,
                     tag: tag(&a.tag, &a.serve),
+                    delay: a.delay,
                 },
                 &a.serve,
                 a.proto != Proto::Udp,
@@ -313,6 +320,7 @@ impl Command {
                         response: a.response as usize,
                     },
                     tag: tag(&a.tag, &a.serve),
+                    delay: a.delay,
                 },
                 &a.serve,
                 true,
@@ -322,6 +330,7 @@ impl Command {
                 Backend {
                     kind: Kind::Sink,
                     tag: s.listen.to_string(),
+                    delay: Duration::ZERO,
                 },
                 s,
                 true,
@@ -333,6 +342,7 @@ impl Command {
                         chunk: a.chunk as usize,
                     },
                     tag: a.serve.listen.to_string(),
+                    delay: Duration::ZERO,
                 },
                 &a.serve,
                 true,
