@@ -208,6 +208,10 @@ pub struct Liveness {
     /// `tcp_user_timeout` (TCP_USER_TIMEOUT): how long sent data may stay unacknowledged
     /// before the connection is dropped. Whole milliseconds, at most `u32::MAX` of them.
     pub user_timeout: Option<Duration>,
+    /// `response_timeout`: a backend silent this long after a client's bytes reached it
+    /// counts one failure toward the health check's `fall` (the connection stays).
+    /// Validation requires a `health_check`.
+    pub response_timeout: Option<Duration>,
 }
 
 /// SO_KEEPALIVE with its three parameters. A silent peer is given up after
@@ -457,6 +461,7 @@ mod tests {
         liveness: Liveness {
             keepalive: None,
             user_timeout: None,
+            response_timeout: None,
         },
         per_source: None,
     };

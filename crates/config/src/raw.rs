@@ -52,6 +52,7 @@ pub(crate) struct RawListener {
     pub source: Option<Vec<Scalar>>,
     pub tcp_keepalive: Option<RawKeepalive>,
     pub tcp_user_timeout: Option<Scalar>,
+    pub response_timeout: Option<Scalar>,
     pub session_timeout: Option<Scalar>,
     pub max_sessions: Option<Scalar>,
     pub slow_start: Option<Scalar>,

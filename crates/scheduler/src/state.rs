@@ -83,7 +83,9 @@ pub struct BackendState {
     up: AtomicBool,
     active: AtomicU32,
     /// Monotonic count of real client connects that were refused or timed out.
-    passive_failures: AtomicU64,
+    connect_failures: AtomicU64,
+    /// Monotonic count of exchanges the backend left unanswered for `response_timeout`.
+    response_timeouts: AtomicU64,
     /// The operator's [`AdminState`] and weight override, packed (see [`pack`]). Only the
     /// control plane writes it.
     admin: AtomicU64,
@@ -119,7 +121,8 @@ impl BackendState {
         BackendState {
             up: AtomicBool::new(true),
             active: AtomicU32::new(0),
-            passive_failures: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            response_timeouts: AtomicU64::new(0),
             admin: AtomicU64::new(READY_NO_OVERRIDE),
             ramp: AtomicU32::new(FULL_RAMP),
             seen_admitting: AtomicBool::new(true),
@@ -304,12 +307,26 @@ impl BackendState {
 
     /// A real client connect to this backend was refused or timed out.
     pub fn record_connect_failure(&self) {
-        self.passive_failures.fetch_add(1, Ordering::Relaxed);
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Monotonic; the prober feeds the increase since its last look into the health machine.
+    /// Client bytes waited `response_timeout` for an answer from this backend.
+    pub fn record_response_timeout(&self) {
+        self.response_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn response_timeouts(&self) -> u64 {
+        self.response_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connect failures and response timeouts, monotonic: the prober feeds the increase
+    /// since its last look into the health machine.
     pub fn passive_failures(&self) -> u64 {
-        self.passive_failures.load(Ordering::Relaxed)
+        self.connect_failures() + self.response_timeouts()
     }
 }
 

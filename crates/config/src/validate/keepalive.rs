@@ -29,7 +29,29 @@ pub(super) fn liveness(errs: &mut Errors, i: usize, rl: &RawListener) -> Livenes
             .tcp_user_timeout
             .as_ref()
             .and_then(|s| user_timeout(errs, &path("tcp_user_timeout"), s)),
+        response_timeout: rl
+            .response_timeout
+            .as_ref()
+            .and_then(|s| response_timeout(errs, &path("response_timeout"), s, rl)),
     }
+}
+
+/// A passive signal for the health check: it needs one to count toward.
+fn response_timeout(
+    errs: &mut Errors,
+    path: &str,
+    s: &Scalar,
+    rl: &RawListener,
+) -> Option<Duration> {
+    let d = duration(errs, path, s, ZeroOk::No)?;
+    if rl.health_check.is_none() {
+        errs.push(
+            path,
+            "response_timeout counts a silent backend as a failed check toward health_check.fall, and this listener has no health_check: add one or remove response_timeout",
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// All three keys are required: the time to find a dead peer is `idle + interval ×
@@ -135,13 +157,34 @@ mod tests {
     }
 
     #[test]
+    fn response_timeout_needs_a_health_check() {
+        let yaml = one("    response_timeout: 2s\n");
+        assert_one_error(&yaml, "listeners[0].response_timeout", "no health_check");
+        let yaml = one("    response_timeout: 2s\n    health_check: {interval: 1s}\n");
+        assert_eq!(
+            keepalive_of_yaml(&yaml).response_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_one_error(
+            &one_udp("    response_timeout: 2s\n    health_check: {interval: 1s}\n"),
+            "listeners[0].response_timeout",
+            "tcp",
+        );
+    }
+
+    fn keepalive_of_yaml(yaml: &str) -> Liveness {
+        tcp(&ok(yaml)).liveness
+    }
+
+    #[test]
     fn off_by_default() {
         assert_eq!(keepalive_of(""), Liveness::default());
         assert_eq!(
             Liveness::default(),
             Liveness {
                 keepalive: None,
-                user_timeout: None
+                user_timeout: None,
+                response_timeout: None,
             }
         );
     }
@@ -160,6 +203,7 @@ mod tests {
                     count: 3,
                 }),
                 user_timeout: Some(Duration::from_secs(90)),
+                response_timeout: None,
             }
         );
         let l = keepalive_of("    tcp_user_timeout: 1500ms\n");

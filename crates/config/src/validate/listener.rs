@@ -29,7 +29,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The settings keys in schema order (`RawListener`, docs/configuration.md). Their
 /// checkers run grouped by protocol, but `ringlb check` lists their problems in this
 /// order.
-const SETTINGS_ORDER: [&str; 12] = [
+const SETTINGS_ORDER: [&str; 13] = [
     "connect_timeout",
     "connect_attempts",
     "idle_timeout",
@@ -40,6 +40,7 @@ const SETTINGS_ORDER: [&str; 12] = [
     "source",
     "tcp_keepalive",
     "tcp_user_timeout",
+    "response_timeout",
     "session_timeout",
     "max_sessions",
 ];
@@ -227,7 +228,7 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 8] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 9] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
@@ -236,6 +237,7 @@ fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 8] {
         ("source", rl.source.is_some()),
         ("tcp_keepalive", rl.tcp_keepalive.is_some()),
         ("tcp_user_timeout", rl.tcp_user_timeout.is_some()),
+        ("response_timeout", rl.response_timeout.is_some()),
         ("per_source", rl.per_source.is_some()),
     ]
 }

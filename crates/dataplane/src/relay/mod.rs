@@ -150,14 +150,24 @@ pub(crate) struct RelayContext<'a> {
     /// Fires when a live upgrade takes the connections: freeze the link.
     pub(crate) handover: &'a Cut,
     pub(crate) pipes: &'a PipePool,
-    /// least_latency: where answer times go (the backend's latency average).
-    pub(crate) latency: Option<&'a BackendState>,
+    /// Answer times: sampled for least_latency, watched for `response_timeout`.
+    pub(crate) answers: Option<AnswerWatch<'a>>,
     /// The control plane's request to end this link (`None`: it cannot be named, its
     /// backend having been removed by a reload before a live upgrade brought it here).
     pub(crate) end: Option<&'a EndRequest>,
     /// Past this moment (`max_connection_duration` with its jitter) the link is closed
     /// as soon as it is quiet.
     pub(crate) max_age: Option<Instant>,
+}
+
+/// Who watches a link's answer times, and for what.
+#[derive(Clone, Copy)]
+pub(crate) struct AnswerWatch<'a> {
+    pub(crate) backend: &'a BackendState,
+    /// Feed each exchange's answer time to the backend's latency average (least_latency).
+    pub(crate) sample: bool,
+    /// Count a backend silent this long after a client's bytes as a passive failure.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// State both halves and the watchdog share. One task owns it, so `Cell` suffices.
@@ -177,9 +187,11 @@ struct Link<'a> {
     first_eof: Cell<Option<EndReason>>,
     last_activity: Cell<Instant>,
     counters: &'a WorkerCounters,
-    latency: Option<&'a BackendState>,
-    /// least_latency: when client bytes went to the backend with no answer seen since.
+    answers: Option<AnswerWatch<'a>>,
+    /// When client bytes went to the backend with no answer seen since.
     asked_at: Cell<Option<Instant>>,
+    /// This unanswered exchange was already counted as a response timeout.
+    silence_reported: Cell<bool>,
 }
 
 impl Link<'_> {
@@ -290,14 +302,14 @@ impl Link<'_> {
             Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
             Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
         }
-        if let Some(backend) = self.latency {
-            self.sample_answer_time(backend, dir, now);
+        if let Some(answers) = self.answers {
+            self.answer_time(answers, dir, now);
         }
     }
 
-    /// One sample per exchange: from the first client bytes forwarded after an answer to
-    /// the first backend bytes after them. Uses the time `touch` read anyway.
-    fn sample_answer_time(&self, backend: &BackendState, dir: Dir, now: Instant) {
+    /// One exchange: from the first client bytes forwarded after an answer to the first
+    /// backend bytes after them. Uses the time `touch` read anyway.
+    fn answer_time(&self, answers: AnswerWatch<'_>, dir: Dir, now: Instant) {
         match dir {
             Dir::ClientToBackend => {
                 if self.asked_at.get().is_none() {
@@ -305,8 +317,13 @@ impl Link<'_> {
                 }
             }
             Dir::BackendToClient => {
+                self.silence_reported.set(false);
                 if let Some(asked) = self.asked_at.take() {
-                    backend.record_latency(now.saturating_duration_since(asked));
+                    if answers.sample {
+                        answers
+                            .backend
+                            .record_latency(now.saturating_duration_since(asked));
+                    }
                 }
             }
         }
@@ -371,8 +388,9 @@ pub(crate) async fn relay(
                 .unwrap_or_else(Instant::now),
         ),
         counters: cx.counters,
-        latency: cx.latency,
+        answers: cx.answers,
         asked_at: Cell::new(None),
+        silence_reported: Cell::new(false),
     };
     let halves = async {
         tokio::join!(
@@ -435,6 +453,11 @@ async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infal
                 break None;
             }
             order = end_requested(cx.end) => break Some((order.reason(), order.mode)),
+            backend = unanswered(link) => {
+                // Passive health: one failure toward `fall`; the link itself goes on.
+                backend.record_response_timeout();
+                link.silence_reported.set(true);
+            }
             _ = old_and_quiet(link, cx.max_age) => {
                 break Some((EndReason::MaxDuration, EndMode::Close));
             }
@@ -455,6 +478,28 @@ async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infal
         None => {}
     }
     std::future::pending().await
+}
+
+/// Completes when client bytes have waited `response_timeout` for an answer (once per
+/// exchange); yields the backend to blame.
+async fn unanswered<'a>(link: &Link<'a>) -> &'a BackendState {
+    let Some((backend, timeout)) = link.answers.and_then(|a| a.timeout.map(|t| (a.backend, t)))
+    else {
+        return std::future::pending().await;
+    };
+    loop {
+        match link.asked_at.get() {
+            Some(asked) if !link.silence_reported.get() => {
+                let due = asked + timeout;
+                if Instant::now() >= due {
+                    return backend;
+                }
+                tokio::time::sleep_until(due.into()).await;
+            }
+            // Nothing asked, or this silence already counted: look again later.
+            _ => tokio::time::sleep(timeout).await,
+        }
+    }
 }
 
 async fn end_requested(end: Option<&EndRequest>) -> crate::outcome::EndOrder {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol};
-use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
+use ringlb_scheduler::{ActiveGuard, BackendState};
 use socket2::Socket;
 
 use super::connect::connect_backend;
@@ -19,7 +19,7 @@ use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::per_source;
 use crate::proxy_protocol;
-use crate::relay::{self, Frozen, RelayContext, RelayEnd};
+use crate::relay::{self, AnswerWatch, Frozen, RelayContext, RelayEnd};
 use crate::uring;
 
 /// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
@@ -89,7 +89,6 @@ pub(super) async fn serve(
         .backends()
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
-    let latency = sampled_latency(&snapshot, index);
     let client = Rc::new(client);
     let backend = Rc::new(backend);
     let header = proxy_header(settings.proxy_protocol, peer, || {
@@ -125,7 +124,6 @@ pub(super) async fn serve(
         label,
         owner: Some(active.state()),
         started,
-        latency,
     };
     forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
 }
@@ -140,16 +138,6 @@ struct Established<'a> {
     /// a connection handed over in a live upgrade whose backend a reload had removed.
     owner: Option<&'a BackendState>,
     started: Instant,
-    /// least_latency: the backend whose latency average this link's answer times feed.
-    latency: Option<&'a BackendState>,
-}
-
-/// The backend state to feed latency samples to, when the listener balances by latency.
-fn sampled_latency(snapshot: &Snapshot, index: usize) -> Option<&BackendState> {
-    (snapshot.algorithm() == Algorithm::LeastLatency)
-        .then(|| snapshot.backends().get(index))
-        .flatten()
-        .map(|b| &*b.state)
 }
 
 /// What the relay of one connection runs with: read once when the connection starts, so a
@@ -159,9 +147,21 @@ struct RelaySettings {
     forwarding: Forwarding,
     idle_timeout: Duration,
     max_duration: Option<Duration>,
+    /// least_latency: answer times feed the backend's latency average.
+    sample_latency: bool,
+    response_timeout: Option<Duration>,
 }
 
 impl RelaySettings {
+    /// What watches this link's answer times, if anything does.
+    fn answers(self, backend: &BackendState) -> Option<AnswerWatch<'_>> {
+        (self.sample_latency || self.response_timeout.is_some()).then_some(AnswerWatch {
+            backend,
+            sample: self.sample_latency,
+            timeout: self.response_timeout,
+        })
+    }
+
     fn of(listener: &Listener) -> RelaySettings {
         let (forwarding, idle_timeout) = match listener.tcp() {
             Some(tcp) => (tcp.forwarding, tcp.idle_timeout),
@@ -171,6 +171,8 @@ impl RelaySettings {
             forwarding,
             idle_timeout,
             max_duration: listener.lifecycle.max_connection_duration,
+            sample_latency: listener.algorithm == Algorithm::LeastLatency,
+            response_timeout: listener.tcp().and_then(|tcp| tcp.liveness.response_timeout),
         }
     }
 }
@@ -201,7 +203,7 @@ async fn forward(
             cut: &ctx.cut,
             handover: &ctx.handover,
             pipes: &ctx.pipes,
-            latency: link.latency,
+            answers: link.owner.and_then(|backend| settings.answers(backend)),
             end: registered.as_ref().map(|r| &*r.request),
             max_age,
         };
@@ -313,7 +315,6 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
-        latency: found.and_then(|i| sampled_latency(&snapshot, i)),
     };
     // The settings of this process's configuration for this listener.
     let relay_settings = RelaySettings::of(&settings);

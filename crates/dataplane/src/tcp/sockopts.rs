@@ -110,6 +110,7 @@ mod tests {
                 count: 4,
             }),
             user_timeout: Some(Duration::from_millis(2500)),
+            response_timeout: None,
         };
         set(&s, &liveness).unwrap_or_else(|e| panic!("{e}"));
         let read = (
@@ -140,6 +141,7 @@ mod tests {
             &Liveness {
                 keepalive: None,
                 user_timeout: Some(Duration::from_secs(1)),
+                response_timeout: None,
             },
         )
         .err()

@@ -101,6 +101,7 @@ struct BackendView {
     admin: AdminState,
     active: u32,
     connect_failures: u64,
+    response_timeouts: u64,
     transitions: u64,
     /// Effective weight scaled by the slow-start ramp.
     weight: f64,
@@ -166,7 +167,8 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
             up: b.state.is_up(),
             admin: b.admin_state(),
             active: b.state.active(),
-            connect_failures: b.state.passive_failures(),
+            connect_failures: b.state.connect_failures(),
+            response_timeouts: b.state.response_timeouts(),
             transitions: health
                 .get(&(shared.name.clone(), b.spec.label.clone()))
                 .map_or(0, |r| r.transitions),
@@ -432,6 +434,14 @@ pub fn render(registry: &Registry) -> String {
         "Client connects to the backend that were refused or timed out.",
         &all,
         |b| b.connect_failures,
+    );
+
+    out.per_backend(
+        "ringlb_backend_response_timeouts_total",
+        "counter",
+        "Exchanges the backend left unanswered for response_timeout after a client's bytes reached it (each a failure toward the health check's fall).",
+        &all,
+        |b| b.response_timeouts,
     );
 
     out.per_backend(

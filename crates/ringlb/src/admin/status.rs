@@ -48,7 +48,8 @@ pub fn listeners(registry: &Registry) -> Value {
                         "max_connections": b.spec.max_connections,
                         "up": b.state.is_up(),
                         "active_connections": b.state.active(),
-                        "connect_failures": b.state.passive_failures(),
+                        "connect_failures": b.state.connect_failures(),
+                        "response_timeouts": b.state.response_timeouts(),
                         "health_transitions": record.map_or(0, |r| r.transitions),
                         "last_transition": record.map_or(Value::Null, transition),
                     })
