@@ -287,14 +287,7 @@ impl Scheduler {
     /// Picks refuse a backend that is not `ready` from the moment its state is set.
     pub fn admin_changed(&self) -> Option<TierChange> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.current.load_full();
-        self.publish(
-            &mut writer,
-            old.algorithm(),
-            old.backends().to_vec(),
-            None,
-            true,
-        )
+        self.rebuild(&mut writer)
     }
 
     /// The steering tick (the control plane calls it a few times a second): moves slow
@@ -315,7 +308,7 @@ impl Scheduler {
             steer::wanted_of(old.backends(), writer.steering.min_active),
             &writer.pin,
         ) {
-            let _ = self.publish(writer, old.algorithm(), old.backends().to_vec(), None, true);
+            let _ = self.rebuild(writer);
         }
         (before, self.current.load().tiers_now())
     }
@@ -338,14 +331,13 @@ impl Scheduler {
             return None;
         }
         writer.pin.hold(Some(range));
+        self.rebuild(&mut writer)
+    }
+
+    /// Every table rebuilt from scratch over the current backends, after a steering look.
+    fn rebuild(&self, writer: &mut Writer) -> Option<TierChange> {
         let old = self.current.load_full();
-        self.publish(
-            &mut writer,
-            old.algorithm(),
-            old.backends().to_vec(),
-            None,
-            true,
-        )
+        self.publish(writer, old.algorithm(), old.backends().to_vec(), None, true)
     }
 
     /// A failback the policy holds back: the tiers health would use now, when they differ

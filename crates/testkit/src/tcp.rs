@@ -157,23 +157,9 @@ impl DelayedEchoBackend {
                 if let Err(e) = c.write_all(&greeting) {
                     return classify(&e);
                 }
-                let mut buf = vec![0u8; BUF];
-                loop {
-                    match c.read(&mut buf) {
-                        Ok(0) => {
-                            let _ = c.stream.shutdown(Shutdown::Write);
-                            return c.eof();
-                        }
-                        Ok(n) => {
-                            thread::sleep(Duration::from_micros(d.load(Ordering::Relaxed)));
-                            if let Err(e) = c.write_all(&buf[..n]) {
-                                return classify(&e);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return classify(&e),
-                    }
-                }
+                echo_loop_after(c, || {
+                    thread::sleep(Duration::from_micros(d.load(Ordering::Relaxed)));
+                })
             }),
         );
         DelayedEchoBackend { server, delay_us }
@@ -189,6 +175,11 @@ tcp_backend_common!(DelayedEchoBackend);
 
 /// Echoes until EOF (then shuts down its write side) or an error.
 pub(crate) fn echo_loop(c: &mut Conn) -> ConnEnd {
+    echo_loop_after(c, || {})
+}
+
+/// [`echo_loop`], calling `before_answer` before each echo (a slow backend sleeps there).
+fn echo_loop_after(c: &mut Conn, before_answer: impl Fn()) -> ConnEnd {
     let mut buf = vec![0u8; BUF];
     loop {
         match c.read(&mut buf) {
@@ -197,6 +188,7 @@ pub(crate) fn echo_loop(c: &mut Conn) -> ConnEnd {
                 return c.eof();
             }
             Ok(n) => {
+                before_answer();
                 if let Err(e) = c.write_all(&buf[..n]) {
                     return classify(&e);
                 }
