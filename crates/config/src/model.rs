@@ -25,6 +25,9 @@ pub struct Config {
     /// Where the operator's admin state (drain, maintenance, weights, node fail) is kept
     /// across restarts; `None`: it lasts as long as the process.
     pub state_file: Option<PathBuf>,
+    /// Append-only, hash-chained record of configuration loads, control commands,
+    /// upgrades and health transitions; `None`: not kept.
+    pub audit_log: Option<PathBuf>,
     pub listeners: Vec<Listener>,
 }
 

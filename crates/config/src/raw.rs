@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub access_log: Option<Scalar>,
     pub control: Option<Scalar>,
     pub state_file: Option<Scalar>,
+    pub audit_log: Option<Scalar>,
     pub listeners: Option<Vec<RawListener>>,
 }
 

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod audit;
 mod bounded;
 mod control;
 mod control_socket;
@@ -59,6 +60,12 @@ enum Command {
     /// Talk to a running instance over its control socket: status, drain, maint, ready,
     /// weight, failback, node fail|ok, upgrade.
     Ctl(ctl::CtlArgs),
+    /// Check an audit log (`audit_log:`): every record's hash and its link to the one
+    /// before. Exit 0 when the chain is intact, 1 with the first broken line otherwise.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Replace the running binary of an instance without dropping connections (the same
     /// as `ringlb ctl upgrade`).
     Upgrade {
@@ -73,9 +80,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Verify the hash chain of an audit log file.
+    Verify {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+}
+
 /// Exit status for an invalid configuration (or, for `explain`, an unknown listener name).
 /// Runtime failures exit 1, so a script can tell a bad file from a failed start.
 const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn audit_verify(path: &std::path::Path) -> ExitCode {
+    match audit::verify(path) {
+        Ok(v) => {
+            println!(
+                "{}: {} record(s), chain intact, {} .. {}, last hash {}",
+                path.display(),
+                v.records,
+                v.first_ts.as_deref().unwrap_or("-"),
+                v.last_ts.as_deref().unwrap_or("-"),
+                v.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringlb audit verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -88,6 +124,9 @@ fn main() -> ExitCode {
             client,
         } => explain(&config, &listener, client),
         Command::Ctl(args) => ctl::run(args),
+        Command::Audit {
+            action: AuditAction::Verify { path },
+        } => audit_verify(&path),
         Command::Upgrade {
             target,
             binary,

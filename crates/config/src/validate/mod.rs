@@ -115,6 +115,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .state_file
         .as_ref()
         .and_then(|s| absolute_path(&mut errs, "state_file", s, None));
+    let audit_log = raw
+        .audit_log
+        .as_ref()
+        .and_then(|s| absolute_path(&mut errs, "audit_log", s, None));
 
     let mut listeners = Vec::new();
     match &raw.listeners {
@@ -144,6 +148,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             access_log,
             control,
             state_file,
+            audit_log,
             listeners,
         })
     } else {
@@ -465,7 +470,7 @@ mod tests {
             c.state_file,
             Some(std::path::PathBuf::from("/var/lib/ringlb/state.json"))
         );
-        for key in ["control", "state_file"] {
+        for key in ["control", "state_file", "audit_log"] {
             for (bad, needle) in [
                 ("ringlb.sock", "is not an absolute path"),
                 ("\"\"", "is empty"),

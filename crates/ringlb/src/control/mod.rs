@@ -23,6 +23,7 @@ macro_rules! warn { ($($arg:tt)+) => { log::warn!(target: "ringlb::control", $($
 macro_rules! error { ($($arg:tt)+) => { log::error!(target: "ringlb::control", $($arg)+) }; }
 
 mod admin_book;
+mod audited;
 mod commands;
 mod inherit;
 mod listeners;
@@ -82,6 +83,8 @@ struct ControlPlane {
     /// The tiers each listener used at the last look: `on_recover` sheds connections on
     /// tiers that fell out of use.
     tiers_seen: HashMap<String, Option<ringlb_scheduler::TierRange>>,
+    /// `audit_log`, when configured.
+    audit: Option<std::cell::RefCell<crate::audit::AuditLog>>,
 }
 
 impl ControlPlane {
@@ -127,8 +130,7 @@ impl ControlPlane {
                 }
                 recv(self.requests) -> request => {
                     if let Ok(r) = request {
-                        let reply = self.handle_request(r.request);
-                        let _ = r.reply.send(reply);
+                        self.handle_audited(r, false);
                     }
                 }
             }

@@ -97,6 +97,9 @@ impl ControlPlane {
             Ok(config) => config,
             Err(errors) => return self.reject(&errors),
         };
+        if new.audit_log != self.config.audit_log {
+            self.reopen_audit(new.audit_log.as_deref());
+        }
         let old_state_file = self.config.state_file.clone();
         let plan = plan(&self.config, &new);
         let applied = self.apply(plan, &new);
@@ -121,6 +124,15 @@ impl ControlPlane {
         self.restart_prober();
         self.registry.reloads_ok.fetch_add(1, Ordering::Relaxed);
         info!("{applied}");
+        self.audit(
+            "reload",
+            serde_json::json!({
+                "result": "ok",
+                "config": self.path.display().to_string(),
+                "config_sha256": super::audited::config_digest(&self.path),
+                "summary": applied.to_string(),
+            }),
+        );
     }
 
     fn reject(&self, errors: &ConfigErrors) {
@@ -133,6 +145,15 @@ impl ControlPlane {
         for e in &errors.errors {
             error!("error: {e}");
         }
+        self.audit(
+            "reload",
+            serde_json::json!({
+                "result": "rejected",
+                "config": self.path.display().to_string(),
+                "config_sha256": super::audited::config_digest(&self.path),
+                "errors": errors.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        );
     }
 
     /// Carries `plan` out: renames first (their sockets stay), then removals, updates in

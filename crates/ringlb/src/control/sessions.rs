@@ -62,6 +62,7 @@ impl ControlPlane {
     /// connections ended if its `on_down` says so.
     pub(super) fn on_transition(&self, t: &Transition) {
         self.log_transition(t);
+        self.audit_transition(t);
         if !t.up {
             self.on_down(t);
         }

@@ -23,6 +23,10 @@ impl ControlPlane {
         signals: &Receiver<ControlSignal>,
         transitions: &Receiver<Transition>,
     ) {
+        // After a live upgrade the audit log is the new process's to write.
+        if signal != Signal::SIGUSR2 {
+            self.audit("shutdown", serde_json::json!({ "signal": signal.as_str() }));
+        }
         // The listening sockets close once the workers drop theirs: new connects are
         // refused for the whole drain, not queued on copies kept for a live upgrade.
         self.sockets.clear();
@@ -82,8 +86,7 @@ impl ControlPlane {
                 }
                 recv(self.requests) -> request => {
                     if let Ok(r) = request {
-                        let reply = self.handle_request_draining(r.request);
-                        let _ = r.reply.send(reply);
+                        self.handle_audited(r, true);
                     }
                 }
                 default(left) => break,

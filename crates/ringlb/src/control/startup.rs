@@ -48,6 +48,8 @@ pub enum RunError {
         socket: String,
         pid: u32,
     },
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot block signals: {0}")]
     Signals(nix::Error),
     #[error("cannot start {what}: {source}")]
@@ -240,7 +242,12 @@ fn start(
     }
 
     let (transition_tx, transition_rx) = crossbeam_channel::unbounded();
+    let upgraded = inherited.is_some();
     let book = inherited.as_mut().and_then(|i| i.book.take());
+    let audit = match config.audit_log.as_deref() {
+        Some(path) => Some(std::cell::RefCell::new(crate::audit::AuditLog::open(path)?)),
+        None => None,
+    };
     let plane = ControlPlane {
         path,
         workers,
@@ -257,7 +264,19 @@ fn start(
         admin_socket,
         handed_over: None,
         tiers_seen: HashMap::new(),
+        audit,
     };
+    plane.audit(
+        "start",
+        serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "config": plane.path.display().to_string(),
+            "config_sha256": super::audited::config_digest(&plane.path),
+            "listeners": plane.config.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            "upgrade": upgraded,
+        }),
+    );
     Ok(Started {
         plane: plane.start(bound, book),
         admin,

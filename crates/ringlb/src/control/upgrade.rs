@@ -56,6 +56,15 @@ impl ControlPlane {
         binary: Option<PathBuf>,
     ) -> Result<UpgradeOutcome, String> {
         self.registry.readiness.set_phase(Phase::HandingOver);
+        // Written before the new process starts (and opens the log): after a successful
+        // handover this process writes no more.
+        self.audit(
+            "upgrade",
+            serde_json::json!({
+                "phase": "starting",
+                "binary": binary.as_ref().map(|b| b.display().to_string()),
+            }),
+        );
         let result = self.upgrade(binary);
         match result {
             Ok(handed) => {
@@ -67,6 +76,10 @@ impl ControlPlane {
             }
             Err(e) => {
                 self.registry.readiness.set_phase(Phase::Serving);
+                self.audit(
+                    "upgrade",
+                    serde_json::json!({ "phase": "failed", "reason": e }),
+                );
                 Err(e)
             }
         }

@@ -48,6 +48,31 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ControlRequest {
     pub request: Request,
     pub reply: Sender<Reply>,
+    /// Who asked: the peer's credentials (for the audit log).
+    pub peer: Peer,
+}
+
+/// The uid and pid of the process on the other end of a control connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> Peer {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        match getsockopt(stream, PeerCredentials) {
+            Ok(cred) => Peer {
+                uid: Some(cred.uid()),
+                pid: Some(cred.pid()),
+            },
+            Err(_) => Peer {
+                uid: None,
+                pid: None,
+            },
+        }
+    }
 }
 
 /// The running control socket. [`stop`](Self::stop) or drop stops accepting, joins the
@@ -211,13 +236,14 @@ fn serve_connection(
     if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
     }
+    let peer = Peer::of(&stream);
     let mut reader = LineReader::new(MAX_REQUEST_LINE);
     loop {
         let reply = match reader.read_line(&mut stream, Instant::now() + IDLE_TIMEOUT) {
             Line::Complete(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Complete(line) => match decode(&line) {
                 Ok(Request::Ping) => ping(registry),
-                Ok(request) => ask_control_plane(requests, request),
+                Ok(request) => ask_control_plane(requests, request, peer),
                 Err(e) => Reply::refused(e.to_string()),
             },
             Line::TooLong => {
@@ -251,7 +277,7 @@ fn ping(registry: &Registry) -> Reply {
     Reply::Ok(fields)
 }
 
-fn ask_control_plane(requests: &Sender<ControlRequest>, request: Request) -> Reply {
+fn ask_control_plane(requests: &Sender<ControlRequest>, request: Request, peer: Peer) -> Reply {
     let timeout = match request {
         Request::Upgrade { .. } => UPGRADE_ANSWER_TIMEOUT,
         _ => ANSWER_TIMEOUT,
@@ -259,7 +285,11 @@ fn ask_control_plane(requests: &Sender<ControlRequest>, request: Request) -> Rep
     let command = request.command();
     let (tx, rx) = crossbeam_channel::bounded(1);
     if requests
-        .send(ControlRequest { request, reply: tx })
+        .send(ControlRequest {
+            request,
+            reply: tx,
+            peer,
+        })
         .is_err()
     {
         return Reply::refused("shutting down: the control plane has stopped");
