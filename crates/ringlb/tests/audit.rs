@@ -55,16 +55,7 @@ fn control_reload_health_and_shutdown_are_chained_and_verified() {
     );
     let mut lb = Ringlb::builder(bin(), &yaml).start();
     assert!(lb.wait_for_log("] ready: ", READY_TIMEOUT));
-    let ctl = |args: &[&str]| {
-        let out = Command::new(bin())
-            .arg("ctl")
-            .arg("--config")
-            .arg(lb.config_path())
-            .args(args)
-            .output()
-            .expect("ctl");
-        exit_code(out.status)
-    };
+    let ctl = |args: &[&str]| ringlb_testkit::ctl(bin(), lb.config_path(), args).0;
     let label = backend.addr().to_string();
     assert_eq!(ctl(&["drain", "t", &label]), 0);
     assert_eq!(ctl(&["status"]), 0, "read-only: not recorded");

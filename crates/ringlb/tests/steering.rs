@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,15 +86,9 @@ fn flip(lb: &Ringlb, mark: usize, backend: SocketAddr, up: bool) -> SystemTime {
 }
 
 fn ctl(lb: &Ringlb, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .arg("ctl")
-        .arg("--config")
-        .arg(lb.config_path())
-        .args(args)
-        .output()
-        .expect("run ringlb ctl");
-    assert!(out.status.success(), "ctl {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (code, out, err) = ringlb_testkit::ctl(bin(), lb.config_path(), args);
+    assert_eq!(code, 0, "ctl {args:?}: {out} {err}");
+    out
 }
 
 fn in_use(lb: &Ringlb, backend: SocketAddr) -> bool {
