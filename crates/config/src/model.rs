@@ -15,6 +15,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// SIGTERM/SIGINT: how long established connections may drain before they are cut.
     pub shutdown_timeout: Duration,
+    /// SIGTERM/SIGINT: how long `/ready` answers 503 while the listeners still accept, so
+    /// that routers following it (a BGP announcement) stop sending new flows first.
+    pub withdraw_delay: Duration,
     /// Default log level; `RUST_LOG` overrides it.
     pub log_level: log::LevelFilter,
     /// One info line per finished TCP connection / expired UDP session.

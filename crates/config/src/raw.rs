@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     pub workers: Option<Scalar>,
     pub admin: Option<Scalar>,
     pub shutdown_timeout: Option<Scalar>,
+    pub withdraw_delay: Option<Scalar>,
     pub log_level: Option<Scalar>,
     pub access_log: Option<Scalar>,
     pub control: Option<Scalar>,

@@ -16,6 +16,9 @@ pub struct Explanation {
     pub client: SocketAddr,
     /// `None`: no backend qualifies.
     pub backend: Option<Chosen>,
+    /// The hashing table's fingerprint (`source_hash`, `maglev`): equal on every instance
+    /// that sends each client where this one does.
+    pub fingerprint: Option<String>,
 }
 
 /// The backend an [`Explanation`] names.
@@ -44,6 +47,7 @@ pub fn explain(listener: &Listener, client: SocketAddr) -> Explanation {
         algorithm: listener.algorithm,
         client,
         backend,
+        fingerprint: snapshot.fingerprint().map(str::to_string),
     }
 }
 
@@ -70,6 +74,12 @@ impl fmt::Display for Explanation {
                 p => format!(" (backup, priority {p})"),
             }
         )?;
+        if let Some(fingerprint) = &self.fingerprint {
+            write!(
+                f,
+                "\ntable fingerprint {fingerprint}: every instance in front of the same backends shows the same"
+            )?;
+        }
         if !pins_clients(self.algorithm) {
             write!(
                 f,
@@ -120,10 +130,12 @@ mod tests {
                 let snapshot = Scheduler::for_listener(&l).snapshot();
                 let i = snapshot.pick(c.ip(), 0, &Tried::new()).unwrap();
                 let label = &snapshot.backends()[i].spec.label;
+                let fingerprint = snapshot.fingerprint().expect("a hashing table");
                 assert_eq!(
                     e.to_string(),
                     format!(
-                        "listener t ({}): client {c} -> backend {label}",
+                        "listener t ({}): client {c} -> backend {label}\n\
+                         table fingerprint {fingerprint}: every instance in front of the same backends shows the same",
                         algorithm.as_str()
                     )
                 );
@@ -168,10 +180,49 @@ mod tests {
                 priority: 1
             })
         );
-        assert_eq!(
-            e.to_string(),
-            "listener t (maglev): client 192.0.2.1:5 -> backend 10.0.0.9:80 (backup, priority 1)"
-        );
+        assert!(e.to_string().starts_with(
+            "listener t (maglev): client 192.0.2.1:5 -> backend 10.0.0.9:80 (backup, priority 1)\ntable fingerprint "
+        ));
+    }
+
+    #[test]
+    fn the_order_backends_are_written_in_changes_no_pick_and_no_fingerprint() {
+        let forward = [
+            "addr: 10.0.0.1:80",
+            "addr: 10.0.0.2:80",
+            "{addr: 10.0.0.3:80, weight: 3}",
+        ];
+        let reversed = [
+            "{addr: 10.0.0.3:80, weight: 3}",
+            "addr: 10.0.0.2:80",
+            "addr: 10.0.0.1:80",
+        ];
+        for algorithm in [Algorithm::SourceHash, Algorithm::Maglev] {
+            let a = listener(algorithm, &forward);
+            let b = listener(algorithm, &reversed);
+            for n in 0..500u32 {
+                let c = SocketAddr::from((std::net::Ipv4Addr::from(0x0a64_0000 + n), 5));
+                assert_eq!(explain(&a, c), explain(&b, c), "{algorithm:?} {c}");
+            }
+            let fa = Scheduler::for_listener(&a)
+                .snapshot()
+                .fingerprint()
+                .map(str::to_string);
+            assert!(fa.is_some());
+            // A different weight is a different table.
+            let c = listener(
+                algorithm,
+                &[
+                    "addr: 10.0.0.1:80",
+                    "addr: 10.0.0.2:80",
+                    "addr: 10.0.0.3:80",
+                ],
+            );
+            assert_ne!(
+                fa.as_deref(),
+                Scheduler::for_listener(&c).snapshot().fingerprint()
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use ringlb_config::{Algorithm, Failback, Steering};
 
-use crate::hash::{client_hash, fmix64, rehash, scale};
+use crate::explain::pins_clients;
+use crate::hash::{client_hash, fmix64, name_hash, rehash, scale, NAME_BASIS_OFFSET};
 use crate::state::FULL_RAMP;
 use crate::steer::{in_use, Pin, TierRange, RAMP_FLOOR};
 use crate::tables::{maglev, maglev_restrict, maglev_table_size, smooth_wrr, WeightedSet};
@@ -107,6 +108,26 @@ pub struct Snapshot {
     /// were built; `health_changed` skips a rebuild when that is unchanged.
     built_up: Box<[bool]>,
     maglev_size: Option<usize>,
+    fingerprint: Option<String>,
+}
+
+/// See [`Snapshot::fingerprint`]: the algorithm, then for each table entry in order the
+/// backend's address (and weight for source_hash's weighted set), hashed.
+fn fingerprint(algorithm: Algorithm, tier: &Tier, backends: &[Backend]) -> Option<String> {
+    let entries: &[u32] = match &tier.table {
+        Table::Maglev { table, .. } => table,
+        Table::Weighted(set) if algorithm == Algorithm::SourceHash => &set.members,
+        _ => return None,
+    };
+    let mut h = name_hash(algorithm.as_str().as_bytes(), NAME_BASIS_OFFSET);
+    for &i in entries {
+        let b = &backends[i as usize];
+        h = name_hash(b.spec.addr.to_string().as_bytes(), h);
+        if algorithm == Algorithm::SourceHash {
+            h = name_hash(&b.effective_weight().to_le_bytes(), h);
+        }
+    }
+    Some(format!("{:016x}", fmix64(h)))
 }
 
 impl fmt::Debug for Snapshot {
@@ -178,10 +199,15 @@ impl Snapshot {
         let maglev_size =
             (algorithm == Algorithm::Maglev).then(|| maglev_table_size(backends.len()) as usize);
         let tier = |range: Option<TierRange>| {
-            let members: Vec<u32> = (0..backends.len())
+            let mut members: Vec<u32> = (0..backends.len())
                 .filter(|&i| range.is_some_and(|r| r.contains(backends[i].spec.priority)))
                 .map(|i| i as u32)
                 .collect();
+            if pins_clients(algorithm) {
+                // Every instance in front of the same backends must pick alike, however
+                // each one's file lists them: the hashing tables go by address.
+                members.sort_by_key(|&i| backends[i as usize].spec.addr);
+            }
             // Tables that depend on health cover the members taking connections now (up,
             // ready, weighted); when none is, all of them (the live check in `pick` still
             // refuses the others until the rebuild).
@@ -247,6 +273,7 @@ impl Snapshot {
             }
         };
         let serving = tier(range);
+        let fingerprint = fingerprint(algorithm, &serving, &backends);
         Snapshot {
             algorithm,
             backends,
@@ -259,7 +286,15 @@ impl Snapshot {
             cursor: Cursor::default(),
             built_up,
             maglev_size,
+            fingerprint,
         }
+    }
+
+    /// For `source_hash` and `maglev`: a hash of which backend (by address) each client
+    /// hash leads to in the tables in use, as 16 hex digits. Instances showing the same
+    /// fingerprint send every client to the same backend; `None` for other algorithms.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     pub fn algorithm(&self) -> Algorithm {

@@ -32,6 +32,11 @@ use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 
 // Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `withdraw_delay` when an admin endpoint is configured: about the time a BGP withdrawal
+/// takes to reach every router of a small fabric.
+pub const DEFAULT_WITHDRAW_DELAY: Duration = Duration::from_secs(2);
+/// Longest `withdraw_delay`.
+pub const MAX_WITHDRAW_DELAY: Duration = Duration::from_secs(300);
 /// Above Linux's SYN retransmissions at 1 s and 3 s (initial RTO 1 s, doubling), so one
 /// attempt survives two lost SYNs and still has 0.5 s for the third SYN's answer; at 1 s
 /// the attempt would give up exactly when the first retransmission goes out.
@@ -79,6 +84,32 @@ impl Errors {
 }
 
 /// Turns the raw file into the typed model, or returns every problem found.
+/// `withdraw_delay`: explicit, or 2 s when there is an admin endpoint whose `/ready` a
+/// router or announcement agent can follow (a BGP withdrawal takes about that long to
+/// reach every router), else 0.
+fn withdraw_delay(errs: &mut Errors, raw: &RawConfig, admin: bool) -> Duration {
+    let default = if admin {
+        DEFAULT_WITHDRAW_DELAY
+    } else {
+        Duration::ZERO
+    };
+    let d = opt_duration(
+        errs,
+        "withdraw_delay",
+        raw.withdraw_delay.as_ref(),
+        default,
+        ZeroOk::Yes,
+    );
+    if d > MAX_WITHDRAW_DELAY {
+        errs.push(
+            "withdraw_delay",
+            format!("{d:?} is longer than the maximum of 5m: a stop would wait that long before it even starts draining"),
+        );
+        return default;
+    }
+    d
+}
+
 pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut errs = Errors::default();
 
@@ -97,6 +128,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         DEFAULT_SHUTDOWN_TIMEOUT,
         ZeroOk::Yes,
     );
+    let withdraw_delay = withdraw_delay(&mut errs, &raw, admin.is_some());
     let log_level = raw
         .log_level
         .as_ref()
@@ -144,6 +176,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             workers,
             admin,
             shutdown_timeout,
+            withdraw_delay,
             log_level,
             access_log,
             control,

@@ -67,6 +67,7 @@ pub fn listeners(registry: &Registry) -> Value {
                 "min_active": settings.steering.min_active,
                 "slow_start": settings.steering.slow_start.map(|d| humantime::format_duration(d).to_string()),
                 "tiers_in_use": snapshot.tiers_now().map(TierRange::describe),
+                "table_fingerprint": snapshot.fingerprint(),
                 "failback_pending": shared.scheduler.failback_pending().map(TierRange::describe),
                 "backends": backends,
             })

@@ -27,12 +27,21 @@ impl ControlPlane {
         if signal != Signal::SIGUSR2 {
             self.audit("shutdown", serde_json::json!({ "signal": signal.as_str() }));
         }
+        self.registry.readiness.set_phase(Phase::Draining);
+        notify_or_log("STOPPING=1");
+        let delay = self.config.withdraw_delay;
+        if signal != Signal::SIGUSR2 && !delay.is_zero() {
+            info!(
+                "{signal}: /ready answers 503; still accepting for withdraw_delay {delay:?} so routers following it stop sending new connections first"
+            );
+            if !self.withdraw(delay, signals, transitions) {
+                warn!("shutdown signal again: skipping the rest of withdraw_delay");
+            }
+        }
         // The listening sockets close once the workers drop theirs: new connects are
         // refused for the whole drain, not queued on copies kept for a live upgrade.
         self.sockets.clear();
         let timeout = self.config.shutdown_timeout;
-        self.registry.readiness.set_phase(Phase::Draining);
-        notify_or_log("STOPPING=1");
         let live: u32 = self.listeners.values().map(|l| l.active()).sum();
         info!("{signal}: stopped accepting; draining {live} connection(s) for up to {timeout:?}");
         self.drain(timeout, signals, transitions);
@@ -47,6 +56,43 @@ impl ControlPlane {
         }
         for worker in self.workers.drain(..) {
             worker.join();
+        }
+    }
+
+    /// Phase 0: `/ready` already answers 503 and the listeners still accept for `delay`,
+    /// while health transitions and control requests are served. Returns false when a
+    /// second shutdown signal cut it short.
+    fn withdraw(
+        &mut self,
+        delay: Duration,
+        signals: &Receiver<ControlSignal>,
+        transitions: &Receiver<Transition>,
+    ) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            select! {
+                recv(signals) -> s => {
+                    if let Ok(ControlSignal::Shutdown(_)) = s {
+                        return false;
+                    }
+                }
+                recv(transitions) -> t => {
+                    if let Ok(t) = t {
+                        self.on_transition(&t);
+                    }
+                }
+                recv(self.requests) -> request => {
+                    if let Ok(r) = request {
+                        self.handle_audited(r, true);
+                    }
+                }
+                recv(self.events) -> _ => {}
+                default(left) => return true,
+            }
         }
     }
 
