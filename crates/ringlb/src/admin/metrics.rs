@@ -125,6 +125,11 @@ struct ListenerView {
     bulk_buffer_grows: u64,
     source_entries: u64,
     source_untracked: u64,
+    /// Entries and slots of the sticky table, when the listener has one.
+    sticky_fill: Option<(usize, usize)>,
+    sticky_hits: u64,
+    sticky_misses: u64,
+    sticky_evictions: u64,
     udp_sessions: u64,
     udp_created: u64,
     udp_expired: u64,
@@ -194,6 +199,10 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         bulk_buffer_grows: sum(shared, |w| w.bulk_buffer_grows.get()),
         source_entries: shared.sources.len() as u64,
         source_untracked: sum(shared, |w| w.source_untracked.get()),
+        sticky_fill: snapshot.sticky_fill(),
+        sticky_hits: sum(shared, |w| w.sticky_hits.get()),
+        sticky_misses: sum(shared, |w| w.sticky_misses.get()),
+        sticky_evictions: sum(shared, |w| w.sticky_evictions.get()),
         udp_sessions: if i64::try_from(udp_sessions).is_ok() {
             udp_sessions
         } else {
@@ -222,6 +231,7 @@ pub fn render(registry: &Registry) -> String {
         .filter(|v| v.protocol == Protocol::Udp)
         .collect();
     let all: Vec<&ListenerView> = views.iter().collect();
+    let sticky: Vec<&ListenerView> = views.iter().filter(|v| v.sticky_fill.is_some()).collect();
     let mut out = Exposition::default();
 
     out.family(
@@ -323,6 +333,47 @@ pub fn render(registry: &Registry) -> String {
         "New sources admitted without per-source limits because the per_source table held per_source.max_sources.",
         &tcp,
         |v| v.source_untracked,
+    );
+
+    let fill = |v: &ListenerView| v.sticky_fill.unwrap_or_default();
+    out.per_listener(
+        "ringlb_sticky_entries",
+        "gauge",
+        "stickiness: client keys the listener's table remembers now (expired ones until the sweep clears them, within seconds).",
+        &sticky,
+        |v| fill(v).0 as u64,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_table_size",
+        "gauge",
+        "stickiness: slots of the listener's table, the most entries it holds (table_size rounded up to a multiple of 8).",
+        &sticky,
+        |v| fill(v).1 as u64,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_hits_total",
+        "counter",
+        "stickiness: connections that went to the backend their key last used.",
+        &sticky,
+        |v| v.sticky_hits,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_misses_total",
+        "counter",
+        "stickiness: connections balanced afresh: no entry, an expired one, or a backend that could not take them.",
+        &sticky,
+        |v| v.sticky_misses,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_evictions_total",
+        "counter",
+        "stickiness: new entries that pushed out a live one because their bucket was full: raise table_size.",
+        &sticky,
+        |v| v.sticky_evictions,
     );
 
     out.family(

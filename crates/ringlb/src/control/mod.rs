@@ -14,6 +14,8 @@
 //! - `admin_book`: the operator's admin state and weights, and the `state_file`.
 //! - `ports`: refusing a port another process already serves.
 //! - `upgrade`: the live-upgrade hook.
+//! - `sticky`: learned stickiness: its tick, the tables kept across reloads, upgrades and
+//!   restarts, `ringlb ctl stick`.
 
 // Every control-plane line keeps the target `ringlb::control`, whichever file of this
 // module writes it: operators filter (`RUST_LOG`) and grep on it.
@@ -33,6 +35,7 @@ mod sessions;
 mod shutdown;
 mod startup;
 mod steering;
+mod sticky;
 
 pub(crate) use steering::failback_name;
 mod upgrade;
@@ -79,6 +82,8 @@ struct ControlPlane {
     admin_socket: Option<std::net::TcpListener>,
     /// Set by a live upgrade that handed everything over: the serve loop then exits.
     handed_over: Option<upgrade::Handed>,
+    /// Sticky tables waiting for their listener, and their state file.
+    sticky: sticky::StickyKeeper,
 }
 
 impl ControlPlane {

@@ -44,6 +44,10 @@ impl ControlPlane {
         for worker in self.workers.drain(..) {
             worker.join();
         }
+        // After a live upgrade the tables are the new process's to keep.
+        if signal != Signal::SIGUSR2 {
+            self.save_sticky_now();
+        }
     }
 
     /// Phase 1: every worker stops accepting; waits until all report `Drained`, `timeout`

@@ -241,6 +241,10 @@ fn start(
 
     let (transition_tx, transition_rx) = crossbeam_channel::unbounded();
     let book = inherited.as_mut().and_then(|i| i.book.take());
+    let mut sticky = super::sticky::StickyKeeper::default();
+    if let Some(dumps) = inherited.as_mut().and_then(|i| i.sticky.take()) {
+        sticky.inherit(dumps);
+    }
     let plane = ControlPlane {
         path,
         workers,
@@ -256,6 +260,7 @@ fn start(
         sockets: HashMap::new(),
         admin_socket,
         handed_over: None,
+        sticky,
     };
     Ok(Started {
         plane: plane.start(bound, book),
@@ -334,9 +339,9 @@ fn await_started(events: &Receiver<WorkerEvent>, count: usize) -> Result<(), Run
 }
 
 impl ControlPlane {
-    /// Restores the operator's admin state (handed over by the previous process in a live
-    /// upgrade, else `state_file`), hands the listeners bound by `run` to the workers and
-    /// starts the prober.
+    /// Restores the operator's admin state and the sticky tables (handed over by the
+    /// previous process in a live upgrade, else `state_file`), hands the listeners bound by
+    /// `run` to the workers and starts the prober.
     fn start(
         mut self,
         bound: Vec<(Listener, Vec<Socket>, SocketAddr)>,
@@ -347,11 +352,15 @@ impl ControlPlane {
                 self.registry.readiness.set_node_failed(book.node_failed);
                 self.book = book;
             }
-            None => self.load_book(),
+            None => {
+                self.load_book();
+                self.load_sticky();
+            }
         }
         for (listener, sockets, addr) in bound {
             self.start_listener(listener, sockets, addr);
         }
+        self.forget_pending_sticky();
         self.sync_book();
         self.publish_registry();
         self.restart_prober();

@@ -70,6 +70,7 @@ impl ControlPlane {
                 log::warn!("{e}");
             }
         }
+        self.sticky_tick();
     }
 
     /// `ringlb ctl failback LISTENER`.
