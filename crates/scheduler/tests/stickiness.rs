@@ -32,6 +32,14 @@ fn label(snapshot: &Snapshot, index: usize) -> String {
     snapshot.backends()[index].spec.label.clone()
 }
 
+fn index_of(snapshot: &Snapshot, label: &str) -> usize {
+    snapshot
+        .backends()
+        .iter()
+        .position(|b| b.spec.label == label)
+        .expect("a backend of that label")
+}
+
 /// One connection of `peer` as the data plane makes it: the sticky target first, else a
 /// normal pick, then remembered. Returns the backend's label and whether it was a hit.
 fn connect(s: &Scheduler, peer: SocketAddr, random: u64, now: u32) -> (String, bool) {
@@ -93,11 +101,7 @@ fn a_backend_that_cannot_take_the_client_is_replaced_and_the_entry_follows() {
     let s = Scheduler::for_listener(&listener("round_robin", "{}", &[1, 2]));
     let (first, _) = connect(&s, client(1), 0, NOW);
     let snapshot = s.snapshot();
-    let i = snapshot
-        .backends()
-        .iter()
-        .position(|b| b.spec.label == first)
-        .unwrap();
+    let i = index_of(&snapshot, &first);
     snapshot.backends()[i].state.set_up(false);
     s.health_changed();
     let (second, hit) = connect(&s, client(1), 0, NOW + 1);
@@ -157,11 +161,7 @@ fn single_active_moves_everyone_on_failure_and_not_back() {
         );
     }
     let snapshot = s.snapshot();
-    let i = snapshot
-        .backends()
-        .iter()
-        .position(|b| b.spec.label == active)
-        .unwrap();
+    let i = index_of(&snapshot, &active);
     snapshot.backends()[i].state.set_up(false);
     s.health_changed();
     // The tick moves it before any client comes.

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::scalar::{boolean, choice, duration, opt_int, ZeroOk};
+use super::scalar::{boolean, choice, opt_int, whole_seconds};
 use super::Errors;
 use crate::model::{Stickiness, StickinessKey};
 use crate::raw::{RawStickiness, Scalar};
@@ -94,18 +94,7 @@ pub(super) fn stickiness(
 
 /// Whole seconds, 1s..=30d: ages are counted in seconds.
 fn expire(errs: &mut Errors, path: &str, s: &Scalar) -> Option<Duration> {
-    let d = duration(errs, path, s, ZeroOk::No)?;
-    if d.subsec_nanos() != 0 {
-        errs.push(
-            path,
-            format!(
-                "{} is not a whole number of seconds: entries age in whole seconds, write e.g. \"{}s\"",
-                s.shown(),
-                d.as_secs().max(1)
-            ),
-        );
-        return None;
-    }
+    let d = whole_seconds(errs, path, s, "entries age in whole seconds")?;
     if d > MAX_STICKY_EXPIRE {
         errs.push(
             path,
@@ -113,7 +102,7 @@ fn expire(errs: &mut Errors, path: &str, s: &Scalar) -> Option<Duration> {
         );
         return None;
     }
-    // `duration` refuses zero, and a whole number of seconds above zero is at least 1s.
+    // Zero is refused, and a whole number of seconds above zero is at least 1s.
     Some(d)
 }
 

@@ -765,6 +765,36 @@ mod tests {
     }
 
     #[test]
+    fn sticky_families_only_for_listeners_with_stickiness() {
+        let pay = listener("pay", Protocol::Tcp, &["127.0.0.1:9001"], 2);
+        pay.scheduler
+            .set_stickiness(Some(ringlb_config::Stickiness {
+                key: ringlb_config::StickinessKey::SourceIp,
+                table_size: 100,
+                expire: std::time::Duration::from_secs(60),
+                single_active: false,
+            }));
+        pay.workers[0].sticky_hits.add(4);
+        pay.workers[1].sticky_hits.add(1);
+        pay.workers[1].sticky_misses.add(2);
+        let plain = listener("plain", Protocol::Tcp, &["127.0.0.1:9002"], 1);
+        let text = render(&registry_with(vec![pay, plain]));
+        for line in [
+            "ringlb_sticky_entries{listener=\"pay\"} 0",
+            "ringlb_sticky_table_size{listener=\"pay\"} 104",
+            "ringlb_sticky_hits_total{listener=\"pay\"} 5",
+            "ringlb_sticky_misses_total{listener=\"pay\"} 2",
+            "ringlb_sticky_evictions_total{listener=\"pay\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("ringlb_sticky_hits_total{listener=\"plain\"}"));
+    }
+
+    #[test]
     fn renders_summed_worker_counters_and_backend_state() {
         let web = listener(
             "web",

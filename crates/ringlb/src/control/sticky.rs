@@ -74,6 +74,11 @@ impl StickyKeeper {
     }
 }
 
+/// `1 sticky entry`, `30 sticky entries`.
+fn entry_count(n: usize) -> String {
+    format!("{n} sticky entr{}", if n == 1 { "y" } else { "ies" })
+}
+
 /// One line per change of a `single_active` listener's backend: a warning when clients
 /// are moved away from one, info for the first choice.
 fn log_active_change(listener: &str, change: &ActiveChange) {
@@ -250,8 +255,8 @@ impl ControlPlane {
             _ => String::new(),
         };
         info!(
-            "listener \"{name}\": {restored} of {} sticky entr(y/ies) restored from {from}{active}",
-            dump.entries.len()
+            "listener \"{name}\": {restored} of {} restored from {from}{active}",
+            entry_count(dump.entries.len())
         );
     }
 
@@ -274,8 +279,8 @@ impl ControlPlane {
     pub(super) fn forget_pending_sticky(&mut self) {
         for (name, (dump, from)) in self.sticky.pending.drain() {
             info!(
-                "{} sticky entr(y/ies) of listener \"{name}\" from {from} dropped: no such listener runs",
-                dump.entries.len()
+                "{} of listener \"{name}\" from {from} dropped: no such listener runs",
+                entry_count(dump.entries.len())
             );
         }
     }
@@ -307,8 +312,8 @@ impl ControlPlane {
             })
             .collect();
         let mut message = format!(
-            "listener \"{listener}\": {total} sticky entr{} (table of {})",
-            if total == 1 { "y" } else { "ies" },
+            "listener \"{listener}\": {} (table of {})",
+            entry_count(total),
             status.capacity
         );
         if status.settings.single_active {
@@ -350,13 +355,13 @@ impl ControlPlane {
         let Some(cleared) = shared.scheduler.sticky_clear(filter.as_ref()) else {
             return no_stickiness(listener);
         };
-        let plural = if cleared == 1 { "y" } else { "ies" };
+        let forgot = entry_count(cleared);
         let message = match key {
-            Some(key) => format!("listener \"{listener}\": forgot {cleared} sticky entr{plural} of {key}"),
+            Some(key) => format!("listener \"{listener}\": forgot {forgot} of {key}"),
             None if single => format!(
-                "listener \"{listener}\": forgot {cleared} sticky entr{plural} and the single_active backend: the next connection chooses it"
+                "listener \"{listener}\": forgot {forgot} and the single_active backend: the next connection chooses it"
             ),
-            None => format!("listener \"{listener}\": forgot {cleared} sticky entr{plural}"),
+            None => format!("listener \"{listener}\": forgot {forgot}"),
         };
         info!("ctl: {message}");
         Reply::message(message)
