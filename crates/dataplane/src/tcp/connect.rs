@@ -39,11 +39,8 @@ pub(super) async fn connect_backend(
     let mut tried = Tried::new();
     let mut answered = Tried::new();
     let mut denial = DenyReason::NoBackend;
-    // Stickiness: where this client went last (whole seconds of CLOCK_MONOTONIC, the
-    // clock every process on the host shares).
-    let sticky_now = snapshot
-        .is_sticky()
-        .then(|| crate::handover::monotonic_now().as_secs() as u32);
+    // Stickiness: where this client went last.
+    let sticky_now = snapshot.is_sticky().then(sticky_now);
     let target = sticky_now.and_then(|now| snapshot.sticky_target(peer, ctx.random(), now));
     for attempt in 1..=settings.connect_attempts {
         let preferred = target.filter(|_| tried.is_empty());
@@ -121,6 +118,12 @@ fn pick(
     }
     tried.clone_from(answered);
     snapshot.pick_and_acquire(client, ctx.random(), tried)
+}
+
+/// The clock of the sticky tables: whole seconds of CLOCK_MONOTONIC, which every process
+/// on the host shares (the control plane sweeps with it, a live upgrade carries ages).
+pub(super) fn sticky_now() -> u32 {
+    crate::handover::monotonic_now().as_secs() as u32
 }
 
 /// Stickiness: records where the client went (`index`, against its `target`) and counts
