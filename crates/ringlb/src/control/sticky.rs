@@ -9,7 +9,6 @@
 //! short-lived thread, atomically, so that a slow disk never holds the control thread; and
 //! once more after the drain at shutdown.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -98,10 +97,11 @@ fn log_active_change(listener: &str, change: &ActiveChange) {
     }
 }
 
-/// Order-independent hashes of `dumps`: entries without ages, and with them.
+/// Order-independent hashes of `dumps`: entries without ages, and with them. A cheap
+/// multiply-rotate hash: the tables can hold millions of entries, hashed every 5 s.
 fn hashes(dumps: &[(String, StickyDump)]) -> (u64, u64) {
-    let one = |parts: &dyn Fn(&mut DefaultHasher)| {
-        let mut h = DefaultHasher::new();
+    let one = |parts: &dyn Fn(&mut Mix)| {
+        let mut h = Mix(0);
         parts(&mut h);
         h.finish()
     };
@@ -110,13 +110,45 @@ fn hashes(dumps: &[(String, StickyDump)]) -> (u64, u64) {
         let active = one(&|h| (name, &dump.active).hash(h));
         entries = entries.wrapping_add(active);
         ages = ages.wrapping_add(active);
+        let labels: Vec<u64> = dump
+            .labels
+            .iter()
+            .map(|l| one(&|h| (name, l).hash(h)))
+            .collect();
         for e in &dump.entries {
-            let label = dump.labels.get(e.label as usize);
-            entries = entries.wrapping_add(one(&|h| (name, e.key, label).hash(h)));
-            ages = ages.wrapping_add(one(&|h| (name, e.key, label, e.age).hash(h)));
+            let label = labels.get(e.label as usize).copied().unwrap_or_default();
+            let entry = one(&|h| (label, e.key).hash(h));
+            entries = entries.wrapping_add(entry);
+            ages = ages.wrapping_add(one(&|h| (entry, e.age).hash(h)));
         }
     }
     (entries, ages)
+}
+
+/// FxHash's step (rotate, xor, multiply), finished with a full avalanche: fast, and good
+/// enough to tell whether a table changed.
+struct Mix(u64);
+
+impl Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
 }
 
 impl ControlPlane {

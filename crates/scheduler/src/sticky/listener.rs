@@ -3,7 +3,7 @@
 //! the entries of the backends it keeps (each snapshot maps ids to its own indices).
 //! Everything here runs under the scheduler's writer lock, off the pick path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -47,8 +47,8 @@ impl StickyState {
 
     /// The view a snapshot of `backends` carries: ids for new labels, removed ones forgotten.
     pub(crate) fn view(&mut self, backends: &[Backend]) -> StickyView {
-        self.ids
-            .retain(|label, _| backends.iter().any(|b| b.spec.label == *label));
+        let labels: HashSet<&str> = backends.iter().map(|b| b.spec.label.as_str()).collect();
+        self.ids.retain(|label, _| labels.contains(label.as_str()));
         let ids: Vec<StickyId> = backends
             .iter()
             .map(|b| match self.ids.get(&b.spec.label) {
@@ -86,7 +86,6 @@ impl StickyState {
 
     /// New settings: a new key starts an empty table (old keys mean nothing under it), a
     /// new size moves the entries into a table of that size; the active backend stays.
-    /// Returns what happened to the table, for the log, when anything did.
     fn change(&mut self, settings: Stickiness) {
         let old = &self.settings;
         if settings.key != old.key || settings.table_size != old.table_size {

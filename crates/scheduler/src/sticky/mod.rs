@@ -29,7 +29,6 @@ pub use dump::{decode_dumps, encode_dumps, DumpEntry, DumpError, StickyDump};
 pub(crate) use listener::StickyState;
 pub use listener::{ActiveChange, StickyStatus};
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -476,35 +475,47 @@ impl StickyTable {
     }
 
     /// Every entry younger than `expire` at `now`: key, backend id and age in seconds. A
-    /// key written twice by racing workers is listed once, with its latest use.
+    /// key written twice by racing workers (always into one bucket) is listed once, with
+    /// its latest use. Walks the table bucket by bucket: no memory beyond the result.
     pub fn entries(&self, now: u32, expire: u32) -> Vec<(StickyKey, StickyId, u32)> {
-        let mut out: HashMap<StickyKey, (StickyId, u32)> = HashMap::new();
-        for slot in 0..self.meta.len() {
-            let m = self.meta[slot].load(Ordering::Acquire);
-            if m == 0 || id_of(m) == 0 {
-                continue;
-            }
-            let words = self.key_at(slot);
-            let again = self.meta[slot].load(Ordering::Acquire);
-            // Retaken meanwhile, or a key torn by a writer: not an entry to list.
-            if (fp_of(again), id_of(again)) != (fp_of(m), id_of(m))
-                || self.place(&words).1 != fp_of(m)
-            {
-                continue;
-            }
-            let age = age_of(again, now);
-            if age >= expire {
-                continue;
-            }
-            let Some(key) = StickyKey::from_words(words) else {
-                continue;
-            };
-            let e = out.entry(key).or_insert((id_of(again), age));
-            if age < e.1 {
-                *e = (id_of(again), age);
+        let mut out: Vec<(StickyKey, StickyId, u32)> = Vec::new();
+        for first in (0..self.meta.len()).step_by(BUCKET) {
+            let bucket_start = out.len();
+            for slot in first..first + BUCKET {
+                let Some((key, id, age)) = self.entry_at(slot, now) else {
+                    continue;
+                };
+                if age >= expire {
+                    continue;
+                }
+                match out[bucket_start..].iter_mut().find(|(k, _, _)| *k == key) {
+                    Some(seen) if age < seen.2 => *seen = (key, id, age),
+                    Some(_) => {}
+                    None => out.push((key, id, age)),
+                }
             }
         }
-        out.into_iter().map(|(k, (id, age))| (k, id, age)).collect()
+        out
+    }
+
+    /// The entry in `slot`, unless it is empty, being written, or was retaken or torn by a
+    /// writer while it was read.
+    fn entry_at(&self, slot: usize, now: u32) -> Option<(StickyKey, StickyId, u32)> {
+        let m = self.meta[slot].load(Ordering::Acquire);
+        if m == 0 || id_of(m) == 0 {
+            return None;
+        }
+        let words = self.key_at(slot);
+        let again = self.meta[slot].load(Ordering::Acquire);
+        if (fp_of(again), id_of(again)) != (fp_of(m), id_of(m)) || self.place(&words).1 != fp_of(m)
+        {
+            return None;
+        }
+        Some((
+            StickyKey::from_words(words)?,
+            id_of(again),
+            age_of(again, now),
+        ))
     }
 
     /// Puts an entry back (previous process, state file, a resized table) as used `age`
