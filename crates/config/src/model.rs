@@ -202,6 +202,8 @@ pub struct TcpSettings {
     pub liveness: Liveness,
     /// `per_source:`; `None`: no per-source limit.
     pub per_source: Option<PerSource>,
+    /// `stickiness:`; `None`: every connection is balanced afresh.
+    pub stickiness: Option<Stickiness>,
 }
 
 /// How the kernel finds a peer that is gone without a FIN or RST (a crashed host, a flow
@@ -251,6 +253,41 @@ pub struct PerSource {
 pub struct SourceRate {
     pub per_second: u32,
     pub burst: u32,
+}
+
+/// Learned stickiness on a TCP listener: a client's key is remembered with the backend it
+/// last used, and a returning client goes back to it while that backend can take it, even
+/// when the backend set changed (docs/configuration.md, "stickiness").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stickiness {
+    /// What identifies a returning client.
+    pub key: StickinessKey,
+    /// Entries the listener's table holds at most (its memory is fixed at this size).
+    pub table_size: u32,
+    /// An entry not used for this long is forgotten. Whole seconds.
+    pub expire: Duration,
+    /// Every client of the listener goes to one backend at a time (active/standby).
+    pub single_active: bool,
+}
+
+/// `stickiness.key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StickinessKey {
+    /// The client's IP address (an IPv4-mapped IPv6 address is its IPv4 address).
+    SourceIp,
+    /// The client's IP address and its source port divided by `port_range`: engines that
+    /// connect from fixed source-port ranges each keep their own backend.
+    SourceIpPortRange { port_range: u32 },
+}
+
+impl StickinessKey {
+    /// The YAML spelling of the key kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickinessKey::SourceIp => "source_ip",
+            StickinessKey::SourceIpPortRange { .. } => "source_ip_port_range",
+        }
+    }
 }
 
 /// Settings only a UDP listener has.
@@ -470,6 +507,7 @@ mod tests {
             response_timeout: None,
         },
         per_source: None,
+        stickiness: None,
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),

@@ -61,6 +61,7 @@ pub(crate) struct RawListener {
     pub failback: Option<Scalar>,
     pub min_active: Option<Scalar>,
     pub per_source: Option<RawPerSource>,
+    pub stickiness: Option<RawStickiness>,
     pub health_check: Option<RawHealthCheck>,
     pub backends: Option<Vec<RawBackend>>,
 }
@@ -104,6 +105,20 @@ pub(crate) struct RawPerSource {
     pub new_per_second: Option<Scalar>,
     pub burst: Option<Scalar>,
     pub max_sources: Option<Scalar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "stickiness",
+    expecting = "a stickiness mapping (key, port_range, table_size, expire, single_active)"
+)]
+pub(crate) struct RawStickiness {
+    pub key: Option<Scalar>,
+    pub port_range: Option<Scalar>,
+    pub table_size: Option<Scalar>,
+    pub expire: Option<Scalar>,
+    pub single_active: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

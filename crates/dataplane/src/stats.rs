@@ -26,6 +26,12 @@ pub struct WorkerCounters {
     pub denied_source_limit: Counter,
     /// New sources admitted without a `per_source` entry because the table was full.
     pub source_untracked: Counter,
+    /// `stickiness`: connections that went to the backend their key last used…
+    pub sticky_hits: Counter,
+    /// …and those that did not (no entry, expired, or that backend could not take them).
+    pub sticky_misses: Counter,
+    /// New entries that pushed out a live one: the table is small for the clients.
+    pub sticky_evictions: Counter,
     /// client → backend bytes.
     pub bytes_in: Counter,
     /// backend → client bytes.

@@ -97,6 +97,7 @@ pub(crate) mod testing {
                     source: Vec::new(),
                     liveness: Default::default(),
                     per_source: None,
+                    stickiness: None,
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),

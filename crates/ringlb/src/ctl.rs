@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 
 use crate::control_socket::client::{self, ClientError};
 use crate::control_socket::path;
-use crate::control_socket::protocol::{Reply, Request, MAX_SPREAD, MAX_WEIGHT};
+use crate::control_socket::protocol::{
+    Reply, Request, DEFAULT_STICK_LIMIT, MAX_SPREAD, MAX_STICK_LIMIT, MAX_WEIGHT,
+};
 use crate::control_socket::{ANSWER_TIMEOUT, UPGRADE_ANSWER_TIMEOUT};
 use ringlb_scheduler::AdminState;
 
@@ -95,6 +97,31 @@ pub enum CtlCommand {
         #[arg(long, value_name = "DURATION", value_parser = ringlb_config::parse_duration, default_value = "5m")]
         timeout: Duration,
     },
+    /// Learned stickiness: list, forget or (single_active) move the listener's entries.
+    Stick {
+        #[command(subcommand)]
+        action: StickCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StickCommand {
+    /// The listener's entries (key, backend, age), the most recently used first.
+    Show {
+        listener: String,
+        /// List at most this many (1..=100000).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_STICK_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_STICK_LIMIT)))]
+        limit: u32,
+    },
+    /// Forget KEY's entries (an address, an address and a port, or a key as listed), or
+    /// without KEY every entry and the single_active backend: the next connection chooses.
+    Clear {
+        listener: String,
+        key: Option<String>,
+    },
+    /// single_active: every client goes to BACKEND from now on.
+    Move { listener: String, backend: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +200,13 @@ impl CtlCommand {
             CtlCommand::WaitEmpty {
                 listener, backend, ..
             } => Request::Active { listener, backend },
+            CtlCommand::Stick { action } => match action {
+                StickCommand::Show { listener, limit } => Request::StickShow { listener, limit },
+                StickCommand::Clear { listener, key } => Request::StickClear { listener, key },
+                StickCommand::Move { listener, backend } => {
+                    Request::StickMove { listener, backend }
+                }
+            },
         }
     }
 }
@@ -201,12 +235,15 @@ pub fn run(args: CtlArgs) -> ExitCode {
         return wait_empty(&socket, &request, timeout, wait_for, args.json);
     }
     let status = matches!(request, Request::Status);
+    let stick_show = matches!(request, Request::StickShow { .. });
     match client::request(&socket, &request, timeout) {
         Ok(Reply::Ok(fields)) => {
             if args.json {
                 println!("{}", Reply::Ok(fields).encode());
             } else if status {
                 print!("{}", status_table(&fields));
+            } else if stick_show {
+                print!("{}", stick_table(&fields));
             } else {
                 print_fields(&fields);
             }
@@ -318,6 +355,54 @@ fn print_fields(fields: &Map<String, Value>) {
     }
 }
 
+/// `ringlb ctl stick show`: the summary line, then one row per entry.
+fn stick_table(fields: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    if let Some(message) = fields.get("message").and_then(Value::as_str) {
+        out.push_str(message);
+        out.push('\n');
+    }
+    let empty = Vec::new();
+    let entries = fields
+        .get("entries")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    if entries.is_empty() {
+        return out;
+    }
+    let cell = |e: &Value, key: &str| match e.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => format!("{n}s"),
+        _ => "-".into(),
+    };
+    let mut rows = vec![["KEY".to_string(), "BACKEND".into(), "AGE".into()]];
+    rows.extend(
+        entries
+            .iter()
+            .map(|e| [cell(e, "key"), cell(e, "backend"), cell(e, "age_s")]),
+    );
+    out.push_str(&columns(rows));
+    out
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn columns<const N: usize>(rows: Vec<[String; N]>) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// `ringlb ctl status`: a header line, then one row per backend.
 fn status_table(fields: &Map<String, Value>) -> String {
     let text = |v: &Value, key: &str| -> String {
@@ -384,18 +469,7 @@ fn status_table(fields: &Map<String, Value>) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(rows));
     out
 }
 
@@ -425,6 +499,27 @@ mod tests {
                 listener: "l".into(),
                 backend: "b".into()
             }
+        );
+    }
+
+    #[test]
+    fn stick_show_prints_one_row_per_entry() {
+        let reply = json!({
+            "message": "listener \"pay\": 2 sticky entries (table of 65536), showing 2",
+            "entries": [
+                {"key": "10.0.0.1", "backend": "10.0.1.1:7000", "age_s": 3},
+                {"key": "10.0.0.22:1024-2047", "backend": "10.0.1.2:7000", "age_s": 125}
+            ]
+        });
+        let Value::Object(fields) = reply else {
+            unreachable!()
+        };
+        assert_eq!(
+            stick_table(&fields),
+            "listener \"pay\": 2 sticky entries (table of 65536), showing 2\n\
+             KEY                  BACKEND        AGE\n\
+             10.0.0.1             10.0.1.1:7000  3s\n\
+             10.0.0.22:1024-2047  10.0.1.2:7000  125s\n"
         );
     }
 

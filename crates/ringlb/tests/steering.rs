@@ -376,14 +376,6 @@ fn held_on_the_backup(lb: &Ringlb, primaries: &mut [EchoBackend; 2]) {
     assert_eq!(share(&tags(lb.listener_addr("t"), 10), "b"), 1.0);
 }
 
-/// The new process's pid, from the old one's `upgrade: pid N took over` line.
-fn successor(lb: &Ringlb) -> Option<u32> {
-    lb.logs()
-        .iter()
-        .filter_map(|l| l.split("upgrade: pid ").nth(1))
-        .find_map(|rest| rest.split(' ').next()?.parse().ok())
-}
-
 #[test]
 fn a_manual_failback_hold_survives_a_live_upgrade() {
     let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
@@ -400,30 +392,8 @@ fn a_manual_failback_hold_survives_a_live_upgrade() {
     let addr = lb.listener_addr("t");
     held_on_the_backup(&lb, &mut primaries);
 
-    lb.signal(Signal::Usr2);
-    assert!(
-        wait_until(WAIT, || successor(&lb).is_some()),
-        "no process took over"
-    );
-    let next = successor(&lb).expect("successor");
     // Ended by pid when the test ends, whatever happens below.
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            // SAFETY: kill(2) on the process this test's ringlb started.
-            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-        }
-    }
-    let _next = Kill(next);
-    // Not `wait_exit`: it reads the log pipe to its end, which the new process holds.
-    let old = lb.pid();
-    assert!(
-        wait_until(WAIT, || std::fs::read_to_string(format!(
-            "/proc/{old}/stat"
-        ))
-        .map_or(true, |s| s.contains(") Z "))),
-        "the old process did not exit"
-    );
+    let _next = lb.live_upgrade(WAIT);
     assert_eq!(
         share(&tags(addr, 20), "b"),
         1.0,

@@ -1,5 +1,6 @@
 //! ns per pick per algorithm, and table build times; and what per-source limits
-//! (ringlb-persource) add to each connection, the other shared-state work of an accept.
+//! (ringlb-persource) and learned stickiness add to each connection, the other
+//! shared-state work of an accept.
 //!
 //! Run: cargo bench -p ringlb-scheduler --bench pick -- --warm-up-time 1 --measurement-time 2
 //!
@@ -8,12 +9,12 @@
 //! randomness and client IP from an inline xorshift (about 1 ns, included).
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ringlb_config::{Algorithm, PerSource, SourceRate};
+use ringlb_config::{Algorithm, PerSource, SourceRate, Stickiness, StickinessKey};
 use ringlb_persource::{Limits, SourceTable, Verdict};
 use ringlb_scheduler::{ActiveGuard, BackendSpec, Scheduler, Snapshot, Tried};
 
@@ -237,6 +238,62 @@ fn per_source(c: &mut Criterion) {
     g.finish();
 }
 
+/// Learned stickiness on the connect path: the sticky target, pick and acquire preferring
+/// it, the entry remembered, release. `hit`: returning clients (10,000 keys in a table of
+/// 65,536); `new_key`: a new client each time, so every connection inserts (and, once the
+/// table is full, evicts).
+fn sticky(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sticky");
+    let s = Scheduler::new(Algorithm::LeastConnections, specs(16));
+    s.set_stickiness(Some(Stickiness {
+        key: StickinessKey::SourceIp,
+        table_size: 65_536,
+        expire: Duration::from_secs(3600),
+        single_active: false,
+    }));
+    let snap = s.snapshot();
+    let _load = loaded(&snap);
+    let connect = |peer: SocketAddr, r: u64| {
+        let target = snap.sticky_target(peer, r, 100);
+        let mut tried = Tried::new();
+        if let Some((i, guard)) = snap.pick_and_acquire_preferring(peer.ip(), r, &mut tried, target)
+        {
+            black_box(snap.sticky_remember(peer, i, 100));
+            black_box(&guard);
+        }
+    };
+    let client = |r: u64, keys: u64| {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (r % keys) as u32)),
+            4000,
+        )
+    };
+    for k in 0..10_000 {
+        connect(client(k, 10_000), k);
+    }
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    g.bench_function(
+        "hit/target+pick+acquire+remember+release/least_connections/16",
+        |b| {
+            b.iter(|| {
+                let r = xorshift(&mut seed);
+                connect(black_box(client(r, 10_000)), r)
+            })
+        },
+    );
+    let mut n = 0u64;
+    g.bench_function(
+        "new_key/target+pick+acquire+remember+release/least_connections/16",
+        |b| {
+            b.iter(|| {
+                n += 1;
+                connect(black_box(client(n, u64::from(u32::MAX))), n)
+            })
+        },
+    );
+    g.finish();
+}
+
 fn snapshot_load(c: &mut Criterion) {
     let s = Scheduler::new(Algorithm::LeastConnections, specs(16));
     c.bench_function("scheduler.snapshot()+pick/least_connections/16", |b| {
@@ -278,6 +335,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = single, single_connect, contended, per_source, snapshot_load, builds
+    targets = single, single_connect, contended, per_source, sticky, snapshot_load, builds
 }
 criterion_main!(benches);

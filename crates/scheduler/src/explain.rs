@@ -34,7 +34,7 @@ pub struct Chosen {
 /// every backend up. For algorithms that pin clients this is where the client goes while
 /// the same backends are up; for the others it is only the first pick.
 pub fn explain(listener: &Listener, client: SocketAddr) -> Explanation {
-    let snapshot = Scheduler::for_listener(listener).snapshot();
+    let snapshot = Scheduler::balancing(listener).snapshot();
     let backend = snapshot
         .pick(client.ip(), 0, &Tried::new())
         .and_then(|i| snapshot.backends().get(i))
@@ -127,7 +127,7 @@ mod tests {
             for n in 1..=20u8 {
                 let c = client(&format!("192.0.2.{n}:40000"));
                 let e = explain(&l, c);
-                let snapshot = Scheduler::for_listener(&l).snapshot();
+                let snapshot = Scheduler::balancing(&l).snapshot();
                 let i = snapshot.pick(c.ip(), 0, &Tried::new()).unwrap();
                 let label = &snapshot.backends()[i].spec.label;
                 let fingerprint = snapshot.fingerprint().expect("a hashing table");

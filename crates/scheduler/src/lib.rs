@@ -37,7 +37,11 @@
 //! validated listener), [`explain`] (what `ringlb explain` prints),
 //! [`Snapshot::is_candidate`], [`Snapshot::maglev_table_size`], [`Snapshot::maglev_slot_counts`],
 //! [`Backend::try_acquire`] / [`BackendState::try_acquire`] (a hard `max_connections`),
-//! [`client_hash`] (the fixed hash `source_hash` and `maglev` use).
+//! [`client_hash`] (the fixed hash `source_hash` and `maglev` use); learned stickiness:
+//! [`Snapshot::sticky_target`] / [`Snapshot::sticky_remember`] /
+//! [`Snapshot::pick_and_acquire_preferring`] on the connect path, and
+//! [`Scheduler::sticky_tick`], `sticky_dump` / `sticky_restore`, `sticky_clear`,
+//! `sticky_move` and `sticky_status` for the control plane ([`StickyTable`]).
 //!
 //! Algorithms, guarantees, tie-breaking and figures: `docs/scheduler.md`.
 
@@ -49,6 +53,7 @@ mod hash;
 mod snapshot;
 mod state;
 mod steer;
+mod sticky;
 mod tables;
 mod tried;
 
@@ -65,6 +70,10 @@ pub use hash::client_hash;
 pub use snapshot::{Snapshot, DYNAMIC_WEIGHT_CAPACITY_PER_WEIGHT};
 pub use state::{ActiveGuard, AdminState, BackendState, FULL_RAMP};
 pub use steer::{TierChange, TierRange, LATENCY_IDLE_HALF_LIFE, RAMP_FLOOR};
+pub use sticky::{
+    decode_dumps, encode_dumps, ActiveChange, DumpEntry, DumpError, KeyFilter, Remembered,
+    StickyDump, StickyKey, StickyStatus, StickyTable, SLOT_BYTES,
+};
 pub use tables::{maglev_table_size, MAGLEV_DEFAULT_SIZE};
 pub use tried::Tried;
 
@@ -94,6 +103,11 @@ impl From<&ringlb_config::Backend> for BackendSpec {
             priority: b.priority,
         }
     }
+}
+
+/// A listener's `stickiness` (TCP only).
+fn stickiness_of(listener: &Listener) -> Option<ringlb_config::Stickiness> {
+    listener.tcp().and_then(|tcp| tcp.stickiness)
 }
 
 /// What a listener's configuration says about its backends, in file order.
@@ -159,6 +173,7 @@ struct Writer {
     steering: Steering,
     pin: Arc<steer::Pin>,
     steerer: steer::Steerer,
+    sticky: Option<sticky::StickyState>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -201,6 +216,7 @@ impl Scheduler {
                 steering,
                 pin,
                 steerer: steer::Steerer::default(),
+                sticky: None,
             }),
             clock,
         };
@@ -209,8 +225,16 @@ impl Scheduler {
         scheduler
     }
 
-    /// A scheduler for a validated listener: its algorithm over its backends, in file order.
+    /// A scheduler for a validated listener: its algorithm over its backends, in file
+    /// order, with its stickiness.
     pub fn for_listener(listener: &Listener) -> Scheduler {
+        let scheduler = Scheduler::balancing(listener);
+        scheduler.set_stickiness(stickiness_of(listener));
+        scheduler
+    }
+
+    /// A listener's balancing alone, without a sticky table (`explain`).
+    pub(crate) fn balancing(listener: &Listener) -> Scheduler {
         Scheduler::with_steering(
             listener.algorithm,
             listener.steering,
@@ -219,9 +243,11 @@ impl Scheduler {
         )
     }
 
-    /// [`reconfigure`](Self::reconfigure) to a validated listener's algorithm, steering and
-    /// backends.
+    /// [`reconfigure`](Self::reconfigure) to a validated listener's algorithm, steering,
+    /// backends and stickiness. The sticky table stays (resized, or emptied for a new key,
+    /// when those changed), and so do the entries of backends that stay.
     pub fn reconfigure_from(&self, listener: &Listener) {
+        self.apply_stickiness(stickiness_of(listener));
         self.reconfigure_with(listener.algorithm, Some(listener.steering), specs(listener));
     }
 
@@ -371,13 +397,17 @@ impl Scheduler {
         );
         let stale = old.health_differs() || old.tiers_built() != old.tiers_now();
         if always || steered.ramps || steered.pin || stale {
-            self.current.store(Arc::new(Snapshot::build(
-                algorithm,
-                writer.steering,
-                Arc::clone(&writer.pin),
-                backends,
-                same_set,
-            )));
+            let sticky = writer.sticky.as_mut().map(|s| s.view(&backends));
+            self.current.store(Arc::new(
+                Snapshot::build(
+                    algorithm,
+                    writer.steering,
+                    Arc::clone(&writer.pin),
+                    backends,
+                    same_set,
+                )
+                .with_sticky(sticky),
+            ));
         }
         steered.change
     }

@@ -1,16 +1,17 @@
 //! One immutable backend set with its precomputed tables, and the pick itself.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ringlb_config::{Algorithm, Failback, Steering};
+use ringlb_config::{Algorithm, Failback, Steering, Stickiness, StickinessKey};
 
 use crate::explain::pins_clients;
 use crate::hash::{client_hash, fmix64, name_hash, rehash, scale, NAME_BASIS_OFFSET};
 use crate::state::FULL_RAMP;
 use crate::steer::{in_use, Pin, TierRange, RAMP_FLOOR};
+use crate::sticky::{Remembered, StickyId, StickyKey, StickyTable};
 use crate::tables::{maglev, maglev_restrict, maglev_table_size, smooth_wrr, WeightedSet};
 use crate::{Backend, BackendState, Tried};
 
@@ -109,6 +110,8 @@ pub struct Snapshot {
     built_up: Box<[bool]>,
     maglev_size: Option<usize>,
     fingerprint: Option<String>,
+    /// The listener's stickiness, when it has some.
+    sticky: Option<StickyView>,
 }
 
 /// See [`Snapshot::fingerprint`]: the algorithm, then for each table entry in order the
@@ -128,6 +131,57 @@ fn fingerprint(algorithm: Algorithm, tier: &Tier, backends: &[Backend]) -> Optio
         }
     }
     Some(format!("{:016x}", fmix64(h)))
+}
+
+/// What a snapshot knows of its listener's stickiness: the shared table, the settings in
+/// force, and the sticky id of each of its backends.
+#[derive(Debug)]
+pub(crate) struct StickyView {
+    pub(crate) table: Arc<StickyTable>,
+    pub(crate) key: StickinessKey,
+    /// `expire` in seconds.
+    pub(crate) expire: u32,
+    pub(crate) single_active: bool,
+    /// By backend index.
+    pub(crate) ids: Box<[StickyId]>,
+    /// `(id, index)` sorted by id.
+    by_id: Box<[(StickyId, u32)]>,
+}
+
+impl StickyView {
+    pub(crate) fn new(table: Arc<StickyTable>, settings: &Stickiness, ids: Vec<StickyId>) -> Self {
+        let mut by_id: Vec<(StickyId, u32)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id != 0)
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
+        by_id.sort_unstable();
+        StickyView {
+            table,
+            key: settings.key,
+            expire: expire_secs(settings),
+            single_active: settings.single_active,
+            ids: ids.into(),
+            by_id: by_id.into(),
+        }
+    }
+
+    /// The index of the backend with sticky id `id` in this snapshot.
+    pub(crate) fn index_of(&self, id: StickyId) -> Option<usize> {
+        self.by_id
+            .binary_search_by_key(&id, |&(id, _)| id)
+            .ok()
+            .and_then(|p| self.by_id.get(p))
+            .map(|&(_, i)| i as usize)
+    }
+}
+
+/// `expire` in whole seconds (validation keeps it within 1s..=30d).
+pub(crate) fn expire_secs(settings: &Stickiness) -> u32 {
+    u32::try_from(settings.expire.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 impl fmt::Debug for Snapshot {
@@ -287,6 +341,7 @@ impl Snapshot {
             built_up,
             maglev_size,
             fingerprint,
+            sticky: None,
         }
     }
 
@@ -295,6 +350,93 @@ impl Snapshot {
     /// fingerprint send every client to the same backend; `None` for other algorithms.
     pub fn fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
+    }
+
+    /// The same snapshot with the listener's stickiness.
+    pub(crate) fn with_sticky(mut self, sticky: Option<StickyView>) -> Snapshot {
+        self.sticky = sticky;
+        self
+    }
+
+    pub(crate) fn sticky_view(&self) -> Option<&StickyView> {
+        self.sticky.as_ref()
+    }
+
+    /// Stickiness: the entries the table holds now and its size (slots); `None` without.
+    pub fn sticky_fill(&self) -> Option<(usize, usize)> {
+        self.sticky
+            .as_ref()
+            .map(|v| (v.table.len(), v.table.capacity()))
+    }
+
+    /// Whether the listener has stickiness: then the data plane asks
+    /// [`sticky_target`](Self::sticky_target) before its first pick and tells
+    /// [`sticky_remember`](Self::sticky_remember) where the connection went.
+    #[inline]
+    pub fn is_sticky(&self) -> bool {
+        self.sticky.is_some()
+    }
+
+    /// Where a new connection from `peer` goes back to, at `now` (whole seconds of the
+    /// caller's monotonic clock): the backend its key last used while that backend is a
+    /// candidate ([`is_candidate`](Self::is_candidate)) and the entry has not expired;
+    /// with `single_active`, the active backend, and when that is no candidate any more
+    /// (or none was chosen yet) the one a normal pick chooses, which becomes the active
+    /// one. `None`: no such backend, pick normally. Lock-free; reads no clock.
+    pub fn sticky_target(&self, peer: SocketAddr, random: u64, now: u32) -> Option<usize> {
+        let view = self.sticky.as_ref()?;
+        let none = Tried::new();
+        if view.single_active {
+            // Workers racing to replace the active backend agree on the first one chosen.
+            for _ in 0..3 {
+                let active = view.table.active();
+                if let Some(i) = active.and_then(|id| view.index_of(id)) {
+                    if self.is_candidate(i, &none) {
+                        return Some(i);
+                    }
+                }
+                let chosen = self.pick(peer.ip().to_canonical(), random, &none)?;
+                let id = view.ids.get(chosen).copied().filter(|&id| id != 0)?;
+                if view.table.swap_active(active, id) {
+                    return Some(chosen);
+                }
+            }
+            return None;
+        }
+        let key = StickyKey::of(peer, view.key);
+        let id = view.table.lookup(&key, now, view.expire)?;
+        let i = view.index_of(id)?;
+        self.is_candidate(i, &none).then_some(i)
+    }
+
+    /// Records that `peer`'s connection went to backend `index` at `now`.
+    pub fn sticky_remember(&self, peer: SocketAddr, index: usize, now: u32) -> Remembered {
+        let Some(view) = self.sticky.as_ref() else {
+            return Remembered::Skipped;
+        };
+        let Some(&id) = view.ids.get(index) else {
+            return Remembered::Skipped;
+        };
+        view.table
+            .remember(&StickyKey::of(peer, view.key), id, now, view.expire)
+    }
+
+    /// [`pick_and_acquire`](Self::pick_and_acquire), trying `preferred` (the sticky
+    /// target) first when it is still a candidate.
+    pub fn pick_and_acquire_preferring(
+        &self,
+        client: IpAddr,
+        random: u64,
+        tried: &mut Tried,
+        preferred: Option<usize>,
+    ) -> Option<(usize, crate::ActiveGuard)> {
+        if let Some(i) = preferred.filter(|&i| self.is_candidate(i, tried)) {
+            tried.insert(i);
+            if let Some(guard) = self.backends.get(i).and_then(Backend::try_acquire) {
+                return Some((i, guard));
+            }
+        }
+        self.pick_and_acquire(client, random, tried)
     }
 
     pub fn algorithm(&self) -> Algorithm {

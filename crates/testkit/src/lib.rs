@@ -87,7 +87,7 @@ pub use netns::{netns_for_test, Netns};
 pub use process::{
     ctl, exit_code, http_get, metric_value, parse_admin_line, parse_http_response,
     parse_listener_line, ready_expectation, ReadyExpectation, Ringlb, RinglbBuilder, Signal,
-    READY_TIMEOUT,
+    Successor, READY_TIMEOUT,
 };
 pub use proxy::{
     parse_proxy_v1, parse_proxy_v2, ProxyBackend, ProxyHeader, ProxySeen, PROXY_V2_SIGNATURE,

@@ -745,6 +745,51 @@ impl Ringlb {
         assert_eq!(status, 200, "testkit: GET /metrics: {body}");
         metric_value(&body, series)
     }
+
+    /// A live upgrade: SIGUSR2, then waits (up to `timeout` for each step) until a new
+    /// process says it took over and this one has exited. The new process writes to this
+    /// handle's log and serves on the same listeners and admin endpoint; the returned
+    /// handle SIGKILLs it by pid when dropped. Panics if either step does not happen.
+    /// After it, do not call [`Ringlb::wait_exit`]: it reads the log pipe to its end,
+    /// which the new process holds.
+    pub fn live_upgrade(&self, timeout: Duration) -> Successor {
+        self.signal(Signal::Usr2);
+        let successor = || {
+            self.logs()
+                .iter()
+                .filter_map(|l| l.split("upgrade: pid ").nth(1))
+                .find_map(|rest| rest.split(' ').next()?.parse().ok())
+        };
+        assert!(
+            crate::wait_until(timeout, || successor().is_some()),
+            "testkit: no process took over:\n{}",
+            self.logs().join("\n")
+        );
+        let next = Successor(successor().unwrap_or_default());
+        let stat = self.proc_path("stat");
+        assert!(
+            crate::wait_until(timeout, || std::fs::read_to_string(&stat)
+                .map_or(true, |s| s.contains(") Z "))),
+            "testkit: the old process (pid {}) did not exit after the upgrade",
+            self.pid
+        );
+        next
+    }
+}
+
+/// The process a live upgrade started ([`Ringlb::live_upgrade`]): SIGKILLed by its pid
+/// when dropped.
+#[derive(Debug)]
+pub struct Successor(pub u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: kill(2) on the pid the process this handle started logged as its
+            // successor.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
 }
 
 impl std::fmt::Debug for Ringlb {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::scalar::{duration, int_in, ZeroOk};
+use super::scalar::{duration, int_in, whole_seconds, ZeroOk};
 use super::Errors;
 use crate::model::{Keepalive, Liveness};
 use crate::raw::{RawKeepalive, RawListener, Scalar};
@@ -94,18 +94,12 @@ fn keepalive(errs: &mut Errors, path: &str, raw: &RawKeepalive) -> Option<Keepal
 
 /// A keepalive duration: the kernel counts these in whole seconds.
 fn seconds(errs: &mut Errors, path: &str, s: &Scalar) -> Option<Duration> {
-    let d = duration(errs, path, s, ZeroOk::No)?;
-    if d.subsec_nanos() != 0 {
-        errs.push(
-            path,
-            format!(
-                "{} is not a whole number of seconds: the kernel counts keepalive times in seconds, write e.g. \"{}s\"",
-                s.shown(),
-                d.as_secs().max(1)
-            ),
-        );
-        return None;
-    }
+    let d = whole_seconds(
+        errs,
+        path,
+        s,
+        "the kernel counts keepalive times in seconds",
+    )?;
     if d.as_secs() > MAX_KEEPALIVE_SECS {
         errs.push(
             path,

@@ -13,6 +13,7 @@ use super::per_source::per_source;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::steering::steering;
+use super::stickiness::stickiness;
 use super::{
     Errors, Seen, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT,
@@ -228,7 +229,7 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 9] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 10] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
@@ -239,6 +240,7 @@ fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 9] {
         ("tcp_user_timeout", rl.tcp_user_timeout.is_some()),
         ("response_timeout", rl.response_timeout.is_some()),
         ("per_source", rl.per_source.is_some()),
+        ("stickiness", rl.stickiness.is_some()),
     ]
 }
 
@@ -287,6 +289,7 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         source: source(errs, i, rl.source.as_deref()),
         liveness: liveness(errs, i, rl),
         per_source: per_source(errs, i, rl.per_source.as_ref()),
+        stickiness: stickiness(errs, i, rl.stickiness.as_ref()),
     }
 }
 

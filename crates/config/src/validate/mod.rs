@@ -15,6 +15,7 @@ mod per_source;
 mod scalar;
 mod source;
 mod steering;
+mod stickiness;
 #[cfg(test)]
 mod testing;
 
@@ -29,6 +30,10 @@ pub use lifecycle::{
     parse_duration, DEFAULT_ON_DOWN_SPREAD, MAX_ON_DOWN_SPREAD, MIN_MAX_CONNECTION_DURATION,
 };
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
+pub use stickiness::{
+    DEFAULT_STICKY_EXPIRE, DEFAULT_STICKY_PORT_RANGE, DEFAULT_STICKY_TABLE_SIZE, MAX_STICKY_EXPIRE,
+    MAX_STICKY_TABLE_SIZE,
+};
 
 // Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -365,6 +370,7 @@ mod tests {
                 source: Vec::new(),
                 liveness: Liveness::default(),
                 per_source: None,
+                stickiness: None,
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -412,6 +418,7 @@ mod tests {
                 source: vec!["10.0.0.9".parse().unwrap()],
                 liveness: Liveness::default(),
                 per_source: None,
+                stickiness: None,
             })
         );
         assert_eq!(l.max_connections, 10);

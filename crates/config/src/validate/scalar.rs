@@ -256,6 +256,29 @@ pub(super) fn duration(
     }
 }
 
+/// A duration in whole seconds (above zero); `unit_why` says who counts in seconds, for
+/// the message: "the kernel counts keepalive times in seconds".
+pub(super) fn whole_seconds(
+    errs: &mut Errors,
+    path: &str,
+    s: &Scalar,
+    unit_why: &str,
+) -> Option<Duration> {
+    let d = duration(errs, path, s, ZeroOk::No)?;
+    if d.subsec_nanos() != 0 {
+        errs.push(
+            path,
+            format!(
+                "{} is not a whole number of seconds: {unit_why}, write e.g. \"{}s\"",
+                s.shown(),
+                d.as_secs().max(1)
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
 pub(super) fn opt_duration(
     errs: &mut Errors,
     path: &str,

@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol};
-use ringlb_scheduler::{ActiveGuard, BackendState};
+use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
-use super::connect::connect_backend;
+use super::connect::{connect_backend, sticky_now};
 use super::sockopts::{self, Leg};
 use super::Accounting;
 use crate::ctx::WorkerCtx;
@@ -126,6 +126,15 @@ pub(super) async fn serve(
         started,
     };
     forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
+    remember_at_end(&snapshot, peer, Some(index));
+}
+
+/// Stickiness: an entry is refreshed when its connection ends too, so `expire` counts
+/// from the end of the client's last connection, however long that one lasted.
+fn remember_at_end(snapshot: &Snapshot, peer: SocketAddr, index: Option<usize>) {
+    if let Some(index) = index.filter(|_| snapshot.is_sticky()) {
+        snapshot.sticky_remember(peer, index, sticky_now());
+    }
 }
 
 /// A connection with both legs up.
@@ -319,6 +328,7 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
     // The settings of this process's configuration for this listener.
     let relay_settings = RelaySettings::of(&settings);
     forward(&ctx, &accounting, link, relay_settings, Some(moved.frozen)).await;
+    remember_at_end(&snapshot, moved.client_addr, found);
 }
 
 /// `local` is asked only when a header is sent: it costs a getsockname.

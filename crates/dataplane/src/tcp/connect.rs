@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringlb_config::{Algorithm, TcpSettings};
-use ringlb_scheduler::{ActiveGuard, ConnectFailure, Snapshot, Tried};
+use ringlb_scheduler::{ActiveGuard, ConnectFailure, Remembered, Snapshot, Tried};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::Accounting;
@@ -39,8 +39,13 @@ pub(super) async fn connect_backend(
     let mut tried = Tried::new();
     let mut answered = Tried::new();
     let mut denial = DenyReason::NoBackend;
+    // Stickiness: where this client went last.
+    let sticky_now = snapshot.is_sticky().then(sticky_now);
+    let target = sticky_now.and_then(|now| snapshot.sticky_target(peer, ctx.random(), now));
     for attempt in 1..=settings.connect_attempts {
-        let Some((index, active)) = pick(snapshot, client, ctx, &mut tried, &answered) else {
+        let preferred = target.filter(|_| tried.is_empty());
+        let Some((index, active)) = pick(snapshot, client, ctx, &mut tried, &answered, preferred)
+        else {
             break;
         };
         let Some(backend) = snapshot.backends().get(index) else {
@@ -53,6 +58,9 @@ pub(super) async fn connect_backend(
                 accounting.record_connect(took);
                 if snapshot.algorithm() == Algorithm::LeastLatency {
                     backend.state.record_latency(took);
+                }
+                if let Some(now) = sticky_now {
+                    remember(accounting, ctx, snapshot, peer, (index, target), now);
                 }
                 return Ok((socket, index, active));
             }
@@ -89,15 +97,19 @@ pub(super) async fn connect_backend(
     Err(denial)
 }
 
-/// The next backend to try; see [`connect_backend`] for which may be tried again.
+/// The next backend to try (`preferred` first: the sticky target); see
+/// [`connect_backend`] for which may be tried again.
 fn pick(
     snapshot: &Snapshot,
     client: IpAddr,
     ctx: &WorkerCtx,
     tried: &mut Tried,
     answered: &Tried,
+    preferred: Option<usize>,
 ) -> Option<(usize, ActiveGuard)> {
-    if let Some(picked) = snapshot.pick_and_acquire(client, ctx.random(), tried) {
+    if let Some(picked) =
+        snapshot.pick_and_acquire_preferring(client, ctx.random(), tried, preferred)
+    {
         return Some(picked);
     }
     // `answered` ⊆ `tried`: equal sizes mean no backend is left that only timed out.
@@ -106,6 +118,36 @@ fn pick(
     }
     tried.clone_from(answered);
     snapshot.pick_and_acquire(client, ctx.random(), tried)
+}
+
+/// The clock of the sticky tables: whole seconds of CLOCK_MONOTONIC, which every process
+/// on the host shares (the control plane sweeps with it, a live upgrade carries ages).
+pub(super) fn sticky_now() -> u32 {
+    crate::handover::monotonic_now().as_secs() as u32
+}
+
+/// Stickiness: records where the client went (`index`, against its `target`) and counts
+/// it on this worker.
+fn remember(
+    accounting: &Accounting,
+    ctx: &WorkerCtx,
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+    (index, target): (usize, Option<usize>),
+    now: u32,
+) {
+    let remembered = snapshot.sticky_remember(peer, index, now);
+    let Some(counters) = accounting.state.workers.get(ctx.id) else {
+        return;
+    };
+    if target == Some(index) {
+        counters.sticky_hits.add(1);
+    } else {
+        counters.sticky_misses.add(1);
+    }
+    if remembered == Remembered::Evicted {
+        counters.sticky_evictions.add(1);
+    }
 }
 
 pub(super) enum ConnectError {

@@ -126,6 +126,11 @@ struct ListenerView {
     bulk_buffer_grows: u64,
     source_entries: u64,
     source_untracked: u64,
+    /// Entries and slots of the sticky table, when the listener has one.
+    sticky_fill: Option<(usize, usize)>,
+    sticky_hits: u64,
+    sticky_misses: u64,
+    sticky_evictions: u64,
     udp_sessions: u64,
     udp_created: u64,
     udp_expired: u64,
@@ -196,6 +201,10 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         bulk_buffer_grows: sum(shared, |w| w.bulk_buffer_grows.get()),
         source_entries: shared.sources.len() as u64,
         source_untracked: sum(shared, |w| w.source_untracked.get()),
+        sticky_fill: snapshot.sticky_fill(),
+        sticky_hits: sum(shared, |w| w.sticky_hits.get()),
+        sticky_misses: sum(shared, |w| w.sticky_misses.get()),
+        sticky_evictions: sum(shared, |w| w.sticky_evictions.get()),
         udp_sessions: if i64::try_from(udp_sessions).is_ok() {
             udp_sessions
         } else {
@@ -224,6 +233,7 @@ pub fn render(registry: &Registry) -> String {
         .filter(|v| v.protocol == Protocol::Udp)
         .collect();
     let all: Vec<&ListenerView> = views.iter().collect();
+    let sticky: Vec<&ListenerView> = views.iter().filter(|v| v.sticky_fill.is_some()).collect();
     let mut out = Exposition::default();
 
     out.family(
@@ -325,6 +335,47 @@ pub fn render(registry: &Registry) -> String {
         "New sources admitted without per-source limits because the per_source table held per_source.max_sources.",
         &tcp,
         |v| v.source_untracked,
+    );
+
+    let fill = |v: &ListenerView| v.sticky_fill.unwrap_or_default();
+    out.per_listener(
+        "ringlb_sticky_entries",
+        "gauge",
+        "stickiness: client keys the listener's table remembers now (expired ones until the sweep clears them, within seconds).",
+        &sticky,
+        |v| fill(v).0 as u64,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_table_size",
+        "gauge",
+        "stickiness: slots of the listener's table, the most entries it holds (table_size rounded up to a multiple of 8).",
+        &sticky,
+        |v| fill(v).1 as u64,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_hits_total",
+        "counter",
+        "stickiness: connections that went to the backend their key last used.",
+        &sticky,
+        |v| v.sticky_hits,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_misses_total",
+        "counter",
+        "stickiness: connections balanced afresh: no entry, an expired one, or a backend that could not take them.",
+        &sticky,
+        |v| v.sticky_misses,
+    );
+
+    out.per_listener(
+        "ringlb_sticky_evictions_total",
+        "counter",
+        "stickiness: new entries that pushed out a live one because their bucket was full: raise table_size.",
+        &sticky,
+        |v| v.sticky_evictions,
     );
 
     out.family(
@@ -721,6 +772,36 @@ mod tests {
         assert_eq!(b.cumulative[0], 1);
         assert_eq!(b.cumulative[2], 3, "le=0.0005");
         assert!(b.cumulative.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn sticky_families_only_for_listeners_with_stickiness() {
+        let pay = listener("pay", Protocol::Tcp, &["127.0.0.1:9001"], 2);
+        pay.scheduler
+            .set_stickiness(Some(ringlb_config::Stickiness {
+                key: ringlb_config::StickinessKey::SourceIp,
+                table_size: 100,
+                expire: std::time::Duration::from_secs(60),
+                single_active: false,
+            }));
+        pay.workers[0].sticky_hits.add(4);
+        pay.workers[1].sticky_hits.add(1);
+        pay.workers[1].sticky_misses.add(2);
+        let plain = listener("plain", Protocol::Tcp, &["127.0.0.1:9002"], 1);
+        let text = render(&registry_with(vec![pay, plain]));
+        for line in [
+            "ringlb_sticky_entries{listener=\"pay\"} 0",
+            "ringlb_sticky_table_size{listener=\"pay\"} 104",
+            "ringlb_sticky_hits_total{listener=\"pay\"} 5",
+            "ringlb_sticky_misses_total{listener=\"pay\"} 2",
+            "ringlb_sticky_evictions_total{listener=\"pay\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("ringlb_sticky_hits_total{listener=\"plain\"}"));
     }
 
     #[test]

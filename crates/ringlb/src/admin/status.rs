@@ -5,7 +5,8 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
-use ringlb_scheduler::{TierRange, FULL_RAMP};
+use ringlb_config::StickinessKey;
+use ringlb_scheduler::{StickyStatus, TierRange, FULL_RAMP};
 
 use crate::control::failback_name;
 use crate::registry::{HealthRecord, Registry};
@@ -69,11 +70,30 @@ pub fn listeners(registry: &Registry) -> Value {
                 "tiers_in_use": snapshot.tiers_now().map(TierRange::describe),
                 "table_fingerprint": snapshot.fingerprint(),
                 "failback_pending": shared.scheduler.failback_pending().map(TierRange::describe),
+                "stickiness": shared.scheduler.sticky_status().map_or(Value::Null, |s| stickiness(&s)),
                 "backends": backends,
             })
         })
         .collect();
     Value::Array(list)
+}
+
+/// A listener's `stickiness` in `/status`.
+fn stickiness(s: &StickyStatus) -> Value {
+    let port_range = match s.settings.key {
+        StickinessKey::SourceIp => None,
+        StickinessKey::SourceIpPortRange { port_range } => Some(port_range),
+    };
+    json!({
+        "key": s.settings.key.as_str(),
+        "port_range": port_range,
+        "table_size": s.capacity,
+        "entries": s.entries,
+        "memory_bytes": s.memory,
+        "expire": humantime::format_duration(s.settings.expire).to_string(),
+        "single_active": s.settings.single_active,
+        "active_backend": s.active,
+    })
 }
 
 fn transition(record: &HealthRecord) -> Value {

@@ -221,25 +221,31 @@ impl AdminBook {
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let mut text = self.to_json().to_string();
         text.push('\n');
-        let tmp = temp_path(path);
-        let written = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return written;
-        }
-        // The rename is durable once the directory is synced; best effort.
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        write_atomically(path, text.as_bytes())
     }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old content or the new one: a
+/// temporary file beside it, fsync, rename, then the directory synced.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
+    // The rename is durable once the directory is synced; best effort.
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -37,6 +37,9 @@ impl ControlPlane {
                 reset,
             } => self.shutdown_sessions(&listener, &backend, spread, reset),
             Request::Active { listener, backend } => self.active(&listener, &backend),
+            Request::StickShow { listener, limit } => self.stick_show(&listener, limit),
+            Request::StickClear { listener, key } => self.stick_clear(&listener, key.as_deref()),
+            Request::StickMove { listener, backend } => self.stick_move(&listener, &backend),
             Request::Node { failed } => self.set_node(failed),
             Request::Upgrade { binary } => match self.start_upgrade(binary) {
                 Ok(outcome) => {

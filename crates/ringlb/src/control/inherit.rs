@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ringlb_config::Listener;
 use ringlb_dataplane::worker::Command;
 use ringlb_dataplane::{monotonic_now, Frozen, Moved, MovedConn, MovedSession};
+use ringlb_scheduler::{decode_dumps, StickyDump};
 use socket2::Socket;
 
 use super::admin_book::AdminBook;
@@ -32,6 +33,8 @@ pub(super) struct Inherited {
     pub(super) admin: Option<TcpListener>,
     /// The old process's admin state, to start from.
     pub(super) book: Option<AdminBook>,
+    /// The old process's sticky tables, by listener.
+    pub(super) sticky: Option<Vec<(String, StickyDump)>>,
 }
 
 struct InheritedListener {
@@ -78,9 +81,12 @@ fn receive(raw: &str) -> Result<Inherited, String> {
         listeners: HashMap::new(),
         admin: None,
         book: None,
+        sticky: None,
     };
+    // The sticky tables' bytes as they arrive, and how many are announced.
+    let mut sticky: Option<(usize, Vec<u8>)> = None;
     loop {
-        let Frame { msg, fds, .. } = inherited
+        let Frame { msg, fds, payload } = inherited
             .channel
             .recv(LISTENERS_TIMEOUT)
             .map_err(|e| e.to_string())?;
@@ -118,8 +124,25 @@ fn receive(raw: &str) -> Result<Inherited, String> {
                 inherited.book =
                     Some(AdminBook::from_json(&book).map_err(|e| format!("admin state: {e}"))?);
             }
+            Msg::Sticky { len } => sticky = Some((len, payload)),
+            Msg::StickyData => match &mut sticky {
+                Some((_, bytes)) => bytes.extend_from_slice(&payload),
+                None => return Err("sticky table data before its header".into()),
+            },
             Msg::ListenersEnd { workers } => {
                 inherited.workers = workers.max(1);
+                if let Some((len, bytes)) = sticky {
+                    if bytes.len() != len {
+                        return Err(format!(
+                            "sticky tables: {len} bytes announced, {} received",
+                            bytes.len()
+                        ));
+                    }
+                    inherited.sticky = Some(
+                        decode_dumps(&bytes, super::sticky::unix_now())
+                            .map_err(|e| format!("sticky tables: {e}"))?,
+                    );
+                }
                 return Ok(inherited);
             }
             other => {

@@ -82,6 +82,7 @@ impl ControlPlane {
 
     /// Moves a TCP listener's sockets to a new name; the workers keep accepting on them.
     pub(super) fn rename_listener(&mut self, old: &str, listener: Listener) {
+        self.carry_sticky(old, &listener.name);
         let Some(running) = self.listeners.remove(old) else {
             return;
         };
@@ -161,11 +162,12 @@ impl ControlPlane {
     }
 
     /// The shared state of a listener about to start: its scheduler carries the
-    /// operator's admin state from the start, so no connection reaches a drained backend
-    /// in between.
-    fn new_shared(&self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerState> {
+    /// operator's admin state and its sticky table from the start, so no connection
+    /// reaches a drained backend or misses its entry in between.
+    fn new_shared(&mut self, listener: &Listener, bound: SocketAddr) -> Arc<ListenerState> {
         let scheduler = Scheduler::for_listener(listener);
         self.book.apply(&listener.name, &scheduler);
+        self.restore_sticky(&listener.name, &scheduler);
         Arc::new(ListenerState::new(
             listener.clone(),
             bound,

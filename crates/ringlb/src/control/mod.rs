@@ -14,6 +14,8 @@
 //! - `admin_book`: the operator's admin state and weights, and the `state_file`.
 //! - `ports`: refusing a port another process already serves.
 //! - `upgrade`: the live-upgrade hook.
+//! - `sticky`: learned stickiness: its tick, the tables kept across reloads, upgrades and
+//!   restarts, `ringlb ctl stick`.
 
 // Every control-plane line keeps the target `ringlb::control`, whichever file of this
 // module writes it: operators filter (`RUST_LOG`) and grep on it.
@@ -34,6 +36,7 @@ mod sessions;
 mod shutdown;
 mod startup;
 mod steering;
+mod sticky;
 
 pub(crate) use steering::failback_name;
 mod upgrade;
@@ -85,6 +88,8 @@ struct ControlPlane {
     tiers_seen: HashMap<String, Option<ringlb_scheduler::TierRange>>,
     /// `audit_log`, when configured.
     audit: Option<std::cell::RefCell<crate::audit::AuditLog>>,
+    /// Sticky tables waiting for their listener, and their state file.
+    sticky: sticky::StickyKeeper,
 }
 
 impl ControlPlane {

@@ -103,6 +103,7 @@ impl ControlPlane {
         let old_state_file = self.config.state_file.clone();
         let plan = plan(&self.config, &new);
         let applied = self.apply(plan, &new);
+        self.forget_pending_sticky();
         self.config = effective_config(&self.config, &new, &applied);
         debug_assert!(
             self.config.listeners.len() == self.listeners.len()
@@ -217,6 +218,7 @@ impl ControlPlane {
         match bind(&listener, self.workers.len()) {
             Ok((sockets, addr)) => {
                 if replaces {
+                    self.carry_sticky(&listener.name, &listener.name);
                     self.stop_listener(&listener.name);
                     applied.rebound.push(listener.name.clone());
                 }

@@ -57,6 +57,10 @@ impl ControlPlane {
         for worker in self.workers.drain(..) {
             worker.join();
         }
+        // After a live upgrade the tables are the new process's to keep.
+        if signal != Signal::SIGUSR2 {
+            self.save_sticky_now();
+        }
     }
 
     /// Phase 0: `/ready` already answers 503 and the listeners still accept for `delay`,

@@ -248,6 +248,10 @@ fn start(
         Some(path) => Some(std::cell::RefCell::new(crate::audit::AuditLog::open(path)?)),
         None => None,
     };
+    let mut sticky = super::sticky::StickyKeeper::default();
+    if let Some(dumps) = inherited.as_mut().and_then(|i| i.sticky.take()) {
+        sticky.inherit(dumps);
+    }
     let plane = ControlPlane {
         path,
         workers,
@@ -265,6 +269,7 @@ fn start(
         handed_over: None,
         tiers_seen: HashMap::new(),
         audit,
+        sticky,
     };
     plane.audit(
         "start",
@@ -354,9 +359,9 @@ fn await_started(events: &Receiver<WorkerEvent>, count: usize) -> Result<(), Run
 }
 
 impl ControlPlane {
-    /// Restores the operator's admin state (handed over by the previous process in a live
-    /// upgrade, else `state_file`), hands the listeners bound by `run` to the workers and
-    /// starts the prober.
+    /// Restores the operator's admin state and the sticky tables (handed over by the
+    /// previous process in a live upgrade, else `state_file`), hands the listeners bound by
+    /// `run` to the workers and starts the prober.
     fn start(
         mut self,
         bound: Vec<(Listener, Vec<Socket>, SocketAddr)>,
@@ -367,11 +372,15 @@ impl ControlPlane {
                 self.registry.readiness.set_node_failed(book.node_failed);
                 self.book = book;
             }
-            None => self.load_book(),
+            None => {
+                self.load_book();
+                self.load_sticky();
+            }
         }
         for (listener, sockets, addr) in bound {
             self.start_listener(listener, sockets, addr);
         }
+        self.forget_pending_sticky();
         self.sync_book();
         self.publish_registry();
         self.restart_prober();

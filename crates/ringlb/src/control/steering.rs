@@ -72,6 +72,7 @@ impl ControlPlane {
                 log::warn!("{e}");
             }
         }
+        self.sticky_tick();
         self.shed_recovered();
     }
 

@@ -192,6 +192,18 @@ impl ControlPlane {
             book: self.book.to_json().to_string(),
         };
         ch.send(&book, &[], &[]).map_err(|e| e.to_string())?;
+        // The sticky tables too, so returning clients find their backend in the new
+        // process from its first connection.
+        if let Some(tables) = self.sticky_bytes() {
+            let mut chunks = tables.chunks(CHUNK);
+            let first = chunks.next().unwrap_or(&[]);
+            ch.send(&Msg::Sticky { len: tables.len() }, first, &[])
+                .map_err(|e| e.to_string())?;
+            for chunk in chunks {
+                ch.send(&Msg::StickyData, chunk, &[])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         ch.send(
             &Msg::ListenersEnd {
                 workers: self.workers.len(),

@@ -27,6 +27,12 @@ pub const MAX_WEIGHT: u32 = 65_535;
 /// Longest `shutdown-sessions` spread: the bound of the file's `on_down_spread`.
 pub const MAX_SPREAD: Duration = ringlb_config::MAX_ON_DOWN_SPREAD;
 
+/// Entries `stick-show` lists when it is not told how many.
+pub const DEFAULT_STICK_LIMIT: u32 = 100;
+/// Most entries one `stick-show` reply lists (about 8 MB of JSON, under the client's
+/// reply limit).
+pub const MAX_STICK_LIMIT: u32 = 100_000;
+
 /// One command, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -63,6 +69,16 @@ pub enum Request {
     },
     /// A backend's open connections (what `ringlb ctl wait-empty` polls).
     Active { listener: String, backend: String },
+    /// A listener's sticky entries, the most recently used first, at most `limit`.
+    StickShow { listener: String, limit: u32 },
+    /// Forget a listener's sticky entries of `key` (an address, an address and a port, or
+    /// a key as listed), or all of them and the `single_active` backend.
+    StickClear {
+        listener: String,
+        key: Option<String>,
+    },
+    /// `single_active`: every client goes to `backend` from now on.
+    StickMove { listener: String, backend: String },
 }
 
 impl Request {
@@ -78,6 +94,9 @@ impl Request {
             Request::Upgrade { .. } => "upgrade",
             Request::ShutdownSessions { .. } => "shutdown-sessions",
             Request::Active { .. } => "active",
+            Request::StickShow { .. } => "stick-show",
+            Request::StickClear { .. } => "stick-clear",
+            Request::StickMove { .. } => "stick-move",
         }
     }
 
@@ -85,7 +104,7 @@ impl Request {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Request::Ping | Request::Status | Request::Active { .. }
+            Request::Ping | Request::Status | Request::Active { .. } | Request::StickShow { .. }
         )
     }
 }
@@ -105,7 +124,7 @@ pub enum DecodeError {
     Version(String),
     #[error("missing \"cmd\"")]
     NoCommand,
-    #[error("unknown cmd {0:?}: expected ping, status, drain, maint, ready, weight, failback, node, upgrade, shutdown-sessions or active")]
+    #[error("unknown cmd {0:?}: expected ping, status, drain, maint, ready, weight, failback, node, upgrade, shutdown-sessions, active, stick-show, stick-clear or stick-move")]
     UnknownCommand(String),
     #[error("{cmd}: missing field \"{field}\"")]
     Missing {
@@ -222,6 +241,27 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
                 backend: f.string("backend")?,
             }
         }
+        "stick-show" => {
+            f.cmd = "stick-show";
+            Request::StickShow {
+                listener: f.string("listener")?,
+                limit: f.limit()?,
+            }
+        }
+        "stick-clear" => {
+            f.cmd = "stick-clear";
+            Request::StickClear {
+                listener: f.string("listener")?,
+                key: f.optional_string("key")?,
+            }
+        }
+        "stick-move" => {
+            f.cmd = "stick-move";
+            Request::StickMove {
+                listener: f.string("listener")?,
+                backend: f.string("backend")?,
+            }
+        }
         other => return Err(DecodeError::UnknownCommand(shorten(other))),
     };
     f.finish()?;
@@ -312,6 +352,21 @@ impl Fields {
         }
     }
 
+    /// `"limit"`: 1..=100000 entries; absent or null: 100.
+    fn limit(&mut self) -> Result<u32, DecodeError> {
+        match self.fields.remove("limit") {
+            None | Some(Value::Null) => Ok(DEFAULT_STICK_LIMIT),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=u64::from(MAX_STICK_LIMIT)).contains(&n) => Ok(n as u32),
+                _ => Err(DecodeError::Invalid {
+                    cmd: self.cmd,
+                    field: "limit",
+                    expected: "must be an integer 1..=100000",
+                }),
+            },
+        }
+    }
+
     /// Any field left over is a mistake worth naming (a typo would otherwise be ignored).
     fn finish(self) -> Result<(), DecodeError> {
         match self.fields.into_iter().next() {
@@ -377,9 +432,19 @@ pub fn encode(request: &Request) -> String {
             put("spread_ms", json!(spread.as_millis() as u64));
             put("reset", json!(reset));
         }
-        Request::Active { listener, backend } => {
+        Request::Active { listener, backend } | Request::StickMove { listener, backend } => {
             put("listener", json!(listener));
             put("backend", json!(backend));
+        }
+        Request::StickShow { listener, limit } => {
+            put("listener", json!(listener));
+            put("limit", json!(limit));
+        }
+        Request::StickClear { listener, key } => {
+            put("listener", json!(listener));
+            if let Some(key) = key {
+                put("key", json!(key));
+            }
         }
     }
     line(fields.iter().map(|(k, v)| (*k, v)))
@@ -600,6 +665,22 @@ mod tests {
                 listener: "a".into(),
                 backend: "b".into(),
             },
+            Request::StickShow {
+                listener: "a".into(),
+                limit: 7,
+            },
+            Request::StickClear {
+                listener: "a".into(),
+                key: None,
+            },
+            Request::StickClear {
+                listener: "a".into(),
+                key: Some("10.0.0.1:1024-2047".into()),
+            },
+            Request::StickMove {
+                listener: "a".into(),
+                backend: "b".into(),
+            },
         ]
     }
 
@@ -700,6 +781,18 @@ mod tests {
                 br#"{"v":1,"cmd":"active","listener":"l"}"#,
                 "active: missing field \"backend\"",
             ),
+            (
+                br#"{"v":1,"cmd":"stick-show","listener":"l","limit":0}"#,
+                "stick-show: field \"limit\" must be an integer 1..=100000",
+            ),
+            (
+                br#"{"v":1,"cmd":"stick-clear","listener":"l","key":5}"#,
+                "stick-clear: field \"key\" must be a non-empty string",
+            ),
+            (
+                br#"{"v":1,"cmd":"stick-move","listener":"l"}"#,
+                "stick-move: missing field \"backend\"",
+            ),
         ];
         for (line, needle) in cases {
             let e = decode(line).expect_err(&String::from_utf8_lossy(line));
@@ -733,6 +826,27 @@ mod tests {
         assert!(Request::Active {
             listener: "l".into(),
             backend: "b".into()
+        }
+        .is_read_only());
+    }
+
+    #[test]
+    fn stick_show_lists_a_hundred_unless_told() {
+        assert_eq!(
+            decode(br#"{"v":1,"cmd":"stick-show","listener":"l"}"#),
+            Ok(Request::StickShow {
+                listener: "l".into(),
+                limit: DEFAULT_STICK_LIMIT,
+            })
+        );
+        assert!(Request::StickShow {
+            listener: "l".into(),
+            limit: 1
+        }
+        .is_read_only());
+        assert!(!Request::StickClear {
+            listener: "l".into(),
+            key: None
         }
         .is_read_only());
     }
@@ -841,6 +955,10 @@ mod tests {
                     "reset",
                     "shutdown-sessions",
                     "active",
+                    "stick-show",
+                    "stick-clear",
+                    "limit",
+                    "key",
                     "drain",
                     "status",
                     "fail",
@@ -861,6 +979,8 @@ mod tests {
                         Just("state".to_string()),
                         Just("binary".to_string()),
                         Just("spread_ms".to_string()),
+                        Just("limit".to_string()),
+                        Just("key".to_string()),
                         "[a-z]{1,6}",
                     ],
                     inner,
@@ -892,7 +1012,7 @@ mod tests {
 
         #[test]
         fn mutated_valid_requests_never_panic(
-            pick in 0usize..15,
+            pick in 0usize..19,
             cut in 0usize..120,
             flip in any::<u8>(),
         ) {

@@ -42,6 +42,11 @@ pub enum Msg {
     /// old → new: the operator's admin state (drain, maint, weights, node fail), in the
     /// `state_file` format.
     AdminState { book: String },
+    /// old → new: the sticky tables in the `state_file` sibling's format (`len` bytes:
+    /// this frame's payload, then `sticky_data` frames).
+    Sticky { len: usize },
+    /// old → new: more bytes of the sticky tables.
+    StickyData,
     /// old → new: all listeners sent; the old process runs `workers` workers.
     ListenersEnd { workers: usize },
     /// new → old: serving (workers up, listeners accepting); send the connections.
