@@ -71,6 +71,9 @@ pub fn check(addr: SocketAddr, udp: bool, own: &[u64]) -> Result<(), PortTaken> 
     } else {
         (["/proc/net/tcp", "/proc/net/tcp6"], "tcp")
     };
+    // The tables list every socket (a busy host: tens of thousands of connections); only
+    // lines naming the port are parsed.
+    let port_field = format!(":{:04X} ", addr.port());
     let mut candidates: Vec<Entry> = Vec::new();
     for table in tables {
         let Ok(text) = fs::read_to_string(table) else {
@@ -79,6 +82,7 @@ pub fn check(addr: SocketAddr, udp: bool, own: &[u64]) -> Result<(), PortTaken> 
         candidates.extend(
             text.lines()
                 .skip(1)
+                .filter(|line| line.contains(port_field.as_str()))
                 .filter_map(|line| parse_entry(line, udp))
                 .filter(|e| overlaps(addr, e.local) && !own.contains(&e.inode)),
         );
