@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<Scalar>,
     pub access_log: Option<Scalar>,
+    pub log_format: Option<Scalar>,
     pub control: Option<Scalar>,
     pub state_file: Option<Scalar>,
     pub listeners: Option<Vec<RawListener>>,
