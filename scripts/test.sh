@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test entry point: formatting, lints, every test, config checks, bench smoke.
+# The one test entry point: formatting, lints, every test, config checks, the monitoring
+# kit (promtool), bench smoke.
 # Usage: scripts/test.sh                      (from anywhere inside the checkout)
 #        scripts/test.sh --check-skips FILE   (only check a skip log, see below)
 #
@@ -124,6 +125,9 @@ step "ringlb check over configs/"
 for f in configs/*.yaml; do
     target/debug/ringlb check --config "$f"
 done
+
+step "monitoring kit: contrib/ rules and dashboard (promtool; scripts/check-monitoring.sh)"
+scripts/check-monitoring.sh
 
 step "documentation builds"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

@@ -22,6 +22,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// One info line per finished TCP connection / expired UDP session.
     pub access_log: bool,
+    /// How log lines are written (`log_format`).
+    pub log_format: LogFormat,
     /// The control socket (`ringlb ctl`); `None`: a path derived from the config file's
     /// own path (docs/control-protocol.md).
     pub control: Option<PathBuf>,
@@ -32,6 +34,16 @@ pub struct Config {
     /// upgrades and health transitions; `None`: not kept.
     pub audit_log: Option<PathBuf>,
     pub listeners: Vec<Listener>,
+}
+
+/// `log_format`: how every log line is written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `[TIMESTAMP LEVEL target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line: ts, level, target, msg and the line's fields.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub withdraw_delay: Option<Scalar>,
     pub log_level: Option<Scalar>,
     pub access_log: Option<Scalar>,
+    pub log_format: Option<Scalar>,
     pub control: Option<Scalar>,
     pub state_file: Option<Scalar>,
     pub audit_log: Option<Scalar>,

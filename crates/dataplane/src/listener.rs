@@ -10,7 +10,7 @@ use ringlb_config::{Listener, Protocol};
 use ringlb_persource::SourceTable;
 use ringlb_scheduler::Scheduler;
 
-use crate::outcome::{access_line, Record};
+use crate::outcome::{log_access, Record};
 use crate::stats::WorkerCounters;
 
 /// One listener as the workers see it. Created by the control plane; a reload that keeps
@@ -75,7 +75,7 @@ impl ListenerState {
     pub(crate) fn finish(&self, counters: &WorkerCounters, record: &Record) {
         counters.count(record.outcome);
         if self.access_log.load(Ordering::Relaxed) {
-            log::info!(target: "ringlb::access", "{}", access_line(&self.name, record));
+            log_access(&self.name, record);
         }
     }
 

@@ -241,17 +241,39 @@ impl Record<'_> {
     }
 }
 
-/// The access-log line (target `ringlb::access`) of one record.
-pub(crate) fn access_line(listener: &str, r: &Record) -> String {
-    format!(
-        "listener={listener} client={} backend={} duration_ms={} bytes_in={} bytes_out={} end={}",
-        r.client,
-        r.backend,
-        r.duration.as_millis(),
-        r.bytes_in,
-        r.bytes_out,
-        r.outcome
-    )
+/// The access-log message of one record (docs/operations.md, "Access log"), written
+/// straight into the log line: no string of its own is built.
+pub(crate) struct AccessLine<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) record: &'a Record<'a>,
+}
+
+impl std::fmt::Display for AccessLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.record;
+        write!(
+            f,
+            "listener={} client={} backend={} duration_ms={} bytes_in={} bytes_out={} end={}",
+            self.listener,
+            r.client,
+            r.backend,
+            r.duration.as_millis(),
+            r.bytes_in,
+            r.bytes_out,
+            r.outcome
+        )
+    }
+}
+
+/// Logs one record's access line at info, target `ringlb::access`, with its fields
+/// as structured values too (the JSON log format writes them as members).
+pub(crate) fn log_access(listener: &str, r: &Record) {
+    let duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX);
+    log::info!(target: "ringlb::access",
+        listener = listener, client:% = r.client, backend = r.backend,
+        duration_ms = duration_ms, bytes_in = r.bytes_in, bytes_out = r.bytes_out,
+        end:% = r.outcome;
+        "{}", AccessLine { listener, record: r });
 }
 
 #[cfg(test)]
@@ -272,6 +294,10 @@ mod tests {
     fn end_and_deny_names_are_unique_tokens() {
         assert_unique_tokens(&EndReason::ALL.map(EndReason::as_str));
         assert_unique_tokens(&DenyReason::ALL.map(DenyReason::as_str));
+    }
+
+    fn access_line(listener: &str, record: &Record) -> String {
+        AccessLine { listener, record }.to_string()
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! loopback (docs/metrics.md).
 
 mod metrics;
+mod process;
 mod server;
 mod status;
 

@@ -10,6 +10,7 @@ mod bounded;
 mod control;
 mod control_socket;
 mod ctl;
+mod logging;
 mod notify;
 mod readiness;
 mod registry;
@@ -42,6 +43,9 @@ enum Command {
         /// Data-plane threads; overrides `workers` in the file.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// How log lines are written; overrides `log_format` in the file, also at reloads.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate a configuration file: exit 0 when valid, 2 with one line per problem otherwise.
     Check {
@@ -117,7 +121,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, workers } => run(&config, workers.map(usize::from)),
+        Command::Run {
+            config,
+            workers,
+            log_format,
+        } => run(&config, workers.map(usize::from), log_format),
         Command::Explain {
             config,
             listener,
@@ -175,28 +183,45 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, workers: Option<usize>) -> ExitCode {
+fn run(path: &Path, workers: Option<usize>, log_format: Option<LogFormatArg>) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(EXIT_INVALID_CONFIG);
     };
-    init_logging(config.log_level);
-    match control::run(config, path.to_path_buf(), workers) {
+    let format =
+        log_format.map_or_else(|| logging::format(config.log_format), LogFormatArg::format);
+    let settings =
+        ringlb_logging::Settings::from_env(config.log_level, format, log_format.is_some());
+    if let Err(e) = ringlb_logging::init(&settings) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    let status = match control::run(config, path.to_path_buf(), workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // The access lines of the last connections are still queued; a stuck stderr reader
+    // must not keep the process from exiting, hence the bound.
+    ringlb_logging::flush(logging::EXIT_FLUSH_TIMEOUT);
+    status
 }
 
-/// `RUST_LOG` wins over the file's `log_level`.
-fn init_logging(level: log::LevelFilter) {
-    let mut builder = env_logger::Builder::new();
-    builder.filter_level(level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl LogFormatArg {
+    fn format(self) -> ringlb_logging::Format {
+        match self {
+            LogFormatArg::Text => ringlb_logging::Format::Text,
+            LogFormatArg::Json => ringlb_logging::Format::Json,
+        }
     }
-    builder.format_timestamp_micros().init();
 }
 
 fn explain(path: &Path, listener: &str, client: SocketAddr) -> ExitCode {

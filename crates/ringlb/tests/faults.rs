@@ -164,7 +164,11 @@ fn out_of_local_ports_is_not_the_backends_fault() {
         );
         assert_eq!(metric(&lb, &l("ringlb_backend_up", &backend)), 1.0);
         assert_eq!(lb.count_log("backend down"), 0, "the backend was blamed");
-        assert_eq!(lb.count_log("end=denied_resources"), denied_one);
+        assert!(
+            wait_until(WAIT, || lb.count_log("end=denied_resources") == denied_one),
+            "{:#?}",
+            lb.logs()
+        );
         assert_eq!(lb.count_log("end=denied_no_backend"), 0);
 
         let (held_two, denied_two) = hold_clients(lb.listener_addr("two"), 51_000, 30);

@@ -419,7 +419,11 @@ fn max_connection_duration_spares_a_busy_link_and_closes_it_once_quiet() {
     // Quiet now: closed as well.
     assert_eq!(read_until_end(&mut busy, WAIT), ClientEnd::Eof { bytes: 0 });
     assert_ended(&lb, "aged", "max_duration", 2);
-    assert_eq!(lb.count_log("end=max_duration"), 2);
+    assert!(
+        wait_until(WAIT, || lb.count_log("end=max_duration") == 2),
+        "{:#?}",
+        lb.logs()
+    );
 }
 
 /// A requested close writes out everything ringlb read before its FIN, in copy and in

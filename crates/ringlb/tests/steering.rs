@@ -203,7 +203,11 @@ fn manual_failback_holds_the_backups_until_ctl_failback() {
     );
     let after = tags(addr, 20);
     assert_eq!(share(&after, "b"), 0.0, "{after:?}");
-    assert!(lb.count_log("(asked by ringlb ctl failback)") == 1);
+    assert!(
+        wait_until(WAIT, || lb.count_log("(asked by ringlb ctl failback)") == 1),
+        "{:#?}",
+        lb.logs()
+    );
     assert!(ctl(&lb, &["failback", "t"]).contains("nothing to do"));
 }
 

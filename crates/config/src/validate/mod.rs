@@ -11,6 +11,7 @@ mod health;
 mod keepalive;
 mod lifecycle;
 mod listener;
+mod logging;
 mod per_source;
 mod scalar;
 mod source;
@@ -144,6 +145,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .as_ref()
         .and_then(|s| boolean(&mut errs, "access_log", s))
         .unwrap_or(true);
+    let log_format = logging::log_format(&mut errs, raw.log_format.as_ref());
     let control = raw
         .control
         .as_ref()
@@ -184,6 +186,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             withdraw_delay,
             log_level,
             access_log,
+            log_format,
             control,
             state_file,
             audit_log,

@@ -16,6 +16,7 @@ use ringlb_dataplane::ListenerState;
 use ringlb_dataplane::{DenyReason, EndReason};
 use ringlb_scheduler::AdminState;
 
+use super::process;
 use crate::registry::Registry;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -107,6 +108,7 @@ struct BackendView {
     weight: f64,
     /// Its priority tier takes new connections.
     tier_in_use: bool,
+    priority: u8,
     /// least_latency's moving average, once there is a sample.
     latency: Option<std::time::Duration>,
 }
@@ -167,6 +169,7 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         .map(|b| BackendView {
             weight: b.current_weight(),
             tier_in_use: tiers.is_some_and(|t| t.contains(b.spec.priority)),
+            priority: b.spec.priority,
             latency: b.state.latency(),
             label: b.spec.label.clone(),
             up: b.state.is_up(),
@@ -239,13 +242,20 @@ pub fn render(registry: &Registry) -> String {
     out.family(
         "ringlb_build_info",
         "gauge",
-        "Always 1; the version label is the ringlb version serving this endpoint.",
+        "Always 1; version and commit of the ringlb binary serving this endpoint.",
     );
     out.sample(
         "ringlb_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            (
+                "commit",
+                option_env!("RINGLB_GIT_COMMIT").unwrap_or("unknown"),
+            ),
+        ],
         1,
     );
+    out.process(process::read().ok().as_ref());
 
     out.per_listener(
         "ringlb_listener_active_connections",
@@ -455,6 +465,14 @@ pub fn render(registry: &Registry) -> String {
     );
 
     out.per_backend(
+        "ringlb_backend_priority",
+        "gauge",
+        "The backend's priority tier (0 first; backup: true is 1).",
+        &all,
+        |b| u64::from(b.priority),
+    );
+
+    out.per_backend(
         "ringlb_backend_priority_in_use",
         "gauge",
         "1 while the backend's priority tier takes new connections (tiers, min_active, failback), 0 otherwise.",
@@ -594,6 +612,20 @@ pub fn render(registry: &Registry) -> String {
     out.sample("ringlb_reloads_total", &[("result", "ok")], ok);
     out.sample("ringlb_reloads_total", &[("result", "failed")], failed);
 
+    let dropped = ringlb_logging::dropped();
+    out.family(
+        "ringlb_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because the log queue was full (stderr's reader did not keep up).",
+    );
+    out.sample("ringlb_access_log_dropped_total", &[], dropped.access);
+    out.family(
+        "ringlb_log_dropped_total",
+        "counter",
+        "Other log lines (not the access log) dropped because the log queue was full.",
+    );
+    out.sample("ringlb_log_dropped_total", &[], dropped.other);
+
     out.text
 }
 
@@ -612,6 +644,56 @@ struct Exposition {
 }
 
 impl Exposition {
+    /// The standard `process_*` families; without a reading (no /proc) they are left out.
+    fn process(&mut self, p: Option<&process::ProcessStats>) {
+        let Some(p) = p else {
+            return;
+        };
+        let gauges: [(&str, &str, u64); 5] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (soft RLIMIT_NOFILE).",
+                p.max_fds,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                p.threads,
+            ),
+        ];
+        self.family(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        self.sample("process_cpu_seconds_total", &[], p.cpu_seconds);
+        for (name, help, value) in gauges {
+            self.family(name, "gauge", help);
+            self.sample(name, &[], value);
+        }
+        self.family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        self.sample("process_start_time_seconds", &[], p.start_time_seconds);
+    }
+
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         self.text.push_str("# HELP ");
         self.text.push_str(name);
@@ -861,8 +943,34 @@ mod tests {
             "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9002\",state=\"maint\"} 1",
             "ringlb_backend_admin_state{listener=\"web\",backend=\"127.0.0.1:9002\",state=\"ready\"} 0",
             "ringlb_ready 0",
+            "ringlb_backend_priority{listener=\"web\",backend=\"127.0.0.1:9001\"} 0",
+            "ringlb_access_log_dropped_total 0",
+            "ringlb_log_dropped_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        let build = format!(
+            "ringlb_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("RINGLB_GIT_COMMIT").unwrap_or("unknown")
+        );
+        assert!(text.lines().any(|l| l == build), "{text}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .parse()
+                .unwrap();
+            assert!(value >= 0.0, "{name} {value}");
         }
         // Protocol-specific families only for listeners of that protocol.
         assert!(

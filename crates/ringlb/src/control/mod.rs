@@ -220,11 +220,16 @@ impl ControlPlane {
     }
 
     fn log_transition(&self, t: &Transition) {
-        if t.up {
-            info!("{t}");
+        // The fields are what the JSON log format writes besides the message.
+        let level = if t.up {
+            log::Level::Info
         } else {
-            warn!("{t}");
-        }
+            log::Level::Warn
+        };
+        log::log!(target: "ringlb::control", level,
+            listener = t.listener.as_str(), backend = t.backend.as_str(),
+            outcome:% = t.outcome, consecutive = t.consecutive, passive = t.passive;
+            "{t}");
         self.registry
             .record_transition(&t.listener, &t.backend, t.up, t.to_string());
     }

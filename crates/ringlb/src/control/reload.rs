@@ -30,6 +30,8 @@ pub(super) struct Applied {
     pub failed: Vec<String>,
     /// The log level set: the file changed it and `RUST_LOG` does not override it.
     pub log_level: Option<LevelFilter>,
+    /// The log format set: the file changed it and `--log-format` does not pin it.
+    pub log_format: Option<ringlb_logging::Format>,
 }
 
 impl fmt::Display for Applied {
@@ -49,6 +51,9 @@ impl fmt::Display for Applied {
         )?;
         if let Some(level) = self.log_level {
             write!(f, " log_level={level}")?;
+        }
+        if let Some(format) = self.log_format {
+            write!(f, " log_format={}", format.as_str())?;
         }
         if !self.renamed.is_empty() {
             let pairs: Vec<String> = self
@@ -176,9 +181,10 @@ impl ControlPlane {
             }
         }
         if let Some(level) = plan.log_level.filter(|_| !self.log_level_from_env) {
-            log::set_max_level(level);
+            ringlb_logging::set_level(level);
             applied.log_level = Some(level);
         }
+        applied.log_format = crate::logging::apply_format(new.log_format);
         for Rename { from, to } in plan.rename {
             let name = to.name.clone();
             self.rename_listener(&from, to);
@@ -279,10 +285,11 @@ mod tests {
                     renamed: vec![("a".into(), "b".into()), ("c".into(), "d".into())],
                     failed: Vec::new(),
                     log_level: Some(LevelFilter::Debug),
+                    log_format: Some(ringlb_logging::Format::Json),
                 },
                 "reload applied: added [extra, api] removed [old, api (rebound)] \
                  changed [main (backends added 10.0.0.13:7000, algorithm round_robin→maglev); \
-                 q (settings)] log_level=DEBUG renamed [a→b, c→d]",
+                 q (settings)] log_level=DEBUG log_format=json renamed [a→b, c→d]",
             ),
             (
                 "renamed only",
