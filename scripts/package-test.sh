@@ -2,7 +2,7 @@
 # Installs the .deb from scripts/package.sh on this machine and removes it again, checking
 # what a Debian host sees (docs/packaging.md); then inspects the .rpm. Needs root.
 #   scripts/package-test.sh            the packages in target/packages/
-#   PACKAGE=1 scripts/package-test.sh  build them first (STATIC=0 scripts/package.sh)
+#   PACKAGE=1 scripts/package-test.sh  build them first (scripts/package.sh)
 #
 # Checks: dpkg -i installs the binary, unit, conffile, man pages, completions and the
 # ringlb user; the installed example passes `ringlb check`; `ringlb doctor` runs; the
@@ -36,7 +36,7 @@ if dpkg-query -W -f='${Status}' ringlb 2>/dev/null | grep -q installed; then
 fi
 
 if [ "${PACKAGE:-0}" = 1 ]; then
-    STATIC=0 scripts/package.sh
+    scripts/package.sh
 fi
 out="${CARGO_TARGET_DIR:-target}/packages"
 deb=$(ls -t "$out"/ringlb_*.deb 2>/dev/null | head -1)

@@ -2,9 +2,9 @@
 # Builds ringlb's packages from this checkout (docs/packaging.md):
 #   target/packages/ringlb_<version>-1_<arch>.deb        (cargo-deb)
 #   target/packages/ringlb-<version>-1.<arch>.rpm        (cargo-generate-rpm)
-#   target/packages/ringlb-<version>-<arch>-linux-musl.tar.gz   static binary (STATIC=0 skips it)
 # and prints where they are. PACKAGE_PROFILE=dev packages the debug build instead of the
-# `dist` profile, quickly, for tests (scripts/test.sh); never ship that.
+# `dist` profile, quickly, for tests (scripts/test.sh); never ship that. No static (musl)
+# build: tokio-uring 0.5 does not compile for musl (docs/packaging.md).
 #
 # cargo-deb and cargo-generate-rpm are installed (pinned versions, `cargo install --locked`)
 # when missing. Idempotent: a second run rebuilds only what changed and replaces the
@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
-MUSL_TARGET="$(uname -m)-unknown-linux-musl"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -72,29 +71,8 @@ step "cargo generate-rpm"
 rm -f "$out"/ringlb-*.rpm
 cargo generate-rpm -p crates/ringlb --profile "$profile" "${rpm_flags[@]}" --output "$out/"
 
-# A fully static binary for hosts whose glibc is older than the build host's (the .deb
-# and .rpm link glibc dynamically; docs/packaging.md says which version they need).
-static_tarball=""
-if [ "${STATIC:-1}" != 0 ]; then
-    step "static build ($MUSL_TARGET)"
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
-        rustup target add "$MUSL_TARGET"
-    fi
-    cargo build --profile "$profile" --locked -p ringlb --bin ringlb --target "$MUSL_TARGET"
-    static_bin="$target_dir/$MUSL_TARGET/$profile_dir/ringlb"
-    "$static_bin" --version
-    stage="$target_dir/static-stage/ringlb-$version-$MUSL_TARGET"
-    rm -rf "$stage"
-    mkdir -p "$stage"
-    cp "$static_bin" "$stage/ringlb"
-    cp packaging/ringlb.service packaging/ringlb.yaml README.md LICENSE "$stage/"
-    cp -r "$generated" "$stage/generated"
-    static_tarball="$out/ringlb-$version-$MUSL_TARGET.tar.gz"
-    tar -C "$(dirname "$stage")" --owner=0 --group=0 -czf "$static_tarball" "$(basename "$stage")"
-fi
-
 step "packages"
-ls -l "$out"/ringlb_*.deb "$out"/ringlb-*.rpm ${static_tarball:+"$static_tarball"}
-for f in "$out"/ringlb_*.deb "$out"/ringlb-*.rpm ${static_tarball:+"$static_tarball"}; do
+ls -l "$out"/ringlb_*.deb "$out"/ringlb-*.rpm
+for f in "$out"/ringlb_*.deb "$out"/ringlb-*.rpm; do
     realpath "$f"
 done

@@ -129,7 +129,7 @@ done
 # from the debug binary above: a release build of its own would take minutes.
 if [ "$(id -u)" -eq 0 ] && command -v dpkg >/dev/null 2>&1; then
     step "packages (scripts/package-test.sh on a debug-build package)"
-    PACKAGE_PROFILE=dev STATIC=0 scripts/package.sh
+    PACKAGE_PROFILE=dev scripts/package.sh
     scripts/package-test.sh
 else
     step "packages: not tested (scripts/package-test.sh needs root and dpkg)"

@@ -28,7 +28,12 @@ impl ControlPlane {
         self.sockets.clear();
         let timeout = self.config.shutdown_timeout;
         self.registry.readiness.set_phase(Phase::Draining);
-        notify_or_log("STOPPING=1");
+        // After a live upgrade (SIGUSR2) the service goes on in the new process, which
+        // systemd now follows: a STOPPING=1 from here would stop the unit, and with it the
+        // new process.
+        if signal != Signal::SIGUSR2 {
+            notify_or_log("STOPPING=1");
+        }
         let live: u32 = self.listeners.values().map(|l| l.active()).sum();
         info!("{signal}: stopped accepting; draining {live} connection(s) for up to {timeout:?}");
         self.drain(timeout, signals, transitions);
