@@ -121,13 +121,22 @@ step "skipped tests"
 # Fail now rather than after the slower steps; the summary is printed again at the end.
 check_skips "$skip_log"
 
-step "ringlb check over configs/"
-for f in configs/*.yaml; do
+step "ringlb check over configs/ and the packaged example"
+for f in configs/*.yaml packaging/ringlb.yaml; do
     target/debug/ringlb check --config "$f"
 done
 
 step "monitoring kit: contrib/ rules and dashboard (promtool; scripts/check-monitoring.sh)"
 scripts/check-monitoring.sh
+# The .deb installed and removed with dpkg, the .rpm inspected (docs/packaging.md). Built
+# from the debug binary above: a release build of its own would take minutes.
+if [ "$(id -u)" -eq 0 ] && command -v dpkg >/dev/null 2>&1; then
+    step "packages (scripts/package-test.sh on a debug-build package)"
+    PACKAGE_PROFILE=dev scripts/package.sh
+    scripts/package-test.sh
+else
+    step "packages: not tested (scripts/package-test.sh needs root and dpkg)"
+fi
 
 step "documentation builds"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::uring::REQUIRED_OPCODES;
 
 /// Backlog for listening sockets; the kernel caps it at net.core.somaxconn.
-const LISTEN_BACKLOG: i32 = 4096;
+pub const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Debug, Error)]
 pub enum BindError {

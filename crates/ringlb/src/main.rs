@@ -1,6 +1,7 @@
 //! ringlb: the binary. Parses the command line, loads the configuration, starts the control
 //! plane, and maps every failure to an exit code (0 ok, 1 runtime failure, 2 invalid config;
-//! `ctl`: 0 applied, 1 refused, 2 usage, 3 no running instance, 4 `wait-empty` timed out).
+//! `ctl`: 0 applied, 1 refused, 2 usage, 3 no running instance, 4 `wait-empty` timed out;
+//! `doctor`: 0 all good, 1 warnings, 2 errors).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -10,24 +11,32 @@ mod bounded;
 mod control;
 mod control_socket;
 mod ctl;
+mod doctor;
+mod generate;
 mod logging;
 mod notify;
 mod readiness;
 mod registry;
 mod signals;
 mod upgrade;
+mod version;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "ringlb",
     version,
-    about = "Thread-per-core io_uring Layer-4 (TCP/UDP) load balancer"
+    long_version = version::LONG,
+    about = "Thread-per-core io_uring Layer-4 (TCP/UDP) load balancer",
+    long_about = "ringlb forwards TCP connections and UDP sessions from per-port listeners to \
+backends, with health checks, failover, hitless reloads (SIGHUP) and live binary upgrades \
+(SIGUSR2). One worker thread per core, each with its own io_uring ring. Start with \
+`ringlb check` and `ringlb doctor`, then `ringlb run` (or the packaged systemd unit)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -81,6 +90,21 @@ enum Command {
         /// Print the instance's JSON reply as it is.
         #[arg(long)]
         json: bool,
+    },
+    /// Check this host for what ringlb needs (kernel, io_uring, limits, sysctls) and, with
+    /// --config, what the file needs (control socket, state_file, binds, capabilities); a
+    /// fix for each problem. Exit 0 all good, 1 warnings, 2 errors.
+    Doctor {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Write man pages or shell completions into DIR (used by scripts/package.sh).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: generate::What,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -144,6 +168,19 @@ fn main() -> ExitCode {
             json,
             command: ctl::CtlCommand::Upgrade { binary },
         }),
+        Command::Doctor { config } => doctor::run(config.as_deref()),
+        Command::Generate { what, dir } => match generate::write(what, Cli::command(), &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write into {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

@@ -30,7 +30,7 @@ mod commands;
 mod inherit;
 mod listeners;
 mod plan;
-mod ports;
+pub(crate) mod ports;
 mod reload;
 mod sessions;
 mod shutdown;

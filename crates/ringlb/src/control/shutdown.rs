@@ -28,7 +28,12 @@ impl ControlPlane {
             self.audit("shutdown", serde_json::json!({ "signal": signal.as_str() }));
         }
         self.registry.readiness.set_phase(Phase::Draining);
-        notify_or_log("STOPPING=1");
+        // After a live upgrade (SIGUSR2) the service goes on in the new process, which
+        // systemd now follows: a STOPPING=1 from here would stop the unit, and with it the
+        // new process.
+        if signal != Signal::SIGUSR2 {
+            notify_or_log("STOPPING=1");
+        }
         let delay = self.config.withdraw_delay;
         if signal != Signal::SIGUSR2 && !delay.is_zero() {
             info!(

@@ -68,8 +68,6 @@ impl ControlPlane {
         let result = self.upgrade(binary);
         match result {
             Ok(handed) => {
-                // systemd (NotifyAccess=all) follows the new process from here.
-                notify_or_log(&format!("MAINPID={}", handed.pid));
                 let new_pid = handed.pid;
                 self.handed_over = Some(handed);
                 Ok(UpgradeOutcome { new_pid })
@@ -120,6 +118,10 @@ impl ControlPlane {
                 return Err(e);
             }
         };
+        // systemd follows the new process from here. Said before `done`, so that the new
+        // process's own MAINPID= and READY=1, sent once it has `done`, come from the main
+        // process (a unit with NotifyAccess=main would drop them otherwise).
+        notify_or_log(&format!("MAINPID={pid}"));
         let _ = ours.send(
             &Msg::Done {
                 conns: conns + sessions,
