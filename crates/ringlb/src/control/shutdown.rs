@@ -13,6 +13,14 @@ use crate::notify::notify_or_log;
 use crate::readiness::Phase;
 use crate::signals::ControlSignal;
 
+/// How a wait while stopping ended.
+enum Waited {
+    Done,
+    Deadline,
+    /// A second shutdown signal.
+    Signal(Signal),
+}
+
 /// After the cut, how long to wait for workers to report and exit.
 const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,32 +85,8 @@ impl ControlPlane {
         signals: &Receiver<ControlSignal>,
         transitions: &Receiver<Transition>,
     ) -> bool {
-        let deadline = Instant::now() + delay;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return true;
-            }
-            select! {
-                recv(signals) -> s => {
-                    if let Ok(ControlSignal::Shutdown(_)) = s {
-                        return false;
-                    }
-                }
-                recv(transitions) -> t => {
-                    if let Ok(t) = t {
-                        self.on_transition(&t);
-                    }
-                }
-                recv(self.requests) -> request => {
-                    if let Ok(r) = request {
-                        self.handle_audited(r, true);
-                    }
-                }
-                recv(self.events) -> _ => {}
-                default(left) => return true,
-            }
-        }
+        let ended = self.serve_until(Instant::now() + delay, signals, transitions, |_| false);
+        !matches!(ended, Waited::Signal(_))
     }
 
     /// Phase 1: every worker stops accepting; waits until all report `Drained`, `timeout`
@@ -115,23 +99,47 @@ impl ControlPlane {
         transitions: &Receiver<Transition>,
     ) {
         self.broadcast(|| Command::Drain);
-        let deadline = Instant::now() + timeout;
+        let workers = self.workers.len();
+        if workers == 0 {
+            return;
+        }
         let mut drained = 0;
-        while drained < self.workers.len() {
+        let ended = self.serve_until(Instant::now() + timeout, signals, transitions, |event| {
+            if matches!(event, WorkerEvent::Drained { .. }) {
+                drained += 1;
+            }
+            drained >= workers
+        });
+        if let Waited::Signal(again) = ended {
+            warn!("{again} again: cutting connections now");
+        }
+    }
+
+    /// While stopping: serves health transitions and (read-only) control requests until
+    /// `done` says a worker event finished the wait, `deadline` passes, or a second
+    /// shutdown signal comes.
+    fn serve_until(
+        &mut self,
+        deadline: Instant,
+        signals: &Receiver<ControlSignal>,
+        transitions: &Receiver<Transition>,
+        mut done: impl FnMut(&WorkerEvent) -> bool,
+    ) -> Waited {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                return Waited::Deadline;
             }
             select! {
                 recv(self.events) -> event => match event {
-                    Ok(WorkerEvent::Drained { .. }) => drained += 1,
+                    Ok(event) if done(&event) => return Waited::Done,
                     Ok(_) => {}
-                    Err(_) => break,
+                    // Every worker is gone: nothing left to wait for.
+                    Err(_) => return Waited::Done,
                 },
                 recv(signals) -> s => {
                     if let Ok(ControlSignal::Shutdown(again)) = s {
-                        warn!("{again} again: cutting connections now");
-                        break;
+                        return Waited::Signal(again);
                     }
                 }
                 recv(transitions) -> t => {
@@ -144,7 +152,7 @@ impl ControlPlane {
                         self.handle_audited(r, true);
                     }
                 }
-                default(left) => break,
+                default(left) => return Waited::Deadline,
             }
         }
     }
