@@ -170,16 +170,7 @@ fn slow_start_gives_a_restarted_backend_a_growing_share() {
 
 #[test]
 fn manual_failback_holds_the_backups_until_ctl_failback() {
-    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
-    let backup = EchoBackend::tagged("b");
-    let yaml = config(
-        &format!("failback: manual\n{HC}"),
-        &[
-            (primaries[0].addr(), 0),
-            (primaries[1].addr(), 0),
-            (backup.addr(), 1),
-        ],
-    );
+    let (mut primaries, backup, yaml) = two_primaries_and("b", "failback: manual");
     let lb = start(&yaml);
     let addr = lb.listener_addr("t");
     assert_eq!(share(&tags(addr, 20), "b"), 0.0);
@@ -266,16 +257,8 @@ fn timed_failback_waits_a_whole_window_and_a_flap_restarts_it() {
 
 #[test]
 fn min_active_adds_the_next_tier_while_too_few_primaries_are_up() {
-    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
-    let second = EchoBackend::tagged("s");
-    let yaml = config(
-        &format!("algorithm: round_robin\nmin_active: 2\n{HC}"),
-        &[
-            (primaries[0].addr(), 0),
-            (primaries[1].addr(), 0),
-            (second.addr(), 1),
-        ],
-    );
+    let (mut primaries, _second, yaml) =
+        two_primaries_and("s", "algorithm: round_robin\nmin_active: 2");
     let lb = start(&yaml);
     let addr = lb.listener_addr("t");
     assert_eq!(share(&tags(addr, 20), "s"), 0.0);
@@ -361,6 +344,22 @@ fn least_latency_gives_a_late_backend_a_small_share_until_it_recovers() {
     );
 }
 
+/// Listener "t" over two primaries tagged p1, p2 and a priority-1 backend tagged `tag`,
+/// with `keys` and the fast health check.
+fn two_primaries_and(tag: &str, keys: &str) -> ([EchoBackend; 2], EchoBackend, String) {
+    let primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
+    let second = EchoBackend::tagged(tag);
+    let yaml = config(
+        &format!("{keys}\n{HC}"),
+        &[
+            (primaries[0].addr(), 0),
+            (primaries[1].addr(), 0),
+            (second.addr(), 1),
+        ],
+    );
+    (primaries, second, yaml)
+}
+
 /// Primaries down then back with `failback: manual`: traffic is held on the backup.
 fn held_on_the_backup(lb: &Ringlb, primaries: &mut [EchoBackend; 2]) {
     let mark = lb.log_mark();
@@ -382,16 +381,7 @@ fn held_on_the_backup(lb: &Ringlb, primaries: &mut [EchoBackend; 2]) {
 
 #[test]
 fn a_manual_failback_hold_survives_a_live_upgrade() {
-    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
-    let backup = EchoBackend::tagged("b");
-    let yaml = config(
-        &format!("failback: manual\n{HC}"),
-        &[
-            (primaries[0].addr(), 0),
-            (primaries[1].addr(), 0),
-            (backup.addr(), 1),
-        ],
-    );
+    let (mut primaries, _backup, yaml) = two_primaries_and("b", "failback: manual");
     let lb = start(&yaml);
     let addr = lb.listener_addr("t");
     held_on_the_backup(&lb, &mut primaries);
@@ -416,20 +406,8 @@ fn a_manual_failback_hold_survives_a_restart_with_state_file() {
     let dir = std::env::temp_dir().join(format!("ringlb-steering-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let state = dir.join("state.json");
-    let mut primaries = [EchoBackend::tagged("p1"), EchoBackend::tagged("p2")];
-    let backup = EchoBackend::tagged("b");
-    let yaml = format!(
-        "state_file: {}\n{}",
-        state.display(),
-        config(
-            &format!("failback: manual\n{HC}"),
-            &[
-                (primaries[0].addr(), 0),
-                (primaries[1].addr(), 0),
-                (backup.addr(), 1),
-            ],
-        )
-    );
+    let (mut primaries, _backup, yaml) = two_primaries_and("b", "failback: manual");
+    let yaml = format!("state_file: {}\n{yaml}", state.display());
     let mut lb = start(&yaml);
     held_on_the_backup(&lb, &mut primaries);
     assert!(
