@@ -78,8 +78,9 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.0f", u / 1000 }'; }  # µs → ms
 
 RUN_IN=()   # command prefix that runs a program in the scenario's namespace (if any)
 
-# track PID: a process this scenario started; stopped by PID when the scenario ends.
-track() { echo "$1" >>"$WORK/$SCENARIO.pids"; }
+# track PID: a process this scenario started; stopped by PID when the scenario ends (from
+# PIDS, and from the list in $WORK if the scenario's subshell could not do it).
+track() { PIDS+=("$1"); echo "$1" >>"$WORK/$SCENARIO.pids"; }
 
 # ours PID: whether PID runs one of the programs this script starts. pid_max is small on
 # a busy box: the PID of a process of ours that has exited may already name another
@@ -121,13 +122,10 @@ netns_or_skip() {
 # cleanup_scenario S: stop what scenario S started (by PID), then delete its namespaces
 # (their nftables tables and veth links go with them).
 cleanup_scenario() {
-    local s=$1 ns
-    if [ -f "$WORK/$s.pids" ]; then
-        local p live=()
-        while read -r p; do ! ours "$p" || live+=("$p"); done <"$WORK/$s.pids"
-        stop_pids "${live[@]}"
-        rm -f "$WORK/$s.pids"
-    fi
+    local s=$1 ns p live=()
+    for p in "${PIDS[@]}" $(cat "$WORK/$s.pids" 2>/dev/null); do ! ours "$p" || live+=("$p"); done
+    stop_pids "${live[@]}"
+    rm -f "$WORK/$s.pids"
     if [ -f "$WORK/$s.netns" ]; then
         while read -r ns; do
             ip netns exec "$ns" nft delete table inet ringlb_chaos 2>/dev/null || true
@@ -175,7 +173,7 @@ run_scenario() {
     stall_watch "$WORK/$s.stall" &
     sw=$!
     (
-        SCENARIO=$s
+        SCENARIO=$s PIDS=()
         trap 'cleanup_scenario "$SCENARIO"' EXIT
         trap 'exit 124' TERM INT
         "scenario_$s"
@@ -193,6 +191,7 @@ run_scenario() {
     wait "$wd" || true
     kill "$sw" 2>/dev/null || true; wait "$sw" 2>/dev/null || true
     cleanup_scenario "$s"
+    [ -f "$WORK/results" ] || { echo "chaos: $WORK vanished during $s (removed by another process?)" >&2; exit 1; }
     if ! grep -q "^[A-Z]*  $s " "$WORK/results"; then
         if [ "$rc" = 124 ] || [ "$rc" = 143 ] || [ "$rc" = 137 ]; then
             report FAIL "$s" "did not finish within its bound of ${bound}s"
@@ -265,6 +264,14 @@ kinds = json.loads(sys.argv[1]).get("error_kinds") or {}
 sys.exit(0 if all(re.search(sys.argv[2], k) for k in kinds) else 1)' "$1" "$2" 2>/dev/null
 }
 
+# kinds_count JSON REGEX: how many of the report's errors have a kind matching REGEX.
+kinds_count() {
+    python3 -c '
+import json, re, sys
+kinds = json.loads(sys.argv[1]).get("error_kinds") or {}
+print(sum(n for k, n in kinds.items() if re.search(sys.argv[2], k)))' "$1" "$2" 2>/dev/null || echo 0
+}
+
 # scrape [PATH]: GET from the admin endpoint (in the scenario's namespace); prints the body.
 scrape() {
     local url="http://$ADMIN${1:-/metrics}"
@@ -282,6 +289,13 @@ metric() {
     local body
     body=$(scrape 2>/dev/null || true)
     awk -v s="$1" 'index($0, s " ") == 1 { v = $2 } END { print (v == "" ? -1 : v) }' <<<"$body"
+}
+
+# denied_sum LISTENER: clients ringlb refused on LISTENER, all reasons (ringlb_denied_total).
+denied_sum() {
+    local body
+    body=$(scrape 2>/dev/null || true)
+    awk -v s="ringlb_denied_total{listener=\"$1\"," 'index($0, s) == 1 { n += $2 } END { print n + 0 }' <<<"$body"
 }
 
 # wait_metric SERIES OP VALUE T0_MS BOUND_S: polls /metrics every 20 ms until
@@ -560,7 +574,9 @@ listeners:
 
 # A frozen backend process (SIGSTOP): its kernel still completes handshakes, so only an
 # exchange can tell. Two listeners over the same two backends: (a) a send/expect check,
-# (b) a connect-only check with response_timeout; the detection time of each, then SIGCONT.
+# (b) a connect-only check with response_timeout; the detection time of each. The loads
+# end while it is stopped, so every failure they saw belongs to the frozen time; then
+# SIGCONT, and new connects must all succeed again.
 scenario_sigstop_backend() {
     backend a echo --listen 127.0.0.1:0 --tag a; local a=$ADDR apid=$BPID
     backend b echo --listen 127.0.0.1:0 --tag b; local b=$ADDR
@@ -575,11 +591,12 @@ listeners:
     response_timeout: 500ms
     health_check: {interval: 200ms, timeout: 150ms, rise: 2, fall: 2}
     backends: [{addr: $a}, {addr: $b}]"
-    local x r load=$((DUR + 6))
+    local x r load=$((DUR / 2 + 2))
     x=$(listener x); r=$(listener r)
-    "$BENCH" connect --target "$x" -c 4 -d "${load}s" --timeout 1s --json >"$WORK/ss-x.json" &
+    # A request on the frozen process hangs: it shows as a timeout after 2 s.
+    "$BENCH" connect --target "$x" -c 4 -d "${load}s" --timeout 2s --json >"$WORK/ss-x.json" &
     local lx=$!; track "$lx"
-    "$BENCH" connect --target "$r" -c 4 -d "${load}s" --timeout 1s --json >"$WORK/ss-r.json" &
+    "$BENCH" connect --target "$r" -c 4 -d "${load}s" --timeout 2s --json >"$WORK/ss-r.json" &
     local lr=$!; track "$lr"
     sleep 1
     local t0 tx= tr= tup=
@@ -591,22 +608,24 @@ listeners:
         [ $(($(now_ms) - t0)) -lt 10000 ] || break
         sleep 0.02
     done
-    sleep $((DUR / 2))
-    local t1; t1=$(now_ms); kill -CONT "$apid"
-    tup=$(wait_metric "ringlb_backend_up{listener=\"x\",backend=\"$a\"}" '==' 1 "$t1" 10 || true)
     wait "$lx" "$lr" || true
-    # After SIGCONT both listeners serve every new connection.
-    local ax ar ox or
+    local t1 stopped; t1=$(now_ms); stopped=$((t1 - t0)); kill -CONT "$apid"
+    tup=$(wait_metric "ringlb_backend_up{listener=\"x\",backend=\"$a\"}" '==' 1 "$t1" 10 || true)
+    # After SIGCONT both listeners serve every new connection, on both backends.
+    local ax ar ox or dx dr
     ax=$("$BENCH" connect --target "$x" -c 4 -d 2s --timeout "$PATIENCE" --count-tags --json || true)
     ar=$("$BENCH" connect --target "$r" -c 4 -d 2s --timeout "$PATIENCE" --count-tags --json || true)
     ox=$(cat "$WORK/ss-x.json"); or=$(cat "$WORK/ss-r.json")
+    dx=$(denied_sum x); dr=$(denied_sum r)
     # Until x marks it down, each of the 4 loops can hang on the frozen backend once per
-    # client timeout (1 s), plus once more for a connect made just before the verdict.
-    local hung_max=$((4 * ((${tx:-0} + 999) / 1000 + 1)))
-    local fig="SIGSTOP one of two backends under connect load: (a) send/expect check (200 ms / 150 ms / fall 2: bound 550 ms) down in ${tx:-never} ms, $(field "$ox" errors) requests hung on it till the client's 1 s timeout (≤ $hung_max); (b) connect-only check + response_timeout 500 ms down in ${tr:-never} ms ($(field "$or" errors) hung: a connect-only check brings it back between silences, health.md); SIGCONT: up again in ${tup:-never} ms, then $(field "$ax" requests)+$(field "$ar" requests) connects, $(field "$ax" errors)+$(field "$ar" errors) errors, tags $(field "$ax" tags) / $(field "$ar" tags)"
+    # client timeout (2 s), plus once more for a connect made just before the verdict.
+    local hung_max=$((4 * ((${tx:-0} + 1999) / 2000 + 1)))
+    local hx hr; hx=$(kinds_count "$ox" 'timed out'); hr=$(kinds_count "$or" 'timed out')
+    local fig="SIGSTOP one of two backends for $stopped ms under connect load: (a) send/expect check (200 ms / 150 ms / fall 2: bound 550 ms) down in ${tx:-never} ms, $(field "$ox" requests) connects, $hx hung on it till the client's 2 s timeout (≤ $hung_max), $(($(field "$ox" errors) - hx)) other failures (denied: $dx); (b) connect-only check + response_timeout 500 ms down in ${tr:-never} ms, $(field "$or" requests) connects, $hr hung (a connect-only check brings it back between silences, health.md), $(($(field "$or" errors) - hr)) other failures (denied: $dr); SIGCONT: up again in ${tup:-never} ms, then $(field "$ax" requests)+$(field "$ar" requests) connects, $(field "$ax" errors)+$(field "$ar" errors) errors, tags $(field "$ax" tags) / $(field "$ar" tags)"
     local ok=0
-    [ -n "$tx" ] && [ -n "$tr" ] && [ -n "$tup" ] \
-        && [ "$(field "$ox" errors)" -le "$hung_max" ] && only_kinds "$ox" 'timed out' && only_kinds "$or" 'timed out' \
+    [ -n "$tx" ] && [ -n "$tr" ] && [ -n "$tup" ] && [ "$hx" -le "$hung_max" ] \
+        && [ $(($(field "$ox" errors) - hx)) -le "$dx" ] && [ $(($(field "$or" errors) - hr)) -le "$dr" ] \
+        && only_kinds "$ox" 'timed out|reset' && only_kinds "$or" 'timed out|reset' \
         && [ "$(field "$ax" errors)" = 0 ] && [ "$(field "$ar" errors)" = 0 ] \
         && [ "$(field "$ax" tags.a)" -gt 0 ] && [ "$(field "$ar" tags.a)" -gt 0 ] && ok=1
     verdict "$ok" sigstop_backend "$fig" "error kinds $(field "$ox" error_kinds) $(field "$or" error_kinds)"
@@ -636,7 +655,7 @@ listeners:
     local ot os dropped denied ft fs
     ot=$(cat "$WORK/ls-t.json"); os=$(cat "$WORK/ls-s.json")
     dropped=$(ip netns exec "$NS" nft list table inet ringlb_chaos | grep -o 'counter packets [0-9]*' | awk '{s += $3} END {print s + 0}')
-    denied=$(scrape | awk '/^ringlb_denied_total/ {s += $2} END {print s + 0}')
+    denied=$(($(denied_sum t) + $(denied_sum s)))
     ft=$(metric "ringlb_connect_failures_total{listener=\"t\",backend=\"$e\"}")
     fs=$(metric "ringlb_connect_failures_total{listener=\"s\",backend=\"$e\"}")
     local fig="every 10th SYN to the only backend dropped ($dropped SYNs); default connect_timeout: $(field "$ot" requests) connects, $(field "$ot" errors) failed, slowest $(ms "$(field "$ot" latency_us.max)") ms (the SYN retransmitted at 1 s), $ft attempts timed out; connect_timeout 300 ms: $(field "$os" requests) connects, $(field "$os" errors) failed, $fs attempts timed out and retried on the same backend, slowest $(ms "$(field "$os" latency_us.max)") ms; denied $denied"
