@@ -155,7 +155,9 @@ pub struct ExchangeArgs {
     /// Ask each connection's backend for its tag and count answers per tag.
     #[arg(long)]
     pub count_tags: bool,
-    /// Cap on total requests per second (default: closed loop, as fast as replies come).
+    /// Total requests per second, sent on a fixed schedule (open loop): latency counts
+    /// from when a request was due, so one that waited behind a stalled reply counts the
+    /// wait. Default: closed loop, as fast as replies come.
     #[arg(long)]
     pub rate: Option<f64>,
 }
