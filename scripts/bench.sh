@@ -4,10 +4,12 @@
 # Writes bench/results/<date>-<machine>.md (and the raw .jsonl beside it).
 #
 # Usage: scripts/bench.sh [--quick]
-# Env:   DURATION=10s REPEATS=3 SCENARIOS="idle rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"
+# Env:   DURATION=10s REPEATS=3 SCENARIOS="idle idle-warm rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"
 #        TARGETS="direct ringlb-copy ringlb-splice ringlb-auto haproxy nginx"
 #        PROXY_CPU=0 LOAD_CPU=1 BASE_PORT=19000 IDLE_CONNS=10000 UDP_FLOWS=16
 #        CONNECT_CONCURRENCY=16 RINGLB=target/release/ringlb OUT=<file.md>
+#        RINGLB_BASELINE=<another ringlb binary>: adds target ringlb-base (copy mode, that
+#        binary), to compare two builds side by side in one run
 # Every process it starts is stopped by PID on exit. Traffic stays on 127.0.0.1.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -18,7 +20,7 @@ QUICK=0
 for a in "$@"; do
     case "$a" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -42,8 +44,11 @@ REPEATS=${REPEATS:-3}
 # idle first: its RSS growth is measured before earlier scenarios leave freed memory to reuse.
 # rr25/rr50/conn25: open-loop fixed load at that percentage of what direct sustained in
 # this run's closed-loop rr/connect (measured first if the scenario list lacks them).
-SCENARIOS=${SCENARIOS:-"idle rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"}
+SCENARIOS=${SCENARIOS:-"idle idle-warm rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"}
 TARGETS=${TARGETS:-"direct ringlb-copy ringlb-splice ringlb-auto haproxy nginx"}
+if [ -n "${RINGLB_BASELINE:-}" ]; then
+    case " $TARGETS " in *" ringlb-base "*) ;; *) TARGETS="$TARGETS ringlb-base" ;; esac
+fi
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-19000}
@@ -92,6 +97,7 @@ port_base() { # target -> first of its three ports (rr, bulk, udp)
     ringlb-auto) echo $((BASE_PORT + 120)) ;;
     haproxy) echo $((BASE_PORT + 130)) ;;
     nginx) echo $((BASE_PORT + 140)) ;;
+    ringlb-base) echo $((BASE_PORT + 150)) ;;
     esac
 }
 STATS_PORT=$((BASE_PORT + 139))
@@ -147,9 +153,11 @@ for t in $TARGETS; do
     case "$t" in
     direct) ACTIVE+=(direct) ;;
     ringlb-*)
-        if [ ! -x "$RINGLB" ]; then log "skipping $t: $RINGLB not built"; continue; fi
-        fill "$ROOT/bench/anchors/ringlb.yaml.tmpl" "$WORK/$t.yaml" "$b" -e "s|@FORWARDING@|${t#ringlb-}|g"
-        taskset -c "$PROXY_CPU" "$RINGLB" run --config "$WORK/$t.yaml" --workers 1 2>"$WORK/$t.log" &
+        bin=$RINGLB mode=${t#ringlb-}
+        [ "$t" = ringlb-base ] && bin=${RINGLB_BASELINE:-} mode=copy
+        if [ ! -x "$bin" ]; then log "skipping $t: '$bin' not built"; continue; fi
+        fill "$ROOT/bench/anchors/ringlb.yaml.tmpl" "$WORK/$t.yaml" "$b" -e "s|@FORWARDING@|$mode|g"
+        taskset -c "$PROXY_CPU" "$bin" run --config "$WORK/$t.yaml" --workers 1 2>"$WORK/$t.log" &
         PIDS+=($!)
         if wait_line "$WORK/$t.log" "listening on" 3 $!; then
             PID_OF[$t]=$!
@@ -224,7 +232,7 @@ haproxy_pipes() { # "used free" from the stats socket
 
 addr_of() { # target scenario -> address, or nothing when the target cannot run it
     local t=$1 s=$2 b off
-    case "$s" in rr* | conn* | idle) off=0 ;; bulk*) off=1 ;; udp-rr) off=2 ;; esac
+    case "$s" in rr* | conn* | idle*) off=0 ;; bulk*) off=1 ;; udp-rr) off=2 ;; esac
     if [ "$t" = direct ]; then
         case $off in 0) echo 127.0.0.1:$RR_BACKEND ;; 1) echo 127.0.0.1:$BULK_BACKEND ;; 2) echo 127.0.0.1:$UDP_BACKEND ;; esac
         return
@@ -243,6 +251,7 @@ load_args() {
     bulk4) echo "bulk -s 4 -d $DURATION" ;;
     udp-rr) echo "udp-rr -f $UDP_FLOWS --request 32 -d $DURATION" ;;
     idle) echo "idle -c $IDLE_CONNS --request 32 --response 64 -d $IDLE_HOLD --timeout 10s" ;;
+    idle-warm) echo "idle -c $IDLE_CONNS --request 32 --response 64 -d $IDLE_HOLD --timeout 10s --warm" ;;
     *) log "unknown scenario $1"; exit 2 ;;
     esac
 }
@@ -286,7 +295,7 @@ for rep in $(seq "$REPEATS"); do
             taskset -c "$LOAD_CPU" "$BENCH" $args --target "$addr" --json >"$out" 2>"$err" &
             lp=$!
             PIDS+=($lp)
-            if [ "$s" = idle ]; then
+            if [ "${s#idle}" != "$s" ]; then
                 wait_line "$err" "idle: holding" 1 $lp && rheld=$(rss_kb "$t")
             elif [ "${s#bulk}" != "$s" ]; then
                 sleep "$(awk -v d="${DURATION%s}" 'BEGIN {print d / 2}')"
@@ -322,6 +331,7 @@ cp "$RAW" "${OUT%.md}.jsonl"
     command -v haproxy >/dev/null && echo "- haproxy: $(haproxy -v 2>/dev/null | head -1)"
     command -v nginx >/dev/null && echo "- nginx: $(nginx -v 2>&1)"
     [ -x "$RINGLB" ] && echo "- ringlb: $("$RINGLB" --version 2>/dev/null || echo "built $(date -r "$RINGLB" +%F)")"
+    [ -n "${RINGLB_BASELINE:-}" ] && echo "- ringlb-base: $RINGLB_BASELINE ($("$RINGLB_BASELINE" --version 2>/dev/null | head -2 | tr "\n" " "))"
     echo "- pinning: proxy on CPU $PROXY_CPU (one worker/thread), load and backends on CPU $LOAD_CPU"
     echo "- run: DURATION=$DURATION REPEATS=$REPEATS SCENARIOS=\"$SCENARIOS\" TARGETS=\"$TARGETS\" scripts/bench.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
     echo "- backends: ringlb-bench respond --request 32 --response 64; sink; echo --proto udp"
@@ -342,15 +352,15 @@ def metrics(r):
     lat = res.get("latency_us") or {}
     req, cpu_s = res.get("requests") or 0, r["cpu_ticks"] / clk
     bulk = res.get("gbit_s") is not None
-    m = {"rate": None if bulk or r["scenario"] == "idle" else res.get("rate"), "p50": lat.get("p50"), "p99": lat.get("p99"),
+    m = {"rate": None if bulk or r["scenario"].startswith("idle") else res.get("rate"), "p50": lat.get("p50"), "p99": lat.get("p99"),
          "p999": lat.get("p999"), "gbit": res.get("gbit_s"), "errors": res.get("errors"),
          "cpu_us": None, "cpu_s_gb": None, "rss_conn": None}
     if r["target"] != "direct":
         if res.get("gbit_s") is not None and res.get("bytes"):
             m["cpu_s_gb"] = cpu_s / (res["bytes"] / 1e9)
-        elif req and r["scenario"] != "idle":
+        elif req and not r["scenario"].startswith("idle"):
             m["cpu_us"] = cpu_s / req * 1e6
-        if r["scenario"] == "idle" and req and r["rss_held_kb"]:
+        if r["scenario"].startswith("idle") and req and r["rss_held_kb"]:
             m["rss_conn"] = (r["rss_held_kb"] - r["rss_before_kb"]) / req
     return m
 agg = {}
@@ -362,7 +372,8 @@ for s in order_s:
                            for k in rs[0]} | {"n": len(rs)}
 PRIMARY = {"rr": ("rate", "req/s"), "connect": ("rate", "conn/s"), "rr25": ("p999", "p99.9 µs"),
            "rr50": ("p999", "p99.9 µs"), "conn25": ("p50", "p50 µs"), "bulk1": ("gbit", "Gbit/s"),
-           "bulk4": ("gbit", "Gbit/s"), "udp-rr": ("rate", "datagrams/s"), "idle": ("rss_conn", "proxy KiB/conn")}
+           "bulk4": ("gbit", "Gbit/s"), "udp-rr": ("rate", "datagrams/s"), "idle": ("rss_conn", "proxy KiB/conn"),
+           "idle-warm": ("rss_conn", "proxy KiB/conn")}
 def f(v, d=1):
     return "–" if v is None else f"{v:,.{d}f}"
 print(f"# ringlb benchmark{' (quick run: indicative only)' if quick else ''}\n")

@@ -238,6 +238,9 @@ pub struct IdleArgs {
     /// Connects in flight at once while opening.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Each connection carries one request and its reply before it goes quiet.
+    #[arg(long)]
+    pub warm: bool,
 }
 
 impl Command {
@@ -291,6 +294,7 @@ impl Command {
                     request: a.request,
                     response: a.response.unwrap_or(a.request),
                     connect_concurrency: a.connect_concurrency,
+                    warm: a.warm,
                 },
                 &a.load,
             ),
@@ -583,7 +587,8 @@ mod tests {
                 connections: 10000,
                 request: 32,
                 response: 64,
-                connect_concurrency: 256
+                connect_concurrency: 256,
+                warm: false,
             }
         );
         let c = parse(&["connect", "--target", "127.0.0.1:1", "--rate", "500"]).unwrap();

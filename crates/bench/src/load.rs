@@ -73,6 +73,9 @@ pub enum Mode {
         request: usize,
         response: usize,
         connect_concurrency: usize,
+        /// Each connection carries one exchange before it goes quiet (a link that logged
+        /// on and waits), so the proxy's buffers have been used once.
+        warm: bool,
     },
 }
 
@@ -383,17 +386,28 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             request,
             response,
             connect_concurrency,
+            warm,
             ..
         } => {
             let per_thread = (connect_concurrency / ctx.threads).max(1);
             let sem = Rc::new(Semaphore::new(per_thread));
+            let p = Exchange::new(request, response, false, None, ctx.width);
             let opening: Vec<_> = (0..share)
                 .map(|_| {
                     let (sem, stats, ctx) = (sem.clone(), stats.clone(), ctx.clone());
+                    let p = p.clone();
                     tokio::task::spawn_local(async move {
                         let _permit = sem.acquire().await.ok()?;
                         let t0 = Instant::now();
-                        match open(&ctx.cfg, false, &stats).await {
+                        let opened = async {
+                            let mut s = open(&ctx.cfg, false, &stats).await?;
+                            if warm {
+                                let mut got = vec![0u8; p.response.len()];
+                                p.once(&mut s, &mut got).await?;
+                            }
+                            Ok::<_, Failed>(s)
+                        };
+                        match opened.await {
                             Ok(s) => {
                                 stats.borrow_mut().record_latency(t0.elapsed());
                                 ctx.established.fetch_add(1, Ordering::Relaxed);
@@ -413,7 +427,6 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
                     conns.push(s);
                 }
             }
-            let p = Exchange::new(request, response, false, None, ctx.width);
             timed(&ctx, |deadline| {
                 if ctx.thread == 0 {
                     // Scripts wait for this line before sampling the proxy's memory.

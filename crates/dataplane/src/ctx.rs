@@ -9,6 +9,7 @@ use std::rc::Rc;
 use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
+use crate::buffers::BufferPool;
 use crate::ending::EndRegistry;
 use crate::handover::Moved;
 use crate::pipes::PipePool;
@@ -29,6 +30,8 @@ pub(crate) struct WorkerCtx {
     rng: Cell<u64>,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
+    /// Spare working copy buffers.
+    pub(crate) buffers: BufferPool,
     /// Live TCP connections (a subset of `live`): what a live upgrade waits to move.
     relays: Cell<usize>,
     relays_idle: Notify,
@@ -56,6 +59,7 @@ impl WorkerCtx {
             ends: EndRegistry::default(),
             rng: Cell::new(seed | 1),
             pipes: PipePool::new(),
+            buffers: BufferPool::new(),
             relays: Cell::new(0),
             relays_idle: Notify::new(),
             handover: Cut::default(),

@@ -212,6 +212,7 @@ async fn forward(
             cut: &ctx.cut,
             handover: &ctx.handover,
             pipes: &ctx.pipes,
+            buffers: &ctx.buffers,
             answers: link.owner.and_then(|backend| settings.answers(backend)),
             end: registered.as_ref().map(|r| &*r.request),
             max_age,
