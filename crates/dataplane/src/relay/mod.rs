@@ -567,6 +567,7 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
     let mut forwarded = 0;
     // A resumed link first writes what the previous process had read and not written.
     let carried = std::mem::take(&mut *link.carry[dir as usize].borrow_mut());
+    let carried_none = carried.is_empty();
     if !carried.is_empty() {
         let n = carried.len() as u64;
         if write_out(link, dir, carried).await.is_none() {
@@ -574,19 +575,25 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
         }
         forwarded += n;
     }
-    // Readiness gate: memory and splices are committed only once this direction has data.
-    match link.poll(from, POLLIN).await {
-        Ok(_) => {}
-        Err(e) if is_cancelled(&e) => return forwarded,
-        Err(e) => {
-            link.abort(dir.source().failed(&e), true).await;
-            return forwarded;
+    // Splice: a readiness gate, so a pipe is committed only once this direction has data.
+    // Copy waits on its small parked buffer instead, one operation rather than a poll and
+    // a recv: the client's first bytes are usually there already when the backend is
+    // connected (try them at once), the backend's come only after them (wait first).
+    if forwarding == Forwarding::Splice {
+        match link.poll(from, POLLIN).await {
+            Ok(_) => {}
+            Err(e) if is_cancelled(&e) => return forwarded,
+            Err(e) => {
+                link.abort(dir.source().failed(&e), true).await;
+                return forwarded;
+            }
         }
     }
     let auto = forwarding == Forwarding::Auto;
+    let mut data_waiting = dir == Dir::ClientToBackend && carried_none;
     loop {
         if forwarding != Forwarding::Splice {
-            match copy_half(link, dir, auto, cx.buffers, &mut forwarded).await {
+            match copy_half(link, dir, auto, cx.buffers, data_waiting, &mut forwarded).await {
                 CopyEnd::Done => return forwarded,
                 CopyEnd::Bulk => link.counters.splice_switches.add(1),
             }
@@ -594,11 +601,16 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
         match splice_half(link, dir, pipes, auto, &mut forwarded).await {
             SpliceEnd::Done => return forwarded,
             SpliceEnd::NoPipe => {
-                copy_half(link, dir, false, cx.buffers, &mut forwarded).await;
+                // It gave up after a readiness poll said data is there.
+                copy_half(link, dir, false, cx.buffers, true, &mut forwarded).await;
                 return forwarded;
             }
-            // A long-lived link back to small messages after a bulk phase.
-            SpliceEnd::BackToCopy => link.counters.copy_switches.add(1),
+            // A long-lived link back to small messages after a bulk phase (its last
+            // burst emptied the socket).
+            SpliceEnd::BackToCopy => {
+                link.counters.copy_switches.add(1);
+                data_waiting = false;
+            }
         }
     }
 }
@@ -642,30 +654,30 @@ enum CopyEnd {
     Bulk,
 }
 
+/// Copy `dir` until it ends or (`auto`) turns bulk. It starts on the parked buffer:
+/// `data_waiting` says whether to try the first recv at once or wait for readiness first.
 async fn copy_half(
     link: &Link<'_>,
     dir: Dir,
     auto: bool,
     buffers: &BufferPool,
+    data_waiting: bool,
     forwarded: &mut u64,
 ) -> CopyEnd {
     let (from, _) = link.sockets(dir);
-    // The readiness gate just said data is there: read it with a working buffer at once.
-    let mut working = Some(buffers.take());
-    // Waited on between small messages; allocated at the first wait.
-    let mut parked = Vec::new();
+    let mut working: Option<Vec<u8>> = None;
+    // Waited on between small messages.
+    let mut parked = Vec::with_capacity(PARKED_BUFFER);
     let mut policy = CopyPolicy::new(auto);
-    let mut drained = false;
+    let mut drained = !data_waiting;
     let end = loop {
         if !link.may_read() {
             break CopyEnd::Done;
         }
         let waiting_parked = working.is_none();
-        let buf = match working.take() {
-            Some(buf) => buf,
-            None if parked.capacity() == 0 => Vec::with_capacity(PARKED_BUFFER),
-            None => std::mem::take(&mut parked),
-        };
+        let buf = working
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut parked));
         let (res, buf) = uring::recv(from, buf, drained).await;
         let n = match res {
             Ok(0) => {
