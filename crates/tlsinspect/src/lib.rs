@@ -15,6 +15,8 @@
 
 mod hello;
 mod record;
+#[doc(hidden)]
+pub mod synthetic;
 
 use std::fmt;
 

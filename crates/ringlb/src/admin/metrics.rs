@@ -19,6 +19,8 @@ use ringlb_scheduler::AdminState;
 use super::process;
 use crate::registry::Registry;
 
+mod sni;
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of the connect-latency buckets: (microseconds, `le` label in seconds).
@@ -418,6 +420,8 @@ pub fn render(registry: &Registry) -> String {
             v.latency.count,
         );
     }
+
+    sni::render(&mut out, &listeners);
 
     out.per_backend(
         "ringlb_active_connections",
