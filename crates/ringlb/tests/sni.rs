@@ -562,3 +562,40 @@ fn each_pool_is_health_checked_on_its_own() {
     assert_eq!(pay.client_conns(), 4);
     assert_eq!(lb.count_log("backend down: listener=tls backend="), 0);
 }
+
+#[test]
+fn on_down_ends_the_links_of_a_route_backend() {
+    let default = EchoBackend::tagged("default");
+    let mut pay = EchoBackend::tagged("pay");
+    let yaml = format!(
+        "admin: 127.0.0.1:0\n\
+         listeners:\n\
+         \x20 - name: tls\n\
+         \x20   bind: 127.0.0.1:0\n\
+         \x20   on_down: close\n\
+         \x20   on_down_spread: 0s\n\
+         \x20   health_check: {{interval: 100ms, timeout: 50ms, fall: 2, rise: 2}}\n\
+         \x20   backends: [{{addr: \"{}\"}}]\n\
+         \x20   routes:\n\
+         \x20     - name: pay\n\
+         \x20       sni: [pay.bank-a.example]\n\
+         \x20       backends: [{{addr: \"{}\"}}]\n",
+        default.addr(),
+        pay.addr()
+    );
+    let lb = Ringlb::start(bin(), &yaml);
+    let to_pay = records(&hello(&[sni_ext("pay.bank-a.example")]), 16384);
+    let mut link = connect(lb.listener_addr("tls"));
+    link.write_all(&to_pay).unwrap();
+    assert_eq!(read_line_tag(&mut link), "pay");
+    let mut back = vec![0u8; to_pay.len()];
+    link.read_exact(&mut back).unwrap();
+    pay.close_listener();
+    let down = format!("backend down: listener=tls/pay backend={}", pay.addr());
+    assert!(lb.wait_for_log(&down, WAIT), "{}", lb.logs().join("\n"));
+    assert!(closed_by_lb(&mut link), "on_down: close must end the link");
+    assert!(wait_until(WAIT, || lb.metric(
+        "ringlb_connections_ended_total{listener=\"tls\",end=\"backend_down_close\"}"
+    ) == Some(1.0)));
+    assert!(lb.wait_for_log("on_down: listener=tls/pay backend=", WAIT));
+}
