@@ -332,6 +332,14 @@ fn names_reach_their_pools_with_the_handshake_completed_end_to_end() {
         lb.logs().join("\n")
     );
     assert!(lb.wait_for_log("route=default sni=other.example tls=1.3", WAIT));
+    // The sni families and the pools' backend series keep the exposition valid.
+    let (status, text) = lb.http_get("/metrics");
+    assert_eq!(status, 200);
+    if let Err(e) = openmetrics_parser::prometheus::parse_prometheus(&text) {
+        panic!("/metrics is not valid Prometheus text ({e:?}):\n{text}");
+    }
+    assert!(text.contains("ringlb_sni_fallback_total{listener=\"tls\",reason=\"timeout\"} 0"));
+    assert!(text.contains("ringlb_backend_up{listener=\"tls/bank-b\",backend="));
 }
 
 #[test]
@@ -561,6 +569,26 @@ fn each_pool_is_health_checked_on_its_own() {
     }
     assert_eq!(pay.client_conns(), 4);
     assert_eq!(lb.count_log("backend down: listener=tls backend="), 0);
+    // The pool's backends have their series under the pool's name.
+    let up = |b: &dyn std::fmt::Display| {
+        lb.metric(&format!(
+            "ringlb_backend_up{{listener=\"tls/pay\",backend=\"{b}\"}}"
+        ))
+    };
+    assert_eq!((up(&dead), up(&pay.addr())), (Some(0.0), Some(1.0)));
+    assert_eq!(
+        lb.metric(&format!(
+            "ringlb_backend_health_transitions_total{{listener=\"tls/pay\",backend=\"{dead}\"}}"
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        lb.metric(&format!(
+            "ringlb_backend_up{{listener=\"tls\",backend=\"{}\"}}",
+            default.addr()
+        )),
+        Some(1.0)
+    );
 }
 
 #[test]
