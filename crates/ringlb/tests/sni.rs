@@ -340,6 +340,13 @@ fn names_reach_their_pools_with_the_handshake_completed_end_to_end() {
     }
     assert!(text.contains("ringlb_sni_fallback_total{listener=\"tls\",reason=\"timeout\"} 0"));
     assert!(text.contains("ringlb_backend_up{listener=\"tls/bank-b\",backend="));
+    let (status, body) = lb.http_get("/status");
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let routes = &status["listeners"][0]["routes"];
+    assert_eq!(routes[1]["name"], "bank-b");
+    assert_eq!(routes[1]["backends"][0]["addr"], tls.addr("B").to_string());
+    assert_eq!(routes[1]["backends"][0]["up"], true);
 }
 
 #[test]
