@@ -49,17 +49,16 @@ pub(super) async fn route(
 ) -> Result<Routed, Unrouted> {
     let routes = &state.routes;
     let (first, verdict) = read_hello(client, routing).await;
-    let unrouted = match verdict {
+    let reason = match verdict {
         Ok(hello) => return by_name(state, routing, first, hello),
         Err(reason) => reason,
     };
     log::debug!(
         "listener {}: client {peer}: not routed by name ({}), {} byte(s) read",
         state.name,
-        unrouted.0.as_str(),
+        reason.as_str(),
         first.len()
     );
-    let reason = unrouted.0;
     if !reason.may_fall_back() || routing.on_non_tls == OnNonTls::Close {
         routes.rejected(reason).fetch_add(1, Ordering::Relaxed);
         return Err(reason);
@@ -117,38 +116,35 @@ fn by_name(
     })
 }
 
-/// Why no hello was read, for [`route`].
-struct NoHello(Unrouted);
-
 /// Reads until the parser decides, the client stops, or the timeout passes. Returns what
-/// was read in every case: on a fallback it is forwarded.
+/// was read in every case (on a fallback it is forwarded) with the hello or why none.
 async fn read_hello(
     client: &Rc<Socket>,
     routing: &TlsRouting,
-) -> (Vec<u8>, Result<ClientHello, NoHello>) {
+) -> (Vec<u8>, Result<ClientHello, Unrouted>) {
     let deadline = Instant::now() + routing.inspect_timeout;
     let mut buf = Vec::with_capacity(FIRST_READ);
     loop {
         match inspect(&buf) {
             Ok(hello) => return (buf, Ok(hello)),
             Err(InspectError::Incomplete) => {}
-            Err(e) => return (buf, Err(NoHello(unrouted(&e)))),
+            Err(e) => return (buf, Err(unrouted(&e))),
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, uring::poll(client, libc::POLLIN as u32)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => return (buf, Err(NoHello(Unrouted::ClientClosed))),
+            Ok(Err(_)) => return (buf, Err(Unrouted::ClientClosed)),
             Err(_) => {
                 // The dropped poll is still in flight and holds the socket: cancel it.
                 uring::cancel_all(client.as_raw_fd()).await;
-                return (buf, Err(NoHello(Unrouted::Timeout)));
+                return (buf, Err(Unrouted::Timeout));
             }
         }
         match read_some(client, &mut buf) {
-            Ok(0) => return (buf, Err(NoHello(Unrouted::ClientClosed))),
+            Ok(0) => return (buf, Err(Unrouted::ClientClosed)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return (buf, Err(NoHello(Unrouted::ClientClosed))),
+            Err(_) => return (buf, Err(Unrouted::ClientClosed)),
         }
     }
 }
