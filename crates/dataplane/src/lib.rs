@@ -21,6 +21,7 @@ mod pipes;
 mod proxy_protocol;
 mod ratelog;
 mod relay;
+pub mod routes;
 pub mod stats;
 pub mod sys;
 mod tcp;

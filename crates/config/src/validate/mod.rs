@@ -13,6 +13,7 @@ mod lifecycle;
 mod listener;
 mod logging;
 mod per_source;
+mod routes;
 mod scalar;
 mod source;
 mod steering;
@@ -30,6 +31,7 @@ use crate::raw::{RawConfig, Scalar, ScalarKind};
 pub use lifecycle::{
     parse_duration, DEFAULT_ON_DOWN_SPREAD, MAX_ON_DOWN_SPREAD, MIN_MAX_CONNECTION_DURATION,
 };
+pub use routes::{DEFAULT_TLS_INSPECT_TIMEOUT, MAX_TLS_INSPECT_TIMEOUT};
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 pub use stickiness::{
     DEFAULT_STICKY_EXPIRE, DEFAULT_STICKY_PORT_RANGE, DEFAULT_STICKY_TABLE_SIZE, MAX_STICKY_EXPIRE,
@@ -374,6 +376,7 @@ mod tests {
                 liveness: Liveness::default(),
                 per_source: None,
                 stickiness: None,
+                tls_routing: None,
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -422,6 +425,7 @@ mod tests {
                 liveness: Liveness::default(),
                 per_source: None,
                 stickiness: None,
+                tls_routing: None,
             })
         );
         assert_eq!(l.max_connections, 10);

@@ -1,6 +1,8 @@
 //! One accepted TCP client, start to end: allow-list → per-source limits → listener limit
-//! → pick → connect (timeout, retries: `connect`) → PROXY header → relay → outcome.
+//! → (with routes) ClientHello and pool (`inspect`) → pick → connect (timeout, retries:
+//! `connect`) → PROXY header → the bytes read first → relay → outcome.
 
+use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
 use super::connect::{connect_backend, sticky_now};
+use super::inspect;
 use super::sockopts::{self, Leg};
 use super::Accounting;
 use crate::ctx::WorkerCtx;
@@ -20,11 +23,12 @@ use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::per_source;
 use crate::proxy_protocol;
 use crate::relay::{self, AnswerWatch, Frozen, RelayContext, RelayEnd};
+use crate::routes::TlsSeen;
 use crate::uring;
 
 /// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
-fn reject(client: Socket) {
-    let _ = client.set_linger(Some(Duration::ZERO));
+fn reject(client: impl Borrow<Socket>) {
+    let _ = client.borrow().set_linger(Some(Duration::ZERO));
     drop(client);
 }
 
@@ -71,14 +75,32 @@ pub(super) async fn serve(
     let _live = ctx.enter_relay();
     counters.connections.add(1);
 
+    let client = Rc::new(client);
+    // With routes: the pool the ClientHello names, and the bytes read to learn it.
+    let routed = match tcp.tls_routing.as_deref() {
+        None => None,
+        Some(routing) => match inspect::route(&client, state, routing, peer).await {
+            Ok(routed) => Some(routed),
+            Err(_) => {
+                deny(DenyReason::Unrouted);
+                return reject(client);
+            }
+        },
+    };
+    let scheduler = routed
+        .as_ref()
+        .map_or(&*state.scheduler, |r| r.scheduler(&state.scheduler));
     // The snapshot this connection was balanced with; it also names the backend in the
     // access log, so no label is copied per connection.
-    let snapshot = state.scheduler.snapshot();
+    let snapshot = scheduler.snapshot();
     let (backend, index, active) =
         match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
-                deny(reason);
+                let waited = started.elapsed();
+                let mut record = Record::denied(peer, reason, waited);
+                record.tls = routed.as_ref().map(|r| &r.seen);
+                state.finish(counters, &record);
                 return reject(client);
             }
         };
@@ -89,7 +111,6 @@ pub(super) async fn serve(
         .backends()
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
-    let client = Rc::new(client);
     let backend = Rc::new(backend);
     let header = proxy_header(settings.proxy_protocol, peer, || {
         // The address this client actually reached (a wildcard bind has many).
@@ -99,23 +120,27 @@ pub(super) async fn serve(
             .and_then(|a| a.as_socket())
             .unwrap_or(state.bound)
     });
-    if let Some(header) = header {
-        if uring::send_all(&backend, header).await.0.is_err() {
-            // The backend is gone before the first byte: reset both, the client must not
-            // mistake the close for a clean end of an empty stream.
-            let _ = backend.set_linger(Some(Duration::ZERO));
-            let _ = client.set_linger(Some(Duration::ZERO));
-            let record = Record {
-                client: peer,
-                backend: label,
-                duration: started.elapsed(),
-                bytes_in: 0,
-                bytes_out: 0,
-                outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
-            };
-            state.finish(counters, &record);
-            return;
-        }
+    let (seen, first) = match routed {
+        Some(r) => (Some(r.seen), r.first),
+        None => (None, Vec::new()),
+    };
+    let preface = first.len() as u64;
+    if let Err(failed) = open_backend(&backend, header, first).await {
+        // The backend is gone before the first byte: reset both, the client must not
+        // mistake the close for a clean end of an empty stream.
+        let _ = backend.set_linger(Some(Duration::ZERO));
+        let _ = client.set_linger(Some(Duration::ZERO));
+        let record = Record {
+            client: peer,
+            backend: label,
+            duration: started.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: Outcome::Ended(failed),
+            tls: seen.as_ref(),
+        };
+        state.finish(counters, &record);
+        return;
     }
     let link = Established {
         client,
@@ -124,9 +149,30 @@ pub(super) async fn serve(
         label,
         owner: Some(active.state()),
         started,
+        tls: seen.as_ref(),
+        preface,
     };
+    counters.bytes_in.add(preface);
     forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
     remember_at_end(&snapshot, peer, Some(index));
+}
+
+/// What the backend gets before the relay starts: the PROXY header, then the bytes read
+/// from the client to route it, untouched. The error is how the connection ended.
+async fn open_backend(
+    backend: &Rc<Socket>,
+    header: Option<Vec<u8>>,
+    first: Vec<u8>,
+) -> Result<(), EndReason> {
+    if let Some(header) = header {
+        if uring::send_all(backend, header).await.0.is_err() {
+            return Err(EndReason::ProxyHeaderFailed);
+        }
+    }
+    if !first.is_empty() && uring::send_all(backend, first).await.0.is_err() {
+        return Err(EndReason::BackendReset);
+    }
+    Ok(())
 }
 
 /// Stickiness: an entry is refreshed when its connection ends too, so `expire` counts
@@ -147,6 +193,11 @@ struct Established<'a> {
     /// a connection handed over in a live upgrade whose backend a reload had removed.
     owner: Option<&'a BackendState>,
     started: Instant,
+    /// What routing read of the ClientHello, for the access log.
+    tls: Option<&'a TlsSeen>,
+    /// Client bytes written to the backend before the relay (the ClientHello read to
+    /// route it): counted in `bytes_in`.
+    preface: u64,
 }
 
 /// What the relay of one connection runs with: read once when the connection starts, so a
@@ -230,9 +281,10 @@ async fn forward(
                     client: link.peer,
                     backend: link.label,
                     duration: link.started.elapsed(),
-                    bytes_in: report.bytes_in,
+                    bytes_in: report.bytes_in + link.preface,
                     bytes_out: report.bytes_out,
                     outcome: Outcome::Ended(report.end),
+                    tls: link.tls,
                 };
                 state.finish(counters, &record);
                 return;
@@ -325,6 +377,8 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
+        tls: None,
+        preface: 0,
     };
     // The settings of this process's configuration for this listener.
     let relay_settings = RelaySettings::of(&settings);
