@@ -667,12 +667,42 @@ impl Ringlb {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.exit = Some(s);
                 // The pipes close with the process: the readers finish the last lines.
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
+                self.join_readers();
             }
         }
         self.exit
+    }
+
+    /// Joins the log readers. A process a live upgrade started from this one inherited
+    /// its stderr, so while such a successor lives the pipes stay open: wait a bounded
+    /// time, then leave the readers to finish on their own.
+    fn join_readers(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for r in self.readers.drain(..) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+
+    /// Processes other than this one running this instance's config file: the ones live
+    /// upgrades started from it (the config path is unique to this instance).
+    fn successors(&self) -> Vec<libc::pid_t> {
+        let needle = self.config_path().as_os_str().as_encoded_bytes().to_vec();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            .filter(|&pid| pid as u32 != self.pid)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+            })
+            .collect()
     }
 
     /// Waits up to `timeout` for the process to exit; `None` if still running. After
@@ -810,10 +840,16 @@ impl Drop for Ringlb {
                 libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
             }
             let _ = self.child.wait();
-            for r in self.readers.drain(..) {
-                let _ = r.join();
+        }
+        // A successor a test did not stop itself (it failed before, or lost track of it)
+        // would otherwise outlive the test and hold its log pipes open.
+        for pid in self.successors() {
+            // SAFETY: plain kill(2) of a process started from this instance.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
+        self.join_readers();
     }
 }
 
