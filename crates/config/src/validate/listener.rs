@@ -91,6 +91,7 @@ pub(super) fn listener(
     covers_backends(errs, i, &tcp.source, &backends);
     let steering = steering(errs, i, rl, algorithm, &backends);
     let lifecycle = lifecycle(errs, i, rl, protocol, &mut backends);
+    let records = super::records::listener_records(errs, i, rl, protocol);
 
     if errs.count() != before {
         return None;
@@ -110,6 +111,7 @@ pub(super) fn listener(
         },
         steering,
         lifecycle,
+        records,
     })
 }
 

@@ -13,6 +13,7 @@ mod lifecycle;
 mod listener;
 mod logging;
 mod per_source;
+mod records;
 mod scalar;
 mod source;
 mod steering;
@@ -29,6 +30,10 @@ use crate::model::{Config, Protocol, Workers};
 use crate::raw::{RawConfig, Scalar, ScalarKind};
 pub use lifecycle::{
     parse_duration, DEFAULT_ON_DOWN_SPREAD, MAX_ON_DOWN_SPREAD, MIN_MAX_CONNECTION_DURATION,
+};
+pub use records::{
+    DEFAULT_SYSLOG_APP_NAME, DEFAULT_SYSLOG_FACILITY, DEFAULT_SYSLOG_QUEUE_SIZE,
+    MIN_REPORT_INTERVAL,
 };
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 pub use stickiness::{
@@ -158,6 +163,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .audit_log
         .as_ref()
         .and_then(|s| absolute_path(&mut errs, "audit_log", s, None));
+    let records = records::output(&mut errs, &raw);
 
     let mut listeners = Vec::new();
     match &raw.listeners {
@@ -175,6 +181,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             if let Some(admin) = admin {
                 seen.admin_conflicts(&mut errs, admin);
             }
+            records::apply_level(&mut errs, records.level, list, &mut listeners);
         }
     }
 
@@ -190,6 +197,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             control,
             state_file,
             audit_log,
+            records,
             listeners,
         })
     } else {
