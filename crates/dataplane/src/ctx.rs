@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use crate::ending::EndRegistry;
 use crate::handover::Moved;
 use crate::pipes::PipePool;
+use crate::records::ConnIds;
 
 /// Worker-local context shared by every task on this worker (single thread: `Cell`s).
 pub(crate) struct WorkerCtx {
@@ -27,6 +28,8 @@ pub(crate) struct WorkerCtx {
     /// Relaying TCP connections by backend, for the control plane's end requests.
     pub(crate) ends: EndRegistry,
     rng: Cell<u64>,
+    /// Connection ids (`records`).
+    pub(crate) ids: ConnIds,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
     /// Live TCP connections (a subset of `live`): what a live upgrade waits to move.
@@ -55,6 +58,7 @@ impl WorkerCtx {
             cut: Cut::default(),
             ends: EndRegistry::default(),
             rng: Cell::new(seed | 1),
+            ids: ConnIds::new(id, seed.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             pipes: PipePool::new(),
             relays: Cell::new(0),
             relays_idle: Notify::new(),

@@ -19,6 +19,7 @@ mod per_source;
 mod pipes;
 mod proxy_protocol;
 mod ratelog;
+mod records;
 mod relay;
 pub mod stats;
 pub mod sys;

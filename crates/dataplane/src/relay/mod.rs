@@ -158,6 +158,27 @@ pub(crate) struct RelayContext<'a> {
     /// Past this moment (`max_connection_duration` with its jitter) the link is closed
     /// as soon as it is quiet.
     pub(crate) max_age: Option<Instant>,
+    /// `connection_report_interval`: who is told how the link is doing, and how often.
+    /// `None` costs nothing: no timer is armed.
+    pub(crate) progress: Option<ProgressWatch<'a>>,
+}
+
+/// A link's progress, every `every`: bytes each way since it started and how long it has
+/// been idle.
+#[derive(Clone, Copy)]
+pub(crate) struct ProgressWatch<'a> {
+    pub(crate) every: Duration,
+    pub(crate) report: &'a dyn Fn(LinkProgress),
+}
+
+/// What [`ProgressWatch::report`] is told.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkProgress {
+    /// Client → backend since the connection started (before a live upgrade too).
+    pub(crate) bytes_in: u64,
+    /// Backend → client since the connection started.
+    pub(crate) bytes_out: u64,
+    pub(crate) idle: Duration,
 }
 
 /// Who watches a link's answer times, and for what.
@@ -186,6 +207,9 @@ struct Link<'a> {
     carry: [RefCell<Vec<u8>>; 2],
     first_eof: Cell<Option<EndReason>>,
     last_activity: Cell<Instant>,
+    /// Per direction (`Dir as usize`): read so far, for progress records; starts at what
+    /// the previous process forwarded.
+    moved: [Cell<u64>; 2],
     counters: &'a WorkerCounters,
     answers: Option<AnswerWatch<'a>>,
     /// When client bytes went to the backend with no answer seen since.
@@ -298,6 +322,8 @@ impl Link<'_> {
     fn touch(&self, dir: Dir, n: usize) {
         let now = Instant::now();
         self.last_activity.set(now);
+        let moved = &self.moved[dir as usize];
+        moved.set(moved.get() + n as u64);
         match dir {
             Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
             Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
@@ -326,6 +352,14 @@ impl Link<'_> {
                     }
                 }
             }
+        }
+    }
+
+    fn progress(&self) -> LinkProgress {
+        LinkProgress {
+            bytes_in: self.moved[Dir::ClientToBackend as usize].get(),
+            bytes_out: self.moved[Dir::BackendToClient as usize].get(),
+            idle: self.last_activity.get().elapsed(),
         }
     }
 
@@ -387,6 +421,7 @@ pub(crate) async fn relay(
                 .checked_sub(resumed.idle)
                 .unwrap_or_else(Instant::now),
         ),
+        moved: [Cell::new(resumed.bytes_in), Cell::new(resumed.bytes_out)],
         counters: cx.counters,
         answers: cx.answers,
         asked_at: Cell::new(None),
@@ -435,6 +470,7 @@ pub(crate) async fn relay(
 /// drain cut and the upgrade freeze; never completes (the halves end the relay).
 async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infallible {
     let idle_timeout = cx.idle_timeout;
+    let mut next_report = cx.progress.map(|p| Instant::now() + p.every);
     let requested = loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
@@ -460,6 +496,12 @@ async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infal
             }
             _ = old_and_quiet(link, cx.max_age) => {
                 break Some((EndReason::MaxDuration, EndMode::Close));
+            }
+            () = at(next_report) => {
+                if let Some(p) = cx.progress {
+                    (p.report)(link.progress());
+                    next_report = next_report.map(|t| t + p.every);
+                }
             }
         }
     };
@@ -499,6 +541,14 @@ async fn unanswered<'a>(link: &Link<'a>) -> &'a BackendState {
             // Nothing asked, or this silence already counted: look again later.
             _ => tokio::time::sleep(timeout).await,
         }
+    }
+}
+
+/// Completes at `moment`; never when there is none (no timer is armed).
+async fn at(moment: Option<Instant>) {
+    match moment {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -570,6 +620,8 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &
             return forwarded;
         }
         forwarded += n;
+        let moved = &link.moved[dir as usize];
+        moved.set(moved.get() + n);
     }
     // Readiness gate: memory and splices are committed only once this direction has data.
     match link.poll(from, POLLIN).await {

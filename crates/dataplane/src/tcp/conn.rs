@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol};
+use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol, RecordLevel};
 use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
@@ -19,7 +20,10 @@ use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::per_source;
 use crate::proxy_protocol;
-use crate::relay::{self, AnswerWatch, Frozen, RelayContext, RelayEnd};
+use crate::records::{self, ConnId};
+use crate::relay::{
+    self, AnswerWatch, Frozen, LinkProgress, ProgressWatch, RelayContext, RelayEnd,
+};
 use crate::uring;
 
 /// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
@@ -46,9 +50,11 @@ pub(super) async fn serve(
         return reject(client);
     };
     let started = Instant::now();
+    // `connection_records: all`: this connection's id, in its records and its PROXY header.
+    let id = (settings.records.level == RecordLevel::All).then(|| ctx.ids.next());
     let deny = |reason| {
         let waited = started.elapsed();
-        state.finish(counters, &Record::denied(peer, reason, waited))
+        state.finish_as(counters, &Record::denied(peer, reason, waited), id)
     };
     if !is_allowed(&settings, &peer) {
         deny(DenyReason::NotAllowed);
@@ -74,7 +80,8 @@ pub(super) async fn serve(
     // The snapshot this connection was balanced with; it also names the backend in the
     // access log, so no label is copied per connection.
     let snapshot = state.scheduler.snapshot();
-    let (backend, index, active) =
+    let connecting = Instant::now();
+    let (backend, index, active, attempts) =
         match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
@@ -91,14 +98,26 @@ pub(super) async fn serve(
         .map_or("-", |b| b.spec.label.as_str());
     let client = Rc::new(client);
     let backend = Rc::new(backend);
-    let header = proxy_header(settings.proxy_protocol, peer, || {
-        // The address this client actually reached (a wildcard bind has many).
+    // The address this client actually reached (a wildcard bind has many).
+    let local = || {
         client
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(state.bound)
-    });
+    };
+    if let Some(id) = id.filter(|_| state.access_log.load(Ordering::Relaxed)) {
+        records::log_established(&records::Established {
+            id,
+            listener: &state.name,
+            client: peer,
+            local: local(),
+            backend: label,
+            connect: connecting.elapsed(),
+            attempts,
+        });
+    }
+    let header = proxy_header(settings.proxy_protocol, peer, local, id);
     if let Some(header) = header {
         if uring::send_all(&backend, header).await.0.is_err() {
             // The backend is gone before the first byte: reset both, the client must not
@@ -113,7 +132,7 @@ pub(super) async fn serve(
                 bytes_out: 0,
                 outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
             };
-            state.finish(counters, &record);
+            state.finish_as(counters, &record, id);
             return;
         }
     }
@@ -124,6 +143,7 @@ pub(super) async fn serve(
         label,
         owner: Some(active.state()),
         started,
+        id,
     };
     forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
     remember_at_end(&snapshot, peer, Some(index));
@@ -147,6 +167,8 @@ struct Established<'a> {
     /// a connection handed over in a live upgrade whose backend a reload had removed.
     owner: Option<&'a BackendState>,
     started: Instant,
+    /// `connection_records: all`: its id.
+    id: Option<ConnId>,
 }
 
 /// What the relay of one connection runs with: read once when the connection starts, so a
@@ -159,6 +181,8 @@ struct RelaySettings {
     /// least_latency: answer times feed the backend's latency average.
     sample_latency: bool,
     response_timeout: Option<Duration>,
+    /// `connection_report_interval`.
+    report_interval: Option<Duration>,
 }
 
 impl RelaySettings {
@@ -182,6 +206,7 @@ impl RelaySettings {
             max_duration: listener.lifecycle.max_connection_duration,
             sample_latency: listener.algorithm == Algorithm::LeastLatency,
             response_timeout: listener.tcp().and_then(|tcp| tcp.liveness.response_timeout),
+            report_interval: listener.records.report_interval,
         }
     }
 }
@@ -204,6 +229,27 @@ async fn forward(
     let max_age = settings
         .max_duration
         .map(|max| link.started + jittered(max, ctx.random()));
+    let report = |p: LinkProgress| {
+        if let Some(id) = link.id.filter(|_| state.access_log.load(Ordering::Relaxed)) {
+            records::log_progress(&records::Progress {
+                id,
+                listener: &state.name,
+                client: link.peer,
+                backend: link.label,
+                age: link.started.elapsed(),
+                bytes_in: p.bytes_in,
+                bytes_out: p.bytes_out,
+                idle: p.idle,
+            });
+        }
+    };
+    let progress = link
+        .id
+        .and(settings.report_interval)
+        .map(|every| ProgressWatch {
+            every,
+            report: &report,
+        });
     loop {
         let cx = RelayContext {
             forwarding: settings.forwarding,
@@ -215,6 +261,7 @@ async fn forward(
             answers: link.owner.and_then(|backend| settings.answers(backend)),
             end: registered.as_ref().map(|r| &*r.request),
             max_age,
+            progress,
         };
         let end = relay::relay(
             Rc::clone(&link.client),
@@ -233,7 +280,7 @@ async fn forward(
                     bytes_out: report.bytes_out,
                     outcome: Outcome::Ended(report.end),
                 };
-                state.finish(counters, &record);
+                state.finish_as(counters, &record, link.id);
                 return;
             }
             RelayEnd::Frozen(frozen) => match hand_over(ctx, state, &link, frozen) {
@@ -324,6 +371,8 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
+        // The id does not travel with the connection: its records here carry a new one.
+        id: (settings.records.level == RecordLevel::All).then(|| ctx.ids.next()),
     };
     // The settings of this process's configuration for this listener.
     let relay_settings = RelaySettings::of(&settings);
@@ -331,19 +380,24 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
     remember_at_end(&snapshot, moved.client_addr, found);
 }
 
-/// `local` is asked only when a header is sent: it costs a getsockname.
+/// `local` is asked only when a header is sent: it costs a getsockname. A v2 header
+/// carries the connection id, when there is one.
 fn proxy_header(
     mode: ProxyProtocol,
     client: SocketAddr,
     local: impl FnOnce() -> SocketAddr,
+    id: Option<ConnId>,
 ) -> Option<Vec<u8>> {
     match mode {
         ProxyProtocol::None => None,
         ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local())),
-        ProxyProtocol::V2 => Some(proxy_protocol::v2(
-            client,
-            local(),
-            proxy_protocol::Transport::Stream,
-        )),
+        ProxyProtocol::V2 => {
+            let mut header = proxy_protocol::v2(client, local(), proxy_protocol::Transport::Stream);
+            if let Some(id) = id {
+                let value = id.0.to_be_bytes();
+                proxy_protocol::append_tlv(&mut header, proxy_protocol::TLV_CONNECTION_ID, &value);
+            }
+            Some(header)
+        }
     }
 }
