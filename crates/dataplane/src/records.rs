@@ -1,7 +1,7 @@
 //! Connection records (`connection_records: all`): an `established` record when a TCP
 //! connection reaches its backend, `progress` records every `connection_report_interval`
 //! while it lives, and the `end` record, all three carrying one connection id that the
-//! backend also gets in the PROXY v2 header (docs/operations.md, "Connection records").
+//! backend also gets in the PROXY v2 header (README.md, "Connection records").
 //! Every record is one access-log line (target `ringlb::access`), so it shares the
 //! access log's format, queue, drop counting and switch (`access_log`).
 //!
