@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::outcome::{EndReason, Outcome, Record};
+use crate::outcome::{AccessLine, EndReason, Outcome, Record};
 
 /// Bits of an id left to the per-worker counter; the bits above hold the worker index
 /// (at most 1024 workers: 10 bits), so two workers never hand out the same id.
@@ -177,21 +177,18 @@ pub(crate) struct End<'a> {
 
 impl fmt::Display for End<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = self.record;
+        let outcome = self.record.outcome;
+        let line = AccessLine {
+            listener: self.listener,
+            record: self.record,
+        };
         write!(
             f,
-            "event=end id={} listener={} client={} backend={} duration_ms={} bytes_in={} bytes_out={} end={} closed_by={} cause={} timer={}",
+            "event=end id={} {line} closed_by={} cause={} timer={}",
             self.id,
-            self.listener,
-            r.client,
-            r.backend,
-            millis(r.duration),
-            r.bytes_in,
-            r.bytes_out,
-            r.outcome,
-            closed_by(r.outcome),
-            cause(r.outcome),
-            timer(r.outcome)
+            closed_by(outcome),
+            cause(outcome),
+            timer(outcome)
         )
     }
 }

@@ -346,16 +346,20 @@ mod tests {
         );
     }
 
+    /// An outlet toward a TCP receiver at `addr`, holding `queue` messages.
+    fn tcp_outlet(addr: SocketAddr, queue: usize) -> (Outlet, AtomicU64) {
+        let dropped = AtomicU64::new(0);
+        let mut out = Outlet::default();
+        let s = settings(SyslogAddress::Tcp(addr), queue);
+        out.configure(Some(Arc::new(s)), &dropped);
+        (out, dropped)
+    }
+
     #[test]
     fn tcp_frames_are_octet_counted_and_a_full_queue_drops() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let dropped = AtomicU64::new(0);
-        let mut out = Outlet::default();
-        out.configure(
-            Some(Arc::new(settings(SyslogAddress::Tcp(addr), 2))),
-            &dropped,
-        );
+        let (mut out, dropped) = tcp_outlet(addr, 2);
         out.offer("hello", &dropped);
         out.offer("wörld", &dropped);
         out.offer("third", &dropped);
@@ -383,12 +387,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let dropped = AtomicU64::new(0);
-        let mut out = Outlet::default();
-        out.configure(
-            Some(Arc::new(settings(SyslogAddress::Tcp(addr), 8))),
-            &dropped,
-        );
+        let (mut out, dropped) = tcp_outlet(addr, 8);
         out.offer("a", &dropped);
         let deadline = Instant::now() + Duration::from_secs(30);
         while out.retry_at.is_none() {
