@@ -195,6 +195,70 @@ fn the_default_end_line_is_unchanged_and_has_no_id() {
     assert!(!msg.contains("id=") && !msg.contains("event="), "{msg}");
 }
 
+#[test]
+fn json_records_carry_their_fields_as_members() {
+    let backend = EchoBackend::start();
+    let yaml = one_listener_yaml(
+        "connection_records: all\nlog_format: json\n",
+        "web",
+        "127.0.0.1:0",
+        "",
+        &[backend.addr()],
+    );
+    // The kit reads text start-up lines: find the JSON one that names the address.
+    let lb = Ringlb::builder(bin(), &yaml).spawn();
+    assert!(
+        lb.wait_for_log("listening on", WAIT),
+        "{}",
+        lb.logs().join("\n")
+    );
+    let addr = lb
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| parse_listener_line(v["msg"].as_str()?).map(|(_, a)| a))
+        .unwrap_or_else(|| panic!("no listening line: {}", lb.logs().join("\n")));
+    let mut client = connect(addr);
+    let local = client.local_addr().unwrap();
+    echo(&mut client, b"json");
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    let needle = "\"event\":\"end\"";
+    assert!(lb.wait_for_log(needle, WAIT), "{}", lb.logs().join("\n"));
+    let records: Vec<serde_json::Value> = lb
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ringlb::access" && v["client"] == local.to_string())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (established, end) = (&records[0], &records[1]);
+    assert_eq!(established["event"], "established");
+    assert!(established["id"].is_string() && established["connect_us"].is_u64());
+    assert_eq!(established["attempts"], 1);
+    assert_eq!(established["local"], addr.to_string());
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["id"], established["id"]);
+    assert_eq!(
+        (end["bytes_in"].as_u64(), end["bytes_out"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(
+        (&end["end"], &end["closed_by"], &end["cause"], &end["timer"]),
+        (
+            &serde_json::json!("client_close"),
+            &serde_json::json!("client"),
+            &serde_json::json!("fin"),
+            &serde_json::json!("-")
+        )
+    );
+    assert!(
+        end["msg"].as_str().unwrap().starts_with("event=end id="),
+        "the message is the text record: {end}"
+    );
+}
+
 /// A backend that reads a PROXY v2 header, keeps the connection id of its 0xE0 TLV (as
 /// 16 hex digits), then echoes.
 struct TlvBackend {
