@@ -209,7 +209,7 @@ struct Link<'a> {
     last_activity: Cell<Instant>,
     /// Per direction (`Dir as usize`): read so far, for progress records; starts at what
     /// the previous process forwarded.
-    moved: [Cell<u64>; 2],
+    so_far: [Cell<u64>; 2],
     counters: &'a WorkerCounters,
     answers: Option<AnswerWatch<'a>>,
     /// When client bytes went to the backend with no answer seen since.
@@ -322,8 +322,8 @@ impl Link<'_> {
     fn touch(&self, dir: Dir, n: usize) {
         let now = Instant::now();
         self.last_activity.set(now);
-        let moved = &self.moved[dir as usize];
-        moved.set(moved.get() + n as u64);
+        let so_far = &self.so_far[dir as usize];
+        so_far.set(so_far.get() + n as u64);
         match dir {
             Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
             Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
@@ -357,8 +357,8 @@ impl Link<'_> {
 
     fn progress(&self) -> LinkProgress {
         LinkProgress {
-            bytes_in: self.moved[Dir::ClientToBackend as usize].get(),
-            bytes_out: self.moved[Dir::BackendToClient as usize].get(),
+            bytes_in: self.so_far[Dir::ClientToBackend as usize].get(),
+            bytes_out: self.so_far[Dir::BackendToClient as usize].get(),
             idle: self.last_activity.get().elapsed(),
         }
     }
@@ -421,7 +421,7 @@ pub(crate) async fn relay(
                 .checked_sub(resumed.idle)
                 .unwrap_or_else(Instant::now),
         ),
-        moved: [Cell::new(resumed.bytes_in), Cell::new(resumed.bytes_out)],
+        so_far: [Cell::new(resumed.bytes_in), Cell::new(resumed.bytes_out)],
         counters: cx.counters,
         answers: cx.answers,
         asked_at: Cell::new(None),
@@ -620,8 +620,8 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &
             return forwarded;
         }
         forwarded += n;
-        let moved = &link.moved[dir as usize];
-        moved.set(moved.get() + n);
+        let so_far = &link.so_far[dir as usize];
+        so_far.set(so_far.get() + n);
     }
     // Readiness gate: memory and splices are committed only once this direction has data.
     match link.poll(from, POLLIN).await {
