@@ -2,8 +2,9 @@
 //! long-lived connection leaves an `established` record, a `progress` record every
 //! `connection_report_interval` and an `end` record, all with one id; that id reaches a
 //! PROXY v2 backend in its TLV; records go to a syslog receiver over UDP and TCP as
-//! RFC 5424 messages; and a TCP syslog receiver that never reads costs the data plane
-//! nothing while the messages it does not take are dropped and counted.
+//! RFC 5424 messages (a reload turns records on and moves syslog to a new receiver); and
+//! a TCP syslog receiver that never reads costs the data plane nothing while the
+//! messages it does not take are dropped and counted.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -559,4 +560,47 @@ fn a_stalled_tcp_syslog_receiver_costs_the_data_plane_nothing_and_counts_drops()
         dropped()
     );
     assert!(slowest < IO_TIMEOUT, "{slowest:?}");
+}
+
+#[test]
+fn a_reload_moves_syslog_to_a_new_receiver_and_turns_records_on() {
+    let backend = EchoBackend::start();
+    let plain = one_listener_yaml("", "web", "127.0.0.1:0", "", &[backend.addr()]);
+    let mut lb = Ringlb::start(bin(), &plain);
+    let addr = lb.listener_addr("web");
+    let receiver = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", receiver.local_addr().unwrap());
+    // The same listener (name, bind) with records and a syslog receiver.
+    let with_records = one_listener_yaml(
+        &format!("connection_records: all\nsyslog: {{address: \"{address}\"}}\n"),
+        "web",
+        "127.0.0.1:0",
+        "",
+        &[backend.addr()],
+    );
+    let mark = lb.reload(&with_records);
+    assert!(
+        lb.wait_for_log_after(mark, "reload applied", WAIT),
+        "{}",
+        lb.logs().join("\n")
+    );
+    let (mut stream, _) = receiver.accept().unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // The reload's own summary already goes to the new receiver.
+    let deadline = Instant::now() + WAIT;
+    while !read_frame(&mut stream).contains("reload applied") {
+        assert!(Instant::now() < deadline, "no reload summary over TCP");
+    }
+    assert_eq!(lb.listener_addr("web"), addr, "the listener was kept");
+
+    let mut client = connect(addr);
+    echo(&mut client, b"after the reload");
+    let local = finish(&lb, client);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no end record over TCP");
+        if is_end_record_of(&read_frame(&mut stream), lb.pid(), local, "ringlb") {
+            break;
+        }
+    }
 }
