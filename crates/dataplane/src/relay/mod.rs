@@ -500,7 +500,7 @@ async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infal
             () = at(next_report) => {
                 if let Some(p) = cx.progress {
                     (p.report)(link.progress());
-                    next_report = next_report.map(|t| t + p.every);
+                    next_report = next_report.map(|t| next_tick(t, p.every, Instant::now()));
                 }
             }
         }
@@ -542,6 +542,17 @@ async fn unanswered<'a>(link: &Link<'a>) -> &'a BackendState {
             _ => tokio::time::sleep(timeout).await,
         }
     }
+}
+
+/// The report after the one due at `due`: one `every` later, skipping the moments a
+/// late-running worker already missed, so a stalled worker does not catch up with a burst.
+fn next_tick(due: Instant, every: Duration, now: Instant) -> Instant {
+    let mut next = due + every;
+    if next <= now {
+        let missed = (now - next).as_nanos() / every.as_nanos().max(1) + 1;
+        next += every * u32::try_from(missed).unwrap_or(u32::MAX);
+    }
+    next
 }
 
 /// Completes at `moment`; never when there is none (no timer is armed).
@@ -885,6 +896,24 @@ async fn drain_pipe<K: Unpin + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_reports_keep_their_rhythm_and_skip_what_was_missed() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_tick(t0, s(2), t0), t0 + s(2));
+        assert_eq!(next_tick(t0, s(2), t0 + s(1)), t0 + s(2), "on time");
+        assert_eq!(
+            next_tick(t0, s(2), t0 + s(2)),
+            t0 + s(4),
+            "exactly due: the next"
+        );
+        assert_eq!(
+            next_tick(t0, s(2), t0 + s(7)),
+            t0 + s(8),
+            "late: 4 and 6 skipped"
+        );
+    }
 
     #[test]
     fn a_leg_the_kernel_gave_up_on_timed_out_any_other_failure_is_a_reset() {
