@@ -4,10 +4,12 @@
 # Writes bench/results/<date>-<machine>.md (and the raw .jsonl beside it).
 #
 # Usage: scripts/bench.sh [--quick]
-# Env:   DURATION=10s REPEATS=3 SCENARIOS="idle rr connect bulk1 bulk4 udp-rr"
+# Env:   DURATION=10s REPEATS=3 SCENARIOS="idle idle-warm rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"
 #        TARGETS="direct ringlb-copy ringlb-splice ringlb-auto haproxy nginx"
 #        PROXY_CPU=0 LOAD_CPU=1 BASE_PORT=19000 IDLE_CONNS=10000 UDP_FLOWS=16
 #        CONNECT_CONCURRENCY=16 RINGLB=target/release/ringlb OUT=<file.md>
+#        RINGLB_BASELINE=<another ringlb binary>: adds target ringlb-base (copy mode, that
+#        binary), to compare two builds side by side in one run
 # Every process it starts is stopped by PID on exit. Traffic stays on 127.0.0.1.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -18,7 +20,7 @@ QUICK=0
 for a in "$@"; do
     case "$a" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -40,8 +42,13 @@ fi
 DURATION=${DURATION:-10s}
 REPEATS=${REPEATS:-3}
 # idle first: its RSS growth is measured before earlier scenarios leave freed memory to reuse.
-SCENARIOS=${SCENARIOS:-"idle rr connect bulk1 bulk4 udp-rr"}
+# rr25/rr50/conn25: open-loop fixed load at that percentage of what direct sustained in
+# this run's closed-loop rr/connect (measured first if the scenario list lacks them).
+SCENARIOS=${SCENARIOS:-"idle idle-warm rr rr25 rr50 connect conn25 bulk1 bulk4 udp-rr"}
 TARGETS=${TARGETS:-"direct ringlb-copy ringlb-splice ringlb-auto haproxy nginx"}
+if [ -n "${RINGLB_BASELINE:-}" ]; then
+    case " $TARGETS " in *" ringlb-base "*) ;; *) TARGETS="$TARGETS ringlb-base" ;; esac
+fi
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-19000}
@@ -90,6 +97,7 @@ port_base() { # target -> first of its three ports (rr, bulk, udp)
     ringlb-auto) echo $((BASE_PORT + 120)) ;;
     haproxy) echo $((BASE_PORT + 130)) ;;
     nginx) echo $((BASE_PORT + 140)) ;;
+    ringlb-base) echo $((BASE_PORT + 150)) ;;
     esac
 }
 STATS_PORT=$((BASE_PORT + 139))
@@ -145,9 +153,11 @@ for t in $TARGETS; do
     case "$t" in
     direct) ACTIVE+=(direct) ;;
     ringlb-*)
-        if [ ! -x "$RINGLB" ]; then log "skipping $t: $RINGLB not built"; continue; fi
-        fill "$ROOT/bench/anchors/ringlb.yaml.tmpl" "$WORK/$t.yaml" "$b" -e "s|@FORWARDING@|${t#ringlb-}|g"
-        taskset -c "$PROXY_CPU" "$RINGLB" run --config "$WORK/$t.yaml" --workers 1 2>"$WORK/$t.log" &
+        bin=$RINGLB mode=${t#ringlb-}
+        [ "$t" = ringlb-base ] && bin=${RINGLB_BASELINE:-} mode=copy
+        if [ ! -x "$bin" ]; then log "skipping $t: '$bin' not built"; continue; fi
+        fill "$ROOT/bench/anchors/ringlb.yaml.tmpl" "$WORK/$t.yaml" "$b" -e "s|@FORWARDING@|$mode|g"
+        taskset -c "$PROXY_CPU" "$bin" run --config "$WORK/$t.yaml" --workers 1 2>"$WORK/$t.log" &
         PIDS+=($!)
         if wait_line "$WORK/$t.log" "listening on" 3 $!; then
             PID_OF[$t]=$!
@@ -222,7 +232,7 @@ haproxy_pipes() { # "used free" from the stats socket
 
 addr_of() { # target scenario -> address, or nothing when the target cannot run it
     local t=$1 s=$2 b off
-    case "$s" in rr | connect | idle) off=0 ;; bulk*) off=1 ;; udp-rr) off=2 ;; esac
+    case "$s" in rr* | conn* | idle*) off=0 ;; bulk*) off=1 ;; udp-rr) off=2 ;; esac
     if [ "$t" = direct ]; then
         case $off in 0) echo 127.0.0.1:$RR_BACKEND ;; 1) echo 127.0.0.1:$BULK_BACKEND ;; 2) echo 127.0.0.1:$UDP_BACKEND ;; esac
         return
@@ -234,14 +244,40 @@ addr_of() { # target scenario -> address, or nothing when the target cannot run 
 load_args() {
     case "$1" in
     rr) echo "rr -c 64 --request 32 --response 64 -d $DURATION" ;;
+    rr25 | rr50) echo "rr -c 64 --request 32 --response 64 -d $DURATION --rate $(fixed_rate rr "${1#rr}")" ;;
     connect) echo "connect -c $CONNECT_CONCURRENCY --request 32 --response 64 -d $DURATION" ;;
+    conn25) echo "connect -c $CONNECT_CONCURRENCY --request 32 --response 64 -d $DURATION --rate $(fixed_rate connect 25)" ;;
     bulk1) echo "bulk -s 1 -d $DURATION" ;;
     bulk4) echo "bulk -s 4 -d $DURATION" ;;
     udp-rr) echo "udp-rr -f $UDP_FLOWS --request 32 -d $DURATION" ;;
     idle) echo "idle -c $IDLE_CONNS --request 32 --response 64 -d $IDLE_HOLD --timeout 10s" ;;
+    idle-warm) echo "idle -c $IDLE_CONNS --request 32 --response 64 -d $IDLE_HOLD --timeout 10s --warm" ;;
     *) log "unknown scenario $1"; exit 2 ;;
     esac
 }
+
+# Direct's closed-loop capacity per scenario (rr, connect), from the latest run of it; the
+# fixed-load scenarios run at a percentage of it, so every target sees the same offered load.
+declare -A CAPACITY
+capacity_of() { # scenario -> requests/s direct sustained (measured now if not yet)
+    local s=$1 out=$WORK/capacity.json
+    if [ -z "${CAPACITY[$s]:-}" ]; then
+        # shellcheck disable=SC2046
+        taskset -c "$LOAD_CPU" "$BENCH" $(load_args "$s") --target "$(addr_of direct "$s")" --json >"$out"
+        CAPACITY[$s]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rate"])' "$out")
+    fi
+    echo "${CAPACITY[$s]}"
+}
+fixed_rate() { # scenario percent -> requests/s
+    awk -v c="$(capacity_of "$1")" -v p="$2" 'BEGIN { printf "%d", c * p / 100 }'
+}
+
+# A fixed-load scenario whose closed-loop base is not in the list: measure the base once
+# here (in this shell, so the figure is kept).
+for s in $SCENARIOS; do
+    case "$s" in rr25 | rr50) base=rr ;; conn25) base=connect ;; *) continue ;; esac
+    case " $SCENARIOS " in *" $base "*) ;; *) capacity_of "$base" >/dev/null ;; esac
+done
 
 # ---- the run: repeats × scenarios × targets, interleaved --------------------------------------
 RAW=$WORK/raw.jsonl
@@ -259,13 +295,16 @@ for rep in $(seq "$REPEATS"); do
             taskset -c "$LOAD_CPU" "$BENCH" $args --target "$addr" --json >"$out" 2>"$err" &
             lp=$!
             PIDS+=($lp)
-            if [ "$s" = idle ]; then
+            if [ "${s#idle}" != "$s" ]; then
                 wait_line "$err" "idle: holding" 1 $lp && rheld=$(rss_kb "$t")
             elif [ "${s#bulk}" != "$s" ]; then
                 sleep "$(awk -v d="${DURATION%s}" 'BEGIN {print d / 2}')"
                 pfds=$(pipe_fds "$t")
             fi
             wait $lp || { log "load failed: $s on $t"; cat "$err" >&2; }
+            if [ "$t" = direct ] && { [ "$s" = rr ] || [ "$s" = connect ]; }; then
+                CAPACITY[$s]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rate"])' "$out" 2>/dev/null || true)
+            fi
             c1=$(cpu_ticks "$t")
             hp=""
             [ "$t" = haproxy ] && hp=$(haproxy_pipes)
@@ -292,6 +331,7 @@ cp "$RAW" "${OUT%.md}.jsonl"
     command -v haproxy >/dev/null && echo "- haproxy: $(haproxy -v 2>/dev/null | head -1)"
     command -v nginx >/dev/null && echo "- nginx: $(nginx -v 2>&1)"
     [ -x "$RINGLB" ] && echo "- ringlb: $("$RINGLB" --version 2>/dev/null || echo "built $(date -r "$RINGLB" +%F)")"
+    [ -n "${RINGLB_BASELINE:-}" ] && echo "- ringlb-base: $RINGLB_BASELINE ($("$RINGLB_BASELINE" --version 2>/dev/null | head -2 | tr "\n" " "))"
     echo "- pinning: proxy on CPU $PROXY_CPU (one worker/thread), load and backends on CPU $LOAD_CPU"
     echo "- run: DURATION=$DURATION REPEATS=$REPEATS SCENARIOS=\"$SCENARIOS\" TARGETS=\"$TARGETS\" scripts/bench.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
     echo "- backends: ringlb-bench respond --request 32 --response 64; sink; echo --proto udp"
@@ -312,15 +352,15 @@ def metrics(r):
     lat = res.get("latency_us") or {}
     req, cpu_s = res.get("requests") or 0, r["cpu_ticks"] / clk
     bulk = res.get("gbit_s") is not None
-    m = {"rate": None if bulk or r["scenario"] == "idle" else res.get("rate"), "p50": lat.get("p50"), "p99": lat.get("p99"),
+    m = {"rate": None if bulk or r["scenario"].startswith("idle") else res.get("rate"), "p50": lat.get("p50"), "p99": lat.get("p99"),
          "p999": lat.get("p999"), "gbit": res.get("gbit_s"), "errors": res.get("errors"),
          "cpu_us": None, "cpu_s_gb": None, "rss_conn": None}
     if r["target"] != "direct":
         if res.get("gbit_s") is not None and res.get("bytes"):
             m["cpu_s_gb"] = cpu_s / (res["bytes"] / 1e9)
-        elif req and r["scenario"] != "idle":
+        elif req and not r["scenario"].startswith("idle"):
             m["cpu_us"] = cpu_s / req * 1e6
-        if r["scenario"] == "idle" and req and r["rss_held_kb"]:
+        if r["scenario"].startswith("idle") and req and r["rss_held_kb"]:
             m["rss_conn"] = (r["rss_held_kb"] - r["rss_before_kb"]) / req
     return m
 agg = {}
@@ -330,8 +370,10 @@ for s in order_s:
         if rs:
             agg[(s, t)] = {k: (sum(x[k] or 0 for x in rs) if k == "errors" else med([x[k] for x in rs]))
                            for k in rs[0]} | {"n": len(rs)}
-PRIMARY = {"rr": ("rate", "req/s"), "connect": ("rate", "conn/s"), "bulk1": ("gbit", "Gbit/s"),
-           "bulk4": ("gbit", "Gbit/s"), "udp-rr": ("rate", "datagrams/s"), "idle": ("rss_conn", "proxy KiB/conn")}
+PRIMARY = {"rr": ("rate", "req/s"), "connect": ("rate", "conn/s"), "rr25": ("p999", "p99.9 µs"),
+           "rr50": ("p999", "p99.9 µs"), "conn25": ("p50", "p50 µs"), "bulk1": ("gbit", "Gbit/s"),
+           "bulk4": ("gbit", "Gbit/s"), "udp-rr": ("rate", "datagrams/s"), "idle": ("rss_conn", "proxy KiB/conn"),
+           "idle-warm": ("rss_conn", "proxy KiB/conn")}
 def f(v, d=1):
     return "–" if v is None else f"{v:,.{d}f}"
 print(f"# ringlb benchmark{' (quick run: indicative only)' if quick else ''}\n")
@@ -359,7 +401,7 @@ else:
     print("|---|---|---|---|---|---|")
     for s in order_s:
         key, unit = PRIMARY.get(s, ("rate", ""))
-        for k, label in [(key, unit), ("p99", "p99 µs"), ("cpu_us", "CPU µs/req")]:
+        for k, label in dict.fromkeys([(key, unit), ("p50", "p50 µs"), ("p99", "p99 µs"), ("cpu_us", "CPU µs/req")]):
             for v in ringlbs:
                 a = agg.get((s, v), {}).get(k)
                 if a is None:
@@ -369,6 +411,27 @@ else:
                     b = agg.get((s, o), {}).get(k)
                     cells.append(f"{a / b:.2f}" if a is not None and b else "–")
                 print(f"| {s} | {label} | {v} | " + " | ".join(cells) + " |")
+    print()
+fixed = [s for s in order_s if s in ("rr25", "rr50", "conn25")]
+if fixed and (fixed[0], "direct") in agg:
+    print("## Added latency at fixed load (target − direct, open loop)\n")
+    print("Each request is due on a fixed schedule; one due while the previous reply is late "
+          "counts from when it was due (coordinated omission corrected).\n")
+    print("| scenario | target | +p50 µs | +p99 µs | +p99.9 µs | +p99.9 / HAProxy's | +p99.9 / nginx's |")
+    print("|---|---|---|---|---|---|---|")
+    def added(s, t, k):
+        a, d = agg.get((s, t), {}).get(k), agg.get((s, "direct"), {}).get(k)
+        return None if a is None or d is None else a - d
+    for s in fixed:
+        for t in order_t:
+            if t == "direct" or (s, t) not in agg:
+                continue
+            cells = []
+            for o in ("haproxy", "nginx"):
+                a, b = added(s, t, "p999"), added(s, o, "p999")
+                cells.append(f"{a / b:.2f}" if a is not None and b and b > 0 else "–")
+            print(f"| {s} | {t} | {f(added(s, t, 'p50'))} | {f(added(s, t, 'p99'))} | "
+                  f"{f(added(s, t, 'p999'))} | " + " | ".join(cells) + " |")
     print()
 hp = [r["haproxy_pipes"] for r in rows if r["target"] == "haproxy" and r["scenario"].startswith("bulk")]
 pf = {t: max((r["pipe_fds"] for r in rows if r["target"] == t and r["scenario"].startswith("bulk")), default=0)

@@ -155,7 +155,9 @@ pub struct ExchangeArgs {
     /// Ask each connection's backend for its tag and count answers per tag.
     #[arg(long)]
     pub count_tags: bool,
-    /// Cap on total requests per second (default: closed loop, as fast as replies come).
+    /// Total requests per second, sent on a fixed schedule (open loop): latency counts
+    /// from when a request was due, so one that waited behind a stalled reply counts the
+    /// wait. Default: closed loop, as fast as replies come.
     #[arg(long)]
     pub rate: Option<f64>,
 }
@@ -236,6 +238,9 @@ pub struct IdleArgs {
     /// Connects in flight at once while opening.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Each connection carries one request and its reply before it goes quiet.
+    #[arg(long)]
+    pub warm: bool,
 }
 
 impl Command {
@@ -289,6 +294,7 @@ impl Command {
                     request: a.request,
                     response: a.response.unwrap_or(a.request),
                     connect_concurrency: a.connect_concurrency,
+                    warm: a.warm,
                 },
                 &a.load,
             ),
@@ -581,7 +587,8 @@ mod tests {
                 connections: 10000,
                 request: 32,
                 response: 64,
-                connect_concurrency: 256
+                connect_concurrency: 256,
+                warm: false,
             }
         );
         let c = parse(&["connect", "--target", "127.0.0.1:1", "--rate", "500"]).unwrap();

@@ -73,6 +73,9 @@ pub enum Mode {
         request: usize,
         response: usize,
         connect_concurrency: usize,
+        /// Each connection carries one exchange before it goes quiet (a link that logged
+        /// on and waits), so the proxy's buffers have been used once.
+        warm: bool,
     },
 }
 
@@ -383,17 +386,28 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
             request,
             response,
             connect_concurrency,
+            warm,
             ..
         } => {
             let per_thread = (connect_concurrency / ctx.threads).max(1);
             let sem = Rc::new(Semaphore::new(per_thread));
+            let p = Exchange::new(request, response, false, None, ctx.width);
             let opening: Vec<_> = (0..share)
                 .map(|_| {
                     let (sem, stats, ctx) = (sem.clone(), stats.clone(), ctx.clone());
+                    let p = p.clone();
                     tokio::task::spawn_local(async move {
                         let _permit = sem.acquire().await.ok()?;
                         let t0 = Instant::now();
-                        match open(&ctx.cfg, false, &stats).await {
+                        let opened = async {
+                            let mut s = open(&ctx.cfg, false, &stats).await?;
+                            if warm {
+                                let mut got = vec![0u8; p.response.len()];
+                                p.once(&mut s, &mut got).await?;
+                            }
+                            Ok::<_, Failed>(s)
+                        };
+                        match opened.await {
                             Ok(s) => {
                                 stats.borrow_mut().record_latency(t0.elapsed());
                                 ctx.established.fetch_add(1, Ordering::Relaxed);
@@ -413,7 +427,6 @@ async fn thread_main(ctx: Ctx, mode: Mode, share: usize) -> Result<(Stats, Durat
                     conns.push(s);
                 }
             }
-            let p = Exchange::new(request, response, false, None, ctx.width);
             timed(&ctx, |deadline| {
                 if ctx.thread == 0 {
                     // Scripts wait for this line before sampling the proxy's memory.
@@ -561,16 +574,44 @@ async fn ask_tag(s: &mut TcpStream) -> Result<String, Failed> {
     })
 }
 
-/// Sleeps until this connection's next slot under `--rate`; false when it falls past the end.
-async fn pace(interval: Option<Duration>, next: &mut Instant, deadline: Instant) -> bool {
-    if let Some(iv) = interval {
-        *next += iv;
-        if *next >= deadline {
-            return false;
+/// The send schedule of one connection under `--rate` (open loop): request k is due at
+/// `first + k × interval` whatever happened to request k−1.
+struct Schedule {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Schedule {
+    fn new(interval: Option<Duration>) -> Self {
+        Schedule {
+            interval,
+            next: Instant::now(),
         }
-        tokio::time::sleep_until((*next).into()).await;
     }
-    true
+
+    /// Waits for the next slot and returns the instant latency is counted from, or `None`
+    /// when the slot falls past the end. Without a rate: now (closed loop).
+    ///
+    /// Coordinated omission: a request that is due while the previous one is still
+    /// waiting for its reply was delayed by the target, so its latency counts from when it
+    /// was due, not from when it could be sent; the requests queued behind a stall count
+    /// the whole stall. When the slot was still ahead, the send is late only by the
+    /// timer's granularity (1 ms in tokio), which is the load generator's, not the
+    /// target's: then latency counts from the actual send.
+    async fn due(&mut self, deadline: Instant) -> Option<Instant> {
+        let Some(iv) = self.interval else {
+            return Some(Instant::now());
+        };
+        self.next += iv;
+        if self.next >= deadline {
+            return None;
+        }
+        if Instant::now() >= self.next {
+            return Some(self.next);
+        }
+        tokio::time::sleep_until(self.next.into()).await;
+        Some(Instant::now())
+    }
 }
 
 async fn rr_conn(
@@ -581,7 +622,7 @@ async fn rr_conn(
     deadline: Instant,
 ) {
     let mut got = vec![0u8; p.response.len()];
-    let mut next = Instant::now();
+    let mut schedule = Schedule::new(p.interval);
     while Instant::now() < deadline {
         let Some(s) = conn.as_mut() else {
             // The settlement client reconnects after an error; a refused connect backs off.
@@ -594,10 +635,12 @@ async fn rr_conn(
             }
             continue;
         };
-        if !pace(p.interval, &mut next, deadline).await || !ctx.budget.claim() {
+        let Some(t0) = schedule.due(deadline).await else {
+            break;
+        };
+        if !ctx.budget.claim() {
             break;
         }
-        let t0 = Instant::now();
         match tokio::time::timeout(ctx.cfg.timeout, p.once(s, &mut got)).await {
             Ok(Ok(())) => stats.borrow_mut().record_ok(t0.elapsed(), p.bytes()),
             Ok(Err(f)) => {
@@ -614,12 +657,14 @@ async fn rr_conn(
 
 async fn connect_loop(ctx: Ctx, p: Exchange, stats: Shared, deadline: Instant) {
     let mut got = vec![0u8; p.response.len()];
-    let mut next = Instant::now();
+    let mut schedule = Schedule::new(p.interval);
     while Instant::now() < deadline {
-        if !pace(p.interval, &mut next, deadline).await || !ctx.budget.claim() {
+        let Some(t0) = schedule.due(deadline).await else {
+            break;
+        };
+        if !ctx.budget.claim() {
             break;
         }
-        let t0 = Instant::now();
         let one = async {
             let mut s = open(&ctx.cfg, p.count_tags, &stats).await?;
             p.once(&mut s, &mut got).await
@@ -826,6 +871,33 @@ mod tests {
             claimed: AtomicU64::new(0),
         };
         assert!((0..10).all(|_| unbounded.claim()));
+    }
+
+    /// Slots already past when asked for (the previous reply was late) are returned as
+    /// they were due, one interval apart: the stall is counted, not hidden.
+    #[test]
+    fn a_late_schedule_counts_from_when_each_request_was_due() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let iv = Duration::from_millis(1);
+        let mut schedule = Schedule::new(Some(iv));
+        let first = schedule.next;
+        std::thread::sleep(Duration::from_millis(20));
+        let deadline = first + Duration::from_secs(3600);
+        let due: Vec<Instant> = rt.block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(schedule.due(deadline).await.unwrap());
+            }
+            v
+        });
+        assert_eq!(due, vec![first + iv, first + 2 * iv, first + 3 * iv]);
+        // Past the deadline: no slot.
+        let mut ending = Schedule::new(Some(iv));
+        let end = ending.next;
+        assert_eq!(rt.block_on(ending.due(end)), None);
     }
 
     #[test]

@@ -208,15 +208,19 @@ fn idle_holds_and_verifies_every_connection() {
         None,
     )
     .unwrap();
-    let mode = Mode::Idle {
-        connections: 500,
-        request: 32,
-        response: 64,
-        connect_concurrency: 64,
-    };
-    let r = load::run(&mode, &cfg(b.addr, 1.0)).unwrap();
-    assert_eq!((r.requests, r.errors), (500, 0), "{r:?}");
-    assert!(r.latency_us.is_some(), "connect latency is reported");
+    // warm: one exchange before the hold, then the final check on the same connection.
+    for warm in [false, true] {
+        let mode = Mode::Idle {
+            connections: 500,
+            request: 32,
+            response: 64,
+            connect_concurrency: 64,
+            warm,
+        };
+        let r = load::run(&mode, &cfg(b.addr, 1.0)).unwrap();
+        assert_eq!((r.requests, r.errors), (500, 0), "warm {warm}: {r:?}");
+        assert!(r.latency_us.is_some(), "connect latency is reported");
+    }
 }
 
 #[test]
@@ -228,6 +232,7 @@ fn idle_notices_a_backend_that_goes_away() {
         request: 8,
         response: 8,
         connect_concurrency: 20,
+        warm: false,
     };
     let run = std::thread::spawn(move || load::run(&mode, &cfg(addr, 3.0)).unwrap());
     // Once every connection is up (and so holding), the backend goes away: dropping it

@@ -289,6 +289,115 @@ pub struct TcpSettings {
     pub per_source: Option<PerSource>,
     /// `stickiness:`; `None`: every connection is balanced afresh.
     pub stickiness: Option<Stickiness>,
+    /// `routes:` and the keys that go with them; `None`: the first bytes are not read
+    /// and every connection goes to the listener's backends.
+    pub tls_routing: Option<Box<TlsRouting>>,
+}
+
+/// TLS passthrough routed by the ClientHello (docs/configuration.md, "routes"): the
+/// listener reads the client's first bytes, picks a pool by the server name (and ALPN),
+/// and forwards those bytes untouched; TLS is never terminated. The listener's own
+/// `backends` are the default pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRouting {
+    /// In file order; validation guarantees no name appears in two routes.
+    pub routes: Vec<Route>,
+    /// How long the client may take to send its whole ClientHello.
+    pub inspect_timeout: Duration,
+    /// Hellos offering nothing newer are closed; `None`: any version passes.
+    pub min_version: Option<TlsVersion>,
+    /// What happens to input that is not a ClientHello (not TLS, malformed, larger than
+    /// 16 KiB, or not complete within `inspect_timeout`).
+    pub on_non_tls: OnNonTls,
+}
+
+/// One `routes[]` entry: the names it serves and its own pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The `route` label in metrics and logs: `name`, else the first `sni` entry.
+    pub name: String,
+    pub sni: Vec<ServerName>,
+    /// Offered ALPN protocols of which one must be in this list; empty: any (or none).
+    pub alpn: Vec<String>,
+    pub algorithm: Algorithm,
+    pub backends: Vec<Backend>,
+}
+
+/// A `routes[].sni` entry, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerName {
+    /// `pay.bank-a.example`: this name only.
+    Exact(String),
+    /// `*.bank-b.example`, kept as the suffix `.bank-b.example`: every name that ends with
+    /// it (one label or more in front); the longest suffix wins.
+    Wildcard(String),
+}
+
+impl ServerName {
+    /// As written in the file (lowercased).
+    pub fn shown(&self) -> String {
+        match self {
+            ServerName::Exact(name) => name.clone(),
+            ServerName::Wildcard(suffix) => format!("*{suffix}"),
+        }
+    }
+}
+
+/// `min_tls_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub const ALL: [TlsVersion; 4] = [
+        TlsVersion::Tls10,
+        TlsVersion::Tls11,
+        TlsVersion::Tls12,
+        TlsVersion::Tls13,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls10 => "1.0",
+            TlsVersion::Tls11 => "1.1",
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+
+    /// The version as TLS writes it on the wire (`0x0303` is 1.2).
+    pub fn wire(self) -> u16 {
+        match self {
+            TlsVersion::Tls10 => 0x0301,
+            TlsVersion::Tls11 => 0x0302,
+            TlsVersion::Tls12 => 0x0303,
+            TlsVersion::Tls13 => 0x0304,
+        }
+    }
+}
+
+/// `on_non_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnNonTls {
+    /// Forward what was read to the default pool (a plain protocol shares the port).
+    Default,
+    /// Close the client.
+    Close,
+}
+
+impl OnNonTls {
+    pub const ALL: [OnNonTls; 2] = [OnNonTls::Default, OnNonTls::Close];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNonTls::Default => "default",
+            OnNonTls::Close => "close",
+        }
+    }
 }
 
 /// How the kernel finds a peer that is gone without a FIN or RST (a crashed host, a flow
@@ -594,6 +703,7 @@ mod tests {
         },
         per_source: None,
         stickiness: None,
+        tls_routing: None,
     };
     const UDP: UdpSettings = UdpSettings {
         session_timeout: Duration::from_secs(4),

@@ -68,6 +68,24 @@ pub(crate) struct RawListener {
     pub stickiness: Option<RawStickiness>,
     pub health_check: Option<RawHealthCheck>,
     pub backends: Option<Vec<RawBackend>>,
+    pub routes: Option<Vec<RawRoute>>,
+    pub tls_inspect_timeout: Option<Scalar>,
+    pub min_tls_version: Option<Scalar>,
+    pub on_non_tls: Option<Scalar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "route",
+    expecting = "a route mapping (name, sni, alpn, algorithm, backends)"
+)]
+pub(crate) struct RawRoute {
+    pub name: Option<Scalar>,
+    pub sni: Option<Vec<Scalar>>,
+    pub alpn: Option<Vec<Scalar>>,
+    pub algorithm: Option<Scalar>,
+    pub backends: Option<Vec<RawBackend>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
+use crate::buffers::BufferPool;
 use crate::ending::EndRegistry;
 use crate::handover::Moved;
 use crate::pipes::PipePool;
@@ -32,6 +33,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) ids: ConnIds,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
+    /// Spare working copy buffers.
+    pub(crate) buffers: BufferPool,
     /// Live TCP connections (a subset of `live`): what a live upgrade waits to move.
     relays: Cell<usize>,
     relays_idle: Notify,
@@ -60,6 +63,7 @@ impl WorkerCtx {
             rng: Cell::new(seed | 1),
             ids: ConnIds::new(id, seed.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             pipes: PipePool::new(),
+            buffers: BufferPool::new(),
             relays: Cell::new(0),
             relays_idle: Notify::new(),
             handover: Cut::default(),

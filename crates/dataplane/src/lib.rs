@@ -8,6 +8,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod buffers;
 mod ctx;
 mod ending;
 pub mod fdbudget;
@@ -21,6 +22,7 @@ mod proxy_protocol;
 mod ratelog;
 mod records;
 mod relay;
+pub mod routes;
 pub mod stats;
 pub mod sys;
 mod tcp;

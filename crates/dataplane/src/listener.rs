@@ -12,6 +12,7 @@ use ringlb_scheduler::Scheduler;
 
 use crate::outcome::{log_access, Record};
 use crate::records::{log_end, ConnId};
+use crate::routes::Routes;
 use crate::stats::WorkerCounters;
 
 /// One listener as the workers see it. Created by the control plane; a reload that keeps
@@ -25,7 +26,10 @@ pub struct ListenerState {
     /// The address the sockets are actually bound to (port resolved when the config says 0).
     pub bound: SocketAddr,
     pub settings: ArcSwap<Listener>,
+    /// The default pool's: the listener's own backends.
     pub scheduler: Arc<Scheduler>,
+    /// TCP `routes`: the other pools and the names that lead to them (empty without).
+    pub routes: Routes,
     /// Live TCP connections or UDP sessions across all workers (for `max_connections`).
     pub active: AtomicU32,
     pub access_log: AtomicBool,
@@ -45,6 +49,7 @@ impl ListenerState {
         access_log: bool,
     ) -> Self {
         ListenerState {
+            routes: Routes::new(&settings),
             name: settings.name.clone(),
             protocol: settings.protocol(),
             bound,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use ringlb_config::Protocol;
 
+use crate::routes::TlsSeen;
+
 /// Why a client was closed without being forwarded: the access log's `end=denied_<reason>`
 /// and the `reason` label of `ringlb_denied_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,16 +29,21 @@ pub enum DenyReason {
     /// TCP: the client's source (IPv4 address or IPv6 /64) is at its `per_source`
     /// `max_connections` or out of its `new_per_second` bucket.
     SourceLimit,
+    /// TCP with routes: no ClientHello to route by and `on_non_tls: close`, a hello below
+    /// `min_tls_version`, or a client gone before its hello ended (the reason is in
+    /// `ringlb_sni_rejected_total`).
+    Unrouted,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 6] = [
+    pub const ALL: [DenyReason; 7] = [
         DenyReason::NotAllowed,
         DenyReason::Limit,
         DenyReason::NoBackend,
         DenyReason::Resources,
         DenyReason::ConnectTimeout,
         DenyReason::SourceLimit,
+        DenyReason::Unrouted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +54,7 @@ impl DenyReason {
             DenyReason::Resources => "resources",
             DenyReason::ConnectTimeout => "connect_timeout",
             DenyReason::SourceLimit => "source_limit",
+            DenyReason::Unrouted => "unrouted",
         }
     }
 }
@@ -220,6 +228,8 @@ pub(crate) struct Record<'a> {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) outcome: Outcome,
+    /// What a listener with routes read of the ClientHello; `None` elsewhere.
+    pub(crate) tls: Option<&'a TlsSeen>,
 }
 
 impl Record<'_> {
@@ -237,6 +247,7 @@ impl Record<'_> {
             bytes_in: 0,
             bytes_out: 0,
             outcome: Outcome::Denied(reason),
+            tls: None,
         }
     }
 }
@@ -261,7 +272,11 @@ impl std::fmt::Display for AccessLine<'_> {
             r.bytes_in,
             r.bytes_out,
             r.outcome
-        )
+        )?;
+        match r.tls {
+            Some(seen) => write!(f, " {seen}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -310,6 +325,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 20,
             outcome: Outcome::Ended(EndReason::DrainCut),
+            tls: None,
         };
         assert_eq!(
             access_line("web", &ended),

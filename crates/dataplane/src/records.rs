@@ -292,6 +292,7 @@ mod tests {
             bytes_in: 1,
             bytes_out: 2,
             outcome: Outcome::Ended(EndReason::IdleTimeout),
+            tls: None,
         };
         assert_eq!(
             End { id: ConnId(1), listener: "web", record: &record }.to_string(),

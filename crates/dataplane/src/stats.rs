@@ -24,6 +24,7 @@ pub struct WorkerCounters {
     pub denied_resources: Counter,
     pub denied_connect_timeout: Counter,
     pub denied_source_limit: Counter,
+    pub denied_unrouted: Counter,
     /// New sources admitted without a `per_source` entry because the table was full.
     pub source_untracked: Counter,
     /// `stickiness`: connections that went to the backend their key last used…
@@ -65,6 +66,7 @@ impl WorkerCounters {
             DenyReason::Resources => &self.denied_resources,
             DenyReason::ConnectTimeout => &self.denied_connect_timeout,
             DenyReason::SourceLimit => &self.denied_source_limit,
+            DenyReason::Unrouted => &self.denied_unrouted,
         }
     }
 

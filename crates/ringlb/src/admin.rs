@@ -99,6 +99,7 @@ pub(crate) mod testing {
                     liveness: Default::default(),
                     per_source: None,
                     stickiness: None,
+                    tls_routing: None,
                 }),
                 Protocol::Udp => Transport::Udp(UdpSettings {
                     session_timeout: Duration::from_secs(30),

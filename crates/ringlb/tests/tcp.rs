@@ -739,3 +739,35 @@ fn both_legs_have_tcp_nodelay() {
         "expected the client and backend legs, found {established}"
     );
 }
+
+/// Between messages a copying direction waits on a small buffer and takes a working one
+/// for what does not fit (see crates/dataplane/src/buffers.rs): every size around that
+/// boundary, each sent after the previous echo emptied the link, arrives whole and in order.
+#[test]
+fn messages_around_the_parked_buffer_size_arrive_whole() {
+    let backend = EchoBackend::start();
+    for mode in ["copy", "auto"] {
+        let lb = Ringlb::start(
+            bin(),
+            &yaml(&[backend.addr()], &format!("forwarding: {mode}")),
+        );
+        let mut c = connect(lb.listener_addr("t"));
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        for (i, size) in [
+            1usize, 511, 512, 513, 1024, 4096, 65_536, 65_537, 300_000, 7,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let message: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+            c.write_all(&message).unwrap();
+            let mut back = vec![0u8; size];
+            c.read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("{mode}: echo of {size} bytes: {e}"));
+            assert!(
+                back == message,
+                "{mode}: {size}-byte message came back altered"
+            );
+        }
+    }
+}

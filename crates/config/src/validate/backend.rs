@@ -14,21 +14,35 @@ pub const MAX_WEIGHT: u64 = 65_535;
 
 /// Listener `i`'s backends that have no problem; every problem is pushed.
 pub(super) fn backends(errs: &mut Errors, i: usize, list: Option<&[RawBackend]>) -> Vec<Backend> {
+    backends_at(errs, &format!("listeners[{i}]"), list)
+}
+
+/// The backends of the pool at `owner` (a listener, or one of its routes).
+pub(super) fn backends_at(
+    errs: &mut Errors,
+    owner: &str,
+    list: Option<&[RawBackend]>,
+) -> Vec<Backend> {
     let mut backends = Vec::new();
+    let what = if owner.contains(".routes[") {
+        "route"
+    } else {
+        "listener"
+    };
     match list {
         None => errs.push(
-            format!("listeners[{i}].backends"),
-            "missing: a listener needs at least one backend",
+            format!("{owner}.backends"),
+            format!("missing: a {what} needs at least one backend"),
         ),
         Some([]) => errs.push(
-            format!("listeners[{i}].backends"),
-            "no backends: a listener needs at least one",
+            format!("{owner}.backends"),
+            format!("no backends: a {what} needs at least one"),
         ),
         Some(list) => {
             // addr → index of its first occurrence in this listener.
             let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
             for (k, rb) in list.iter().enumerate() {
-                let bp = format!("listeners[{i}].backends[{k}]");
+                let bp = format!("{owner}.backends[{k}]");
                 if let Some(b) = backend(errs, &bp, rb) {
                     if let Some(first) = addrs.get(&b.addr) {
                         errs.push(

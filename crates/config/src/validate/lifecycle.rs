@@ -121,7 +121,7 @@ pub(super) fn lifecycle(
     }
 }
 
-fn on_down_mode(errs: &mut Errors, path: &str, s: &Scalar) -> Option<OnDown> {
+pub(super) fn on_down_mode(errs: &mut Errors, path: &str, s: &Scalar) -> Option<OnDown> {
     choice(
         errs,
         path,

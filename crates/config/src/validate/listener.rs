@@ -10,6 +10,7 @@ use super::health::health_check;
 use super::keepalive::liveness;
 use super::lifecycle::lifecycle;
 use super::per_source::per_source;
+use super::routes::tls_routing;
 use super::scalar::{choice, cidr, named, opt_duration, opt_int, socket_addr, ZeroOk};
 use super::source::{covers_backends, source};
 use super::steering::steering;
@@ -78,7 +79,7 @@ pub(super) fn listener(
     // Both protocols' settings are read whatever the protocol, so that a bad value is
     // reported even where the key itself does not belong.
     let settings_start = errs.count();
-    let tcp = tcp_settings(errs, i, rl);
+    let mut tcp = tcp_settings(errs, i, rl);
     let shared = shared_settings(errs, i, rl, protocol);
     let udp = udp_settings(errs, i, rl);
     in_schema_order(errs, settings_start, i);
@@ -92,6 +93,7 @@ pub(super) fn listener(
     let steering = steering(errs, i, rl, algorithm, &backends);
     let lifecycle = lifecycle(errs, i, rl, protocol, &mut backends);
     let records = super::records::listener_records(errs, i, rl, protocol);
+    tcp.tls_routing = tls_routing(errs, i, rl, algorithm, lifecycle.on_down).map(Box::new);
 
     if errs.count() != before {
         return None;
@@ -231,7 +233,7 @@ fn reject_keys_of_the_other_protocol(
 }
 
 /// The keys [`tcp_settings`] reads, and whether the file has each.
-fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 10] {
+fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 14] {
     [
         ("connect_timeout", rl.connect_timeout.is_some()),
         ("connect_attempts", rl.connect_attempts.is_some()),
@@ -243,6 +245,10 @@ fn tcp_keys(rl: &RawListener) -> [(&'static str, bool); 10] {
         ("response_timeout", rl.response_timeout.is_some()),
         ("per_source", rl.per_source.is_some()),
         ("stickiness", rl.stickiness.is_some()),
+        ("routes", rl.routes.is_some()),
+        ("tls_inspect_timeout", rl.tls_inspect_timeout.is_some()),
+        ("min_tls_version", rl.min_tls_version.is_some()),
+        ("on_non_tls", rl.on_non_tls.is_some()),
     ]
 }
 
@@ -292,6 +298,8 @@ fn tcp_settings(errs: &mut Errors, i: usize, rl: &RawListener) -> TcpSettings {
         liveness: liveness(errs, i, rl),
         per_source: per_source(errs, i, rl.per_source.as_ref()),
         stickiness: stickiness(errs, i, rl.stickiness.as_ref()),
+        // Read after the lifecycle, whose `on_down` route backends inherit.
+        tls_routing: None,
     }
 }
 

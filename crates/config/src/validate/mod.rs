@@ -14,6 +14,7 @@ mod listener;
 mod logging;
 mod per_source;
 mod records;
+mod routes;
 mod scalar;
 mod source;
 mod steering;
@@ -35,6 +36,7 @@ pub use records::{
     DEFAULT_SYSLOG_APP_NAME, DEFAULT_SYSLOG_FACILITY, DEFAULT_SYSLOG_QUEUE_SIZE,
     MIN_REPORT_INTERVAL,
 };
+pub use routes::{DEFAULT_TLS_INSPECT_TIMEOUT, MAX_TLS_INSPECT_TIMEOUT};
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
 pub use stickiness::{
     DEFAULT_STICKY_EXPIRE, DEFAULT_STICKY_PORT_RANGE, DEFAULT_STICKY_TABLE_SIZE, MAX_STICKY_EXPIRE,
@@ -382,6 +384,7 @@ mod tests {
                 liveness: Liveness::default(),
                 per_source: None,
                 stickiness: None,
+                tls_routing: None,
             })
         );
         assert_eq!(l.max_connections, 50_000);
@@ -430,6 +433,7 @@ mod tests {
                 liveness: Liveness::default(),
                 per_source: None,
                 stickiness: None,
+                tls_routing: None,
             })
         );
         assert_eq!(l.max_connections, 10);

@@ -28,6 +28,7 @@ use ringlb_config::Forwarding;
 use ringlb_scheduler::BackendState;
 use socket2::Socket;
 
+use crate::buffers::{BufferPool, PARKED_BUFFER};
 use crate::ctx::Cut;
 use crate::ending::EndRequest;
 pub(crate) use crate::handover::Frozen;
@@ -150,6 +151,7 @@ pub(crate) struct RelayContext<'a> {
     /// Fires when a live upgrade takes the connections: freeze the link.
     pub(crate) handover: &'a Cut,
     pub(crate) pipes: &'a PipePool,
+    pub(crate) buffers: &'a BufferPool,
     /// Answer times: sampled for least_latency, watched for `response_timeout`.
     pub(crate) answers: Option<AnswerWatch<'a>>,
     /// The control plane's request to end this link (`None`: it cannot be named, its
@@ -429,8 +431,8 @@ pub(crate) async fn relay(
     };
     let halves = async {
         tokio::join!(
-            half(&link, Dir::ClientToBackend, cx.forwarding, cx.pipes),
-            half(&link, Dir::BackendToClient, cx.forwarding, cx.pipes)
+            half(&link, Dir::ClientToBackend, cx),
+            half(&link, Dir::BackendToClient, cx)
         )
     };
     let (up, down) = tokio::select! {
@@ -610,8 +612,8 @@ async fn linger(link: &Link<'_>) {
 }
 
 /// One direction. Returns the bytes it forwarded.
-async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
-    let forwarded = forward_dir(link, dir, forwarding, pipes).await;
+async fn half(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
+    let forwarded = forward_dir(link, dir, cx).await;
     if link.is_closing() {
         // A requested close: this direction stopped reading and wrote all it held.
         let (_, to) = link.sockets(dir);
@@ -620,11 +622,13 @@ async fn half(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePoo
     forwarded
 }
 
-async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &PipePool) -> u64 {
+async fn forward_dir(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
+    let (forwarding, pipes) = (cx.forwarding, cx.pipes);
     let (from, _) = link.sockets(dir);
     let mut forwarded = 0;
     // A resumed link first writes what the previous process had read and not written.
     let carried = std::mem::take(&mut *link.carry[dir as usize].borrow_mut());
+    let carried_none = carried.is_empty();
     if !carried.is_empty() {
         let n = carried.len() as u64;
         if write_out(link, dir, carried).await.is_none() {
@@ -634,19 +638,25 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &
         let so_far = &link.so_far[dir as usize];
         so_far.set(so_far.get() + n);
     }
-    // Readiness gate: memory and splices are committed only once this direction has data.
-    match link.poll(from, POLLIN).await {
-        Ok(_) => {}
-        Err(e) if is_cancelled(&e) => return forwarded,
-        Err(e) => {
-            link.abort(dir.source().failed(&e), true).await;
-            return forwarded;
+    // Splice: a readiness gate, so a pipe is committed only once this direction has data.
+    // Copy waits on its small parked buffer instead, one operation rather than a poll and
+    // a recv: the client's first bytes are usually there already when the backend is
+    // connected (try them at once), the backend's come only after them (wait first).
+    if forwarding == Forwarding::Splice {
+        match link.poll(from, POLLIN).await {
+            Ok(_) => {}
+            Err(e) if is_cancelled(&e) => return forwarded,
+            Err(e) => {
+                link.abort(dir.source().failed(&e), true).await;
+                return forwarded;
+            }
         }
     }
     let auto = forwarding == Forwarding::Auto;
+    let mut data_waiting = dir == Dir::ClientToBackend && carried_none;
     loop {
         if forwarding != Forwarding::Splice {
-            match copy_half(link, dir, auto, &mut forwarded).await {
+            match copy_half(link, dir, auto, cx.buffers, data_waiting, &mut forwarded).await {
                 CopyEnd::Done => return forwarded,
                 CopyEnd::Bulk => link.counters.splice_switches.add(1),
             }
@@ -654,11 +664,16 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, forwarding: Forwarding, pipes: &
         match splice_half(link, dir, pipes, auto, &mut forwarded).await {
             SpliceEnd::Done => return forwarded,
             SpliceEnd::NoPipe => {
-                copy_half(link, dir, false, &mut forwarded).await;
+                // It gave up after a readiness poll said data is there.
+                copy_half(link, dir, false, cx.buffers, true, &mut forwarded).await;
                 return forwarded;
             }
-            // A long-lived link back to small messages after a bulk phase.
-            SpliceEnd::BackToCopy => link.counters.copy_switches.add(1),
+            // A long-lived link back to small messages after a bulk phase (its last
+            // burst emptied the socket).
+            SpliceEnd::BackToCopy => {
+                link.counters.copy_switches.add(1);
+                data_waiting = false;
+            }
         }
     }
 }
@@ -702,50 +717,86 @@ enum CopyEnd {
     Bulk,
 }
 
-async fn copy_half(link: &Link<'_>, dir: Dir, auto: bool, forwarded: &mut u64) -> CopyEnd {
+/// Copy `dir` until it ends or (`auto`) turns bulk. It starts on the parked buffer:
+/// `data_waiting` says whether to try the first recv at once or wait for readiness first.
+async fn copy_half(
+    link: &Link<'_>,
+    dir: Dir,
+    auto: bool,
+    buffers: &BufferPool,
+    data_waiting: bool,
+    forwarded: &mut u64,
+) -> CopyEnd {
     let (from, _) = link.sockets(dir);
-    let mut buf = Vec::with_capacity(COPY_BUFFER);
+    let mut working: Option<Vec<u8>> = None;
+    // Waited on between small messages.
+    let mut parked = Vec::with_capacity(PARKED_BUFFER);
     let mut policy = CopyPolicy::new(auto);
-    // The readiness gate just said data is there: try the recv at once.
-    let mut drained = false;
-    loop {
+    let mut drained = !data_waiting;
+    let end = loop {
         if !link.may_read() {
-            return CopyEnd::Done;
+            break CopyEnd::Done;
         }
-        let (res, returned) = uring::recv(from, buf, drained).await;
-        buf = returned;
+        let waiting_parked = working.is_none();
+        let buf = working
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut parked));
+        let (res, buf) = uring::recv(from, buf, drained).await;
         let n = match res {
             Ok(0) => {
                 if !link.is_aborted() {
                     link.eof(dir);
                 }
-                return CopyEnd::Done;
+                break CopyEnd::Done;
             }
             Ok(n) => n,
-            Err(e) if is_cancelled(&e) => return CopyEnd::Done,
+            Err(e) if is_cancelled(&e) => break CopyEnd::Done,
             Err(e) => {
                 link.abort(dir.source().failed(&e), true).await;
-                return CopyEnd::Done;
+                break CopyEnd::Done;
             }
         };
         link.touch(dir, n);
         // A short read emptied the socket; a full one probably left more behind.
-        drained = n < buf.capacity();
-        buf = match write_out(link, dir, buf).await {
-            Some(returned) => returned,
-            None => return CopyEnd::Done,
+        let capacity = buf.capacity();
+        drained = n < capacity;
+        let Some(buf) = write_out(link, dir, buf).await else {
+            break CopyEnd::Done;
         };
         *forwarded += n as u64;
-        match policy.after_read(n, buf.capacity()) {
+        if waiting_parked {
+            parked = buf;
+            if !drained {
+                // A bigger message than the parked buffer: read the rest with a working one.
+                working = Some(buffers.take());
+            }
+            policy.after_read(n, COPY_BUFFER);
+            continue;
+        }
+        let mut buf = buf;
+        match policy.after_read(n, capacity) {
             CopyStep::Keep => {}
-            CopyStep::Splice => return CopyEnd::Bulk,
+            CopyStep::Splice => {
+                buffers.give(buf);
+                break CopyEnd::Bulk;
+            }
             CopyStep::Grow(capacity) => {
+                buffers.give(buf);
                 buf = Vec::with_capacity(capacity);
                 link.counters.bulk_buffer_grows.add(1);
             }
-            CopyStep::Shrink(capacity) => buf = Vec::with_capacity(capacity),
+            CopyStep::Shrink(_) => buf = buffers.take(),
         }
+        if policy.parks_after(n, drained, buf.capacity()) {
+            buffers.give(buf);
+        } else {
+            working = Some(buf);
+        }
+    };
+    if let Some(buf) = working {
+        buffers.give(buf);
     }
+    end
 }
 
 enum SpliceEnd {

@@ -3,9 +3,9 @@
 //! Pure values with no I/O: the relay's loops report each read or splice burst and do what
 //! the answer says. The thresholds are the ones the README documents for `forwarding`.
 
-/// Copy buffer per direction. Allocated only once the direction first has data, so idle
-/// connections hold none.
-pub(crate) const COPY_BUFFER: usize = 64 * 1024;
+/// Working copy buffer of a direction while data flows (see `buffers.rs`: between small
+/// messages a direction waits on a small buffer instead).
+pub(crate) const COPY_BUFFER: usize = crate::buffers::WORKING_BUFFER;
 /// `copy`: a bulk direction gets this bigger buffer (fewer recv/send pairs per byte).
 pub(crate) const COPY_BUFFER_BULK: usize = 256 * 1024;
 /// A direction whose last `BULK_AFTER_BIG_READS` reads each brought at least `BIG_READ` is
@@ -75,6 +75,15 @@ impl CopyPolicy {
         } else {
             CopyStep::Keep
         }
+    }
+}
+
+impl CopyPolicy {
+    /// Whether a read of `n` bytes that emptied the socket (`drained`) ends a small message,
+    /// so the direction gives its working buffer back and waits for the next message on a
+    /// small one. Not during a bulk phase (big reads, or a grown buffer still in use).
+    pub(crate) fn parks_after(&self, n: usize, drained: bool, capacity: usize) -> bool {
+        drained && n < BIG_READ && capacity <= COPY_BUFFER
     }
 }
 
@@ -267,5 +276,17 @@ mod tests {
     fn splice_mode_never_goes_back_to_copy() {
         let mut policy = SplicePolicy::new(false);
         assert!((0..100).all(|_| policy.after_burst(1) == SpliceStep::Keep));
+    }
+
+    #[test]
+    fn only_a_small_message_that_emptied_the_socket_parks() {
+        let p = CopyPolicy::new(false);
+        assert!(p.parks_after(100, true, COPY_BUFFER));
+        assert!(!p.parks_after(100, false, COPY_BUFFER), "more is waiting");
+        assert!(!p.parks_after(BIG_READ, true, COPY_BUFFER), "a bulk read");
+        assert!(
+            !p.parks_after(100, true, COPY_BUFFER_BULK),
+            "a grown buffer"
+        );
     }
 }

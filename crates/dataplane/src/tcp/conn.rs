@@ -1,6 +1,8 @@
 //! One accepted TCP client, start to end: allow-list → per-source limits → listener limit
-//! → pick → connect (timeout, retries: `connect`) → PROXY header → relay → outcome.
+//! → (with routes) ClientHello and pool (`inspect`) → pick → connect (timeout, retries:
+//! `connect`) → PROXY header → the bytes read first → relay → outcome.
 
+use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,6 +13,7 @@ use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
 use super::connect::{connect_backend, sticky_now};
+use super::inspect;
 use super::sockopts::{self, Leg};
 use super::Accounting;
 use crate::ctx::WorkerCtx;
@@ -24,11 +27,12 @@ use crate::records::{self, ConnId};
 use crate::relay::{
     self, AnswerWatch, Frozen, LinkProgress, ProgressWatch, RelayContext, RelayEnd,
 };
+use crate::routes::TlsSeen;
 use crate::uring;
 
 /// Close a client we will not serve with a reset: it learns at once, and no TIME_WAIT is left here.
-fn reject(client: Socket) {
-    let _ = client.set_linger(Some(Duration::ZERO));
+fn reject(client: impl Borrow<Socket>) {
+    let _ = client.borrow().set_linger(Some(Duration::ZERO));
     drop(client);
 }
 
@@ -77,15 +81,33 @@ pub(super) async fn serve(
     let _live = ctx.enter_relay();
     counters.connections.add(1);
 
+    let client = Rc::new(client);
+    // With routes: the pool the ClientHello names, and the bytes read to learn it.
+    let routed = match tcp.tls_routing.as_deref() {
+        None => None,
+        Some(routing) => match inspect::route(&client, state, routing, peer).await {
+            Ok(routed) => Some(routed),
+            Err(_) => {
+                deny(DenyReason::Unrouted);
+                return reject(client);
+            }
+        },
+    };
+    let scheduler = routed
+        .as_ref()
+        .map_or(&*state.scheduler, |r| r.scheduler(&state.scheduler));
     // The snapshot this connection was balanced with; it also names the backend in the
     // access log, so no label is copied per connection.
-    let snapshot = state.scheduler.snapshot();
+    let snapshot = scheduler.snapshot();
     let connecting = Instant::now();
     let (backend, index, active, attempts) =
         match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
-                deny(reason);
+                let waited = started.elapsed();
+                let mut record = Record::denied(peer, reason, waited);
+                record.tls = routed.as_ref().map(|r| &r.seen);
+                state.finish_as(counters, &record, id);
                 return reject(client);
             }
         };
@@ -96,7 +118,6 @@ pub(super) async fn serve(
         .backends()
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
-    let client = Rc::new(client);
     let backend = Rc::new(backend);
     // The address this client actually reached (a wildcard bind has many).
     let local = || {
@@ -118,23 +139,27 @@ pub(super) async fn serve(
         });
     }
     let header = proxy_header(settings.proxy_protocol, peer, local, id);
-    if let Some(header) = header {
-        if uring::send_all(&backend, header).await.0.is_err() {
-            // The backend is gone before the first byte: reset both, the client must not
-            // mistake the close for a clean end of an empty stream.
-            let _ = backend.set_linger(Some(Duration::ZERO));
-            let _ = client.set_linger(Some(Duration::ZERO));
-            let record = Record {
-                client: peer,
-                backend: label,
-                duration: started.elapsed(),
-                bytes_in: 0,
-                bytes_out: 0,
-                outcome: Outcome::Ended(EndReason::ProxyHeaderFailed),
-            };
-            state.finish_as(counters, &record, id);
-            return;
-        }
+    let (seen, first) = match routed {
+        Some(r) => (Some(r.seen), r.first),
+        None => (None, Vec::new()),
+    };
+    let preface = first.len() as u64;
+    if let Err(failed) = open_backend(&backend, header, first).await {
+        // The backend is gone before the first byte: reset both, the client must not
+        // mistake the close for a clean end of an empty stream.
+        let _ = backend.set_linger(Some(Duration::ZERO));
+        let _ = client.set_linger(Some(Duration::ZERO));
+        let record = Record {
+            client: peer,
+            backend: label,
+            duration: started.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: Outcome::Ended(failed),
+            tls: seen.as_ref(),
+        };
+        state.finish_as(counters, &record, id);
+        return;
     }
     let link = Established {
         client,
@@ -144,9 +169,30 @@ pub(super) async fn serve(
         owner: Some(active.state()),
         started,
         id,
+        tls: seen.as_ref(),
+        preface,
     };
+    counters.bytes_in.add(preface);
     forward(&ctx, &accounting, link, RelaySettings::of(&settings), None).await;
     remember_at_end(&snapshot, peer, Some(index));
+}
+
+/// What the backend gets before the relay starts: the PROXY header, then the bytes read
+/// from the client to route it, untouched. The error is how the connection ended.
+async fn open_backend(
+    backend: &Rc<Socket>,
+    header: Option<Vec<u8>>,
+    first: Vec<u8>,
+) -> Result<(), EndReason> {
+    if let Some(header) = header {
+        if uring::send_all(backend, header).await.0.is_err() {
+            return Err(EndReason::ProxyHeaderFailed);
+        }
+    }
+    if !first.is_empty() && uring::send_all(backend, first).await.0.is_err() {
+        return Err(EndReason::BackendReset);
+    }
+    Ok(())
 }
 
 /// Stickiness: an entry is refreshed when its connection ends too, so `expire` counts
@@ -169,6 +215,11 @@ struct Established<'a> {
     started: Instant,
     /// `connection_records: all`: its id.
     id: Option<ConnId>,
+    /// What routing read of the ClientHello, for the access log.
+    tls: Option<&'a TlsSeen>,
+    /// Client bytes written to the backend before the relay (the ClientHello read to
+    /// route it): counted in `bytes_in`.
+    preface: u64,
 }
 
 /// What the relay of one connection runs with: read once when the connection starts, so a
@@ -258,6 +309,7 @@ async fn forward(
             cut: &ctx.cut,
             handover: &ctx.handover,
             pipes: &ctx.pipes,
+            buffers: &ctx.buffers,
             answers: link.owner.and_then(|backend| settings.answers(backend)),
             end: registered.as_ref().map(|r| &*r.request),
             max_age,
@@ -276,9 +328,10 @@ async fn forward(
                     client: link.peer,
                     backend: link.label,
                     duration: link.started.elapsed(),
-                    bytes_in: report.bytes_in,
+                    bytes_in: report.bytes_in + link.preface,
                     bytes_out: report.bytes_out,
                     outcome: Outcome::Ended(report.end),
+                    tls: link.tls,
                 };
                 state.finish_as(counters, &record, link.id);
                 return;
@@ -373,6 +426,8 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
             .unwrap_or_else(Instant::now),
         // The id does not travel with the connection: its records here carry a new one.
         id: (settings.records.level == RecordLevel::All).then(|| ctx.ids.next()),
+        tls: None,
+        preface: 0,
     };
     // The settings of this process's configuration for this listener.
     let relay_settings = RelaySettings::of(&settings);

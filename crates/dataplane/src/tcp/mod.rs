@@ -1,9 +1,11 @@
 //! TCP: one listener's socket on one worker and its accept loop. Each accepted client is
-//! served by its own task (`conn`): accept → allow-list → listener limit → pick → connect
-//! (timeout, retries) → relay.
+//! served by its own task (`conn`): accept → allow-list → listener limit → (with routes:
+//! read the ClientHello and choose the pool, `inspect`) → pick → connect (timeout,
+//! retries) → relay.
 
 mod conn;
 mod connect;
+mod inspect;
 mod sockopts;
 
 use std::cell::{Cell, RefCell};

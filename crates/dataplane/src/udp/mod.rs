@@ -561,7 +561,8 @@ impl UdpWorkerListener {
             DenyReason::Resources
             | DenyReason::NotAllowed
             | DenyReason::ConnectTimeout
-            | DenyReason::SourceLimit => {
+            | DenyReason::SourceLimit
+            | DenyReason::Unrouted => {
                 log::debug!(
                     "listener {name}: datagram from {client} refused: {}",
                     reason.as_str()
@@ -642,6 +643,7 @@ impl Leg {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             outcome: Outcome::Ended(end),
+            tls: None,
         }
     }
 }

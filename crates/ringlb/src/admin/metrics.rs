@@ -6,6 +6,7 @@
 //! re-created by a reload starts its series again from zero (a counter reset, which
 //! Prometheus handles). Metric names, label names and what they mean: docs/metrics.md.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -17,7 +18,9 @@ use ringlb_dataplane::{DenyReason, EndReason};
 use ringlb_scheduler::AdminState;
 
 use super::process;
-use crate::registry::Registry;
+use crate::registry::{HealthRecord, Registry};
+
+mod sni;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -141,6 +144,18 @@ struct ListenerView {
     udp_drops: [(&'static str, u64); UDP_DROPS.len()],
     latency: LatencyBuckets,
     backends: Vec<BackendView>,
+    /// The backends of each route's pool, under its series name `LISTENER/ROUTE`.
+    pools: Vec<(String, Vec<BackendView>)>,
+}
+
+impl ListenerView {
+    /// Every backend with the `listener` label its series carry: the listener's own, then
+    /// those of each route's pool.
+    fn each_backend(&self) -> impl Iterator<Item = (&str, &BackendView)> {
+        std::iter::once((self.name.as_str(), &self.backends))
+            .chain(self.pools.iter().map(|(name, b)| (name.as_str(), b)))
+            .flat_map(|(name, backends)| backends.iter().map(move |b| (name, b)))
+    }
 }
 
 /// Sums a counter over the workers. Wrapping, like the counters themselves: a scrape must
@@ -162,24 +177,18 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let snapshot = shared.scheduler.snapshot();
-    let tiers = snapshot.tiers_now();
-    let backends = snapshot
-        .backends()
+    let backends = backend_views(&shared.name, &snapshot, &health);
+    // A route's pool: its backends carry the listener name `LISTENER/ROUTE`, as in the
+    // health transitions.
+    let pools = shared
+        .routes
+        .table()
+        .pools
         .iter()
-        .map(|b| BackendView {
-            weight: b.current_weight(),
-            tier_in_use: tiers.is_some_and(|t| t.contains(b.spec.priority)),
-            priority: b.spec.priority,
-            latency: b.state.latency(),
-            label: b.spec.label.clone(),
-            up: b.state.is_up(),
-            admin: b.admin_state(),
-            active: b.state.active(),
-            connect_failures: b.state.connect_failures(),
-            response_timeouts: b.state.response_timeouts(),
-            transitions: health
-                .get(&(shared.name.clone(), b.spec.label.clone()))
-                .map_or(0, |r| r.transitions),
+        .map(|pool| {
+            let name = format!("{}/{}", shared.name, pool.name);
+            let backends = backend_views(&name, &pool.scheduler.snapshot(), &health);
+            (name, backends)
         })
         .collect();
     drop(health);
@@ -220,7 +229,36 @@ fn view(shared: &ListenerState, registry: &Registry) -> ListenerView {
         udp_drops: UDP_DROPS.map(|(reason, pick)| (reason, sum(shared, pick))),
         latency,
         backends,
+        pools,
     }
+}
+
+/// The backends of one pool's snapshot, as their series show them under `listener`.
+fn backend_views(
+    listener: &str,
+    snapshot: &ringlb_scheduler::Snapshot,
+    health: &HashMap<(String, String), HealthRecord>,
+) -> Vec<BackendView> {
+    let tiers = snapshot.tiers_now();
+    snapshot
+        .backends()
+        .iter()
+        .map(|b| BackendView {
+            weight: b.current_weight(),
+            tier_in_use: tiers.is_some_and(|t| t.contains(b.spec.priority)),
+            priority: b.spec.priority,
+            latency: b.state.latency(),
+            label: b.spec.label.clone(),
+            up: b.state.is_up(),
+            admin: b.admin_state(),
+            active: b.state.active(),
+            connect_failures: b.state.connect_failures(),
+            response_timeouts: b.state.response_timeouts(),
+            transitions: health
+                .get(&(listener.to_owned(), b.spec.label.clone()))
+                .map_or(0, |r| r.transitions),
+        })
+        .collect()
 }
 
 /// Renders the whole exposition.
@@ -419,6 +457,8 @@ pub fn render(registry: &Registry) -> String {
         );
     }
 
+    sni::render(&mut out, &listeners);
+
     out.per_backend(
         "ringlb_active_connections",
         "gauge",
@@ -441,12 +481,12 @@ pub fn render(registry: &Registry) -> String {
         "1 for the backend's current admin state (ready, drain, maint; weight 0 reads as drain), 0 for the others.",
     );
     for v in &all {
-        for b in &v.backends {
+        for (listener, b) in v.each_backend() {
             for state in AdminState::ALL {
                 out.sample(
                     "ringlb_backend_admin_state",
                     &[
-                        ("listener", &v.name),
+                        ("listener", listener),
                         ("backend", &b.label),
                         ("state", state.as_str()),
                     ],
@@ -486,11 +526,11 @@ pub fn render(registry: &Registry) -> String {
         "least_latency: moving average of the latency ringlb sees to the backend (connect time, and time from a client's bytes to the backend's first answer); absent until the first sample.",
     );
     for v in &all {
-        for b in &v.backends {
+        for (listener, b) in v.each_backend() {
             if let Some(latency) = b.latency {
                 out.sample(
                     "ringlb_backend_latency_seconds",
-                    &[("listener", &v.name), ("backend", &b.label)],
+                    &[("listener", listener), ("backend", &b.label)],
                     latency.as_secs_f64(),
                 );
             }
@@ -759,10 +799,10 @@ impl Exposition {
     ) {
         self.family(name, kind, help);
         for v in views {
-            for b in &v.backends {
+            for (listener, b) in v.each_backend() {
                 self.sample(
                     name,
-                    &[("listener", &v.name), ("backend", &b.label)],
+                    &[("listener", listener), ("backend", &b.label)],
                     value(b),
                 );
             }

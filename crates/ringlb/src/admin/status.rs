@@ -1,12 +1,13 @@
 //! `/status`: the listeners and their backends as JSON (schema in docs/metrics.md). The
 //! control socket's `status` reply carries the same listener list.
 
+use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
 use ringlb_config::StickinessKey;
-use ringlb_scheduler::{StickyStatus, TierRange, FULL_RAMP};
+use ringlb_scheduler::{Snapshot, StickyStatus, TierRange, FULL_RAMP};
 
 use crate::control::failback_name;
 use crate::registry::{HealthRecord, Registry};
@@ -31,28 +32,21 @@ pub fn listeners(registry: &Registry) -> Value {
         .map(|shared| {
             let settings = shared.settings.load();
             let snapshot = shared.scheduler.snapshot();
-            let backends: Vec<Value> = snapshot
-                .backends()
+            let backends = backend_list(&shared.name, &snapshot, &health);
+            // Each route's pool, its backends as the listener's (health under the pool's
+            // name `LISTENER/ROUTE`).
+            let routes: Vec<Value> = shared
+                .routes
+                .table()
+                .pools
                 .iter()
-                .map(|b| {
-                    let record = health.get(&(shared.name.clone(), b.spec.label.clone()));
+                .map(|pool| {
+                    let pool_snapshot = pool.scheduler.snapshot();
+                    let name = format!("{}/{}", shared.name, pool.name);
                     json!({
-                        "addr": b.spec.label,
-                        "weight": b.effective_weight(),
-                        "configured_weight": b.spec.weight,
-                        "admin_state": b.admin_state().as_str(),
-                        "backup": b.spec.priority > 0,
-                        "priority": b.spec.priority,
-                        "current_weight": b.current_weight(),
-                        "slow_start_ramp": f64::from(b.state.ramp()) / f64::from(FULL_RAMP),
-                        "latency_ms": b.state.latency().map(|d| d.as_secs_f64() * 1000.0),
-                        "max_connections": b.spec.max_connections,
-                        "up": b.state.is_up(),
-                        "active_connections": b.state.active(),
-                        "connect_failures": b.state.connect_failures(),
-                        "response_timeouts": b.state.response_timeouts(),
-                        "health_transitions": record.map_or(0, |r| r.transitions),
-                        "last_transition": record.map_or(Value::Null, transition),
+                        "name": pool.name,
+                        "algorithm": pool_snapshot.algorithm().as_str(),
+                        "backends": backend_list(&name, &pool_snapshot, &health),
                     })
                 })
                 .collect();
@@ -72,10 +66,44 @@ pub fn listeners(registry: &Registry) -> Value {
                 "failback_pending": shared.scheduler.failback_pending().map(TierRange::describe),
                 "stickiness": shared.scheduler.sticky_status().map_or(Value::Null, |s| stickiness(&s)),
                 "backends": backends,
+                "routes": routes,
             })
         })
         .collect();
     Value::Array(list)
+}
+
+/// One pool's backends, in config order; `listener` is the name their health is kept under.
+fn backend_list(
+    listener: &str,
+    snapshot: &Snapshot,
+    health: &HashMap<(String, String), HealthRecord>,
+) -> Vec<Value> {
+    snapshot
+        .backends()
+        .iter()
+        .map(|b| {
+            let record = health.get(&(listener.to_owned(), b.spec.label.clone()));
+            json!({
+                "addr": b.spec.label,
+                "weight": b.effective_weight(),
+                "configured_weight": b.spec.weight,
+                "admin_state": b.admin_state().as_str(),
+                "backup": b.spec.priority > 0,
+                "priority": b.spec.priority,
+                "current_weight": b.current_weight(),
+                "slow_start_ramp": f64::from(b.state.ramp()) / f64::from(FULL_RAMP),
+                "latency_ms": b.state.latency().map(|d| d.as_secs_f64() * 1000.0),
+                "max_connections": b.spec.max_connections,
+                "up": b.state.is_up(),
+                "active_connections": b.state.active(),
+                "connect_failures": b.state.connect_failures(),
+                "response_timeouts": b.state.response_timeouts(),
+                "health_transitions": record.map_or(0, |r| r.transitions),
+                "last_transition": record.map_or(Value::Null, transition),
+            })
+        })
+        .collect()
 }
 
 /// A listener's `stickiness` in `/status`.

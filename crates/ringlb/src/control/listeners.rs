@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ringlb_config::{Listener, Protocol};
+use ringlb_config::{HealthCheck, Listener, Protocol};
 use ringlb_dataplane::sys::{self, BindError};
 use ringlb_dataplane::worker::Command;
 use ringlb_dataplane::{ListenerState, Moved};
@@ -101,6 +101,7 @@ impl ControlPlane {
     pub(super) fn update_listener(&self, listener: &Listener) {
         if let Some(running) = self.listeners.get(&listener.name) {
             running.scheduler.reconfigure_from(listener);
+            running.routes.reconfigure(listener);
             running.settings.store(Arc::new(listener.clone()));
         }
     }
@@ -208,28 +209,13 @@ impl ControlPlane {
             let Some(check) = settings.health_check.clone() else {
                 continue;
             };
-            let snapshot = shared.scheduler.snapshot();
-            let backends = snapshot
-                .backends()
-                .iter()
-                .map(|b| ProbeBackend {
-                    label: b.spec.label.clone(),
-                    addr: b.spec.addr,
-                    state: Arc::clone(&b.state),
-                })
-                .collect();
-            let scheduler = Arc::clone(&shared.scheduler);
-            let name = shared.name.clone();
-            out.push(ProbeListener {
-                name: shared.name.clone(),
-                check,
-                backends,
-                on_change: Arc::new(move || {
-                    if let Some(change) = scheduler.health_changed() {
-                        super::steering::log_tier_change(&name, &change);
-                    }
-                }),
-            });
+            out.push(probe_target(&shared.name, &check, &shared.scheduler));
+            // Each route's pool has backend states of its own, checked the same way;
+            // its transitions name it LISTENER/ROUTE.
+            for pool in &shared.routes.table().pools {
+                let name = format!("{}/{}", shared.name, pool.name);
+                out.push(probe_target(&name, &check, &pool.scheduler));
+            }
         }
         out
     }
@@ -243,5 +229,31 @@ impl ControlPlane {
                 Err(e) => error!("cannot start the health prober: {e}; backends stay up"),
             },
         }
+    }
+}
+
+/// One pool's backends for the prober; a flip rebuilds that pool's tables.
+fn probe_target(name: &str, check: &HealthCheck, scheduler: &Arc<Scheduler>) -> ProbeListener {
+    let backends = scheduler
+        .snapshot()
+        .backends()
+        .iter()
+        .map(|b| ProbeBackend {
+            label: b.spec.label.clone(),
+            addr: b.spec.addr,
+            state: Arc::clone(&b.state),
+        })
+        .collect();
+    let scheduler = Arc::clone(scheduler);
+    let owned = name.to_owned();
+    ProbeListener {
+        name: name.to_owned(),
+        check: check.clone(),
+        backends,
+        on_change: Arc::new(move || {
+            if let Some(change) = scheduler.health_changed() {
+                super::steering::log_tier_change(&owned, &change);
+            }
+        }),
     }
 }

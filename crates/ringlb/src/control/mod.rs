@@ -32,6 +32,7 @@ mod listeners;
 mod plan;
 pub(crate) mod ports;
 mod reload;
+mod route_pools;
 mod sessions;
 mod shutdown;
 mod startup;

@@ -69,6 +69,9 @@ impl ControlPlane {
     }
 
     fn on_down(&self, t: &Transition) {
+        if let Some((listener, route)) = t.listener.split_once('/') {
+            return self.on_route_backend_down(listener, route, t);
+        }
         let Some(shared) = self.listeners.get(&t.listener) else {
             return;
         };
@@ -172,7 +175,7 @@ impl ControlPlane {
 }
 
 /// `closing its 12 open connection(s) within 5s (FIN after what is in flight)`.
-fn ending(open: u32, mode: EndMode, spread: Duration) -> String {
+pub(super) fn ending(open: u32, mode: EndMode, spread: Duration) -> String {
     let (verb, how) = match mode {
         EndMode::Close => ("closing", "FIN after what is in flight"),
         EndMode::Reset => ("resetting", "RST"),
