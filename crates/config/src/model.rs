@@ -33,7 +33,78 @@ pub struct Config {
     /// Append-only, hash-chained record of configuration loads, control commands,
     /// upgrades and health transitions; `None`: not kept.
     pub audit_log: Option<PathBuf>,
+    /// Connection records beyond the end line (`connection_records`, `syslog`).
+    pub records: RecordsOutput,
     pub listeners: Vec<Listener>,
+}
+
+/// `connection_records` and `syslog`: which connection records the access log carries
+/// and where log lines go besides stderr (docs/configuration.md, "Connection records").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordsOutput {
+    /// Also copied into every listener's [`Records::level`].
+    pub level: RecordLevel,
+    /// `None`: no syslog output.
+    pub syslog: Option<Syslog>,
+}
+
+/// `connection_records`: which records a TCP connection leaves in the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum RecordLevel {
+    /// One line when it ends, exactly as before connection records existed.
+    #[default]
+    End,
+    /// An `established` record, `progress` records every `connection_report_interval`
+    /// and an `end` record, all carrying one connection id (also sent in the PROXY v2
+    /// header).
+    All,
+}
+
+impl RecordLevel {
+    pub const ALL: [RecordLevel; 2] = [RecordLevel::End, RecordLevel::All];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordLevel::End => "end",
+            RecordLevel::All => "all",
+        }
+    }
+}
+
+/// A listener's connection records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Records {
+    /// The file's top-level `connection_records`.
+    pub level: RecordLevel,
+    /// `connection_report_interval`: a `progress` record this often while a connection
+    /// lives; `None`: none (the default). Only with `connection_records: all`.
+    pub report_interval: Option<Duration>,
+}
+
+/// `syslog:`: every log line also goes to a syslog receiver, RFC 5424.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslog {
+    pub address: SyslogAddress,
+    /// 0..=23 (`local0` is 16).
+    pub facility: u8,
+    /// APP-NAME of every message: printable ASCII, at most 48 characters.
+    pub app_name: String,
+    /// HOSTNAME of every message; `None`: the host's name, read at start.
+    pub hostname: Option<String>,
+    /// Messages held for a receiver that does not keep up; beyond, they are dropped and
+    /// counted (`ringlb_syslog_dropped_total`).
+    pub queue_size: u32,
+}
+
+/// Where syslog messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddress {
+    /// One message per datagram.
+    Udp(SocketAddr),
+    /// Octet-counted frames (RFC 6587) on one stream, reconnected when it breaks.
+    Tcp(SocketAddr),
+    /// A local datagram socket such as `/dev/log`.
+    Unix(PathBuf),
 }
 
 /// `log_format`: how every log line is written to stderr.
@@ -112,6 +183,8 @@ pub struct Listener {
     /// TCP: what happens to open connections when their backend goes down and when they
     /// grow old. A UDP listener has the defaults (validation rejects the keys there).
     pub lifecycle: Lifecycle,
+    /// Which connection records it writes.
+    pub records: Records,
 }
 
 /// How new connections follow backends that go down and come back.
@@ -613,6 +686,7 @@ mod tests {
             transport,
             steering: Steering::default(),
             lifecycle: Lifecycle::default(),
+            records: Records::default(),
         }
     }
 

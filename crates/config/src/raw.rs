@@ -27,6 +27,8 @@ pub(crate) struct RawConfig {
     pub control: Option<Scalar>,
     pub state_file: Option<Scalar>,
     pub audit_log: Option<Scalar>,
+    pub connection_records: Option<Scalar>,
+    pub syslog: Option<RawSyslog>,
     pub listeners: Option<Vec<RawListener>>,
 }
 
@@ -48,6 +50,7 @@ pub(crate) struct RawListener {
     pub on_down: Option<Scalar>,
     pub on_down_spread: Option<Scalar>,
     pub on_recover: Option<Scalar>,
+    pub connection_report_interval: Option<Scalar>,
     pub max_connections: Option<Scalar>,
     pub allow: Option<Vec<Scalar>>,
     pub proxy_protocol: Option<Scalar>,
@@ -83,6 +86,20 @@ pub(crate) struct RawRoute {
     pub alpn: Option<Vec<Scalar>>,
     pub algorithm: Option<Scalar>,
     pub backends: Option<Vec<RawBackend>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename = "syslog",
+    expecting = "a syslog mapping (address, facility, app_name, hostname, queue_size)"
+)]
+pub(crate) struct RawSyslog {
+    pub address: Option<Scalar>,
+    pub facility: Option<Scalar>,
+    pub app_name: Option<Scalar>,
+    pub hostname: Option<Scalar>,
+    pub queue_size: Option<Scalar>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -13,6 +13,7 @@ use crate::buffers::BufferPool;
 use crate::ending::EndRegistry;
 use crate::handover::Moved;
 use crate::pipes::PipePool;
+use crate::records::ConnIds;
 
 /// Worker-local context shared by every task on this worker (single thread: `Cell`s).
 pub(crate) struct WorkerCtx {
@@ -28,6 +29,8 @@ pub(crate) struct WorkerCtx {
     /// Relaying TCP connections by backend, for the control plane's end requests.
     pub(crate) ends: EndRegistry,
     rng: Cell<u64>,
+    /// Connection ids (`records`).
+    pub(crate) ids: ConnIds,
     /// Empty splice pipes for reuse.
     pub(crate) pipes: PipePool,
     /// Spare working copy buffers.
@@ -58,6 +61,7 @@ impl WorkerCtx {
             cut: Cut::default(),
             ends: EndRegistry::default(),
             rng: Cell::new(seed | 1),
+            ids: ConnIds::new(id, seed.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             pipes: PipePool::new(),
             buffers: BufferPool::new(),
             relays: Cell::new(0),

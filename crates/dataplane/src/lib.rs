@@ -20,6 +20,7 @@ mod per_source;
 mod pipes;
 mod proxy_protocol;
 mod ratelog;
+mod records;
 mod relay;
 pub mod routes;
 pub mod stats;

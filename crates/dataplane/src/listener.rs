@@ -11,6 +11,7 @@ use ringlb_persource::SourceTable;
 use ringlb_scheduler::Scheduler;
 
 use crate::outcome::{log_access, Record};
+use crate::records::{log_end, ConnId};
 use crate::routes::Routes;
 use crate::stats::WorkerCounters;
 
@@ -78,9 +79,18 @@ impl ListenerState {
     /// Count one connection's or session leg's outcome on `counters` (the calling worker's)
     /// and write its access-log line when the access log is on.
     pub(crate) fn finish(&self, counters: &WorkerCounters, record: &Record) {
+        self.finish_as(counters, record, None);
+    }
+
+    /// [`ListenerState::finish`] for a connection with connection records on: its line is
+    /// the `end` record of `id`.
+    pub(crate) fn finish_as(&self, counters: &WorkerCounters, record: &Record, id: Option<ConnId>) {
         counters.count(record.outcome);
         if self.access_log.load(Ordering::Relaxed) {
-            log_access(&self.name, record);
+            match id {
+                Some(id) => log_end(id, &self.name, record),
+                None => log_access(&self.name, record),
+            }
         }
     }
 

@@ -69,6 +69,31 @@ pub fn v2(client: SocketAddr, local: SocketAddr, transport: Transport) -> Vec<u8
     out
 }
 
+/// TLV type of the connection id in a v2 header: the first of the range the spec leaves
+/// to applications (PP2_TYPE_MIN_CUSTOM, 0xE0). Its value is the id as 8 bytes, big
+/// endian: the 16 hex digits of the connection records.
+pub const TLV_CONNECTION_ID: u8 = 0xE0;
+
+/// Appends a TLV to a v2 `header` and counts it in the header's length. A value longer
+/// than a TLV can carry, or one that would overflow the header's length, is left out.
+pub fn append_tlv(header: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    let (Ok(len), Some(total)) = (
+        u16::try_from(value.len()),
+        header
+            .get(14..16)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])) + 3 + value.len()),
+    ) else {
+        return;
+    };
+    let Ok(total) = u16::try_from(total) else {
+        return;
+    };
+    header.push(kind);
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(value);
+    header[14..16].copy_from_slice(&total.to_be_bytes());
+}
+
 fn to_v6(addr: SocketAddr) -> ([u8; 16], u16) {
     match addr {
         SocketAddr::V4(a) => (a.ip().to_ipv6_mapped().octets(), a.port()),
@@ -134,6 +159,38 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[24], h[25]]), 5000);
         assert_eq!(u16::from_be_bytes([h[26], h[27]]), 7000);
         assert_eq!(h.len(), 28);
+    }
+
+    #[test]
+    fn v2_connection_id_tlv() {
+        let mut h = v2(
+            "192.0.2.1:5000".parse().unwrap(),
+            "198.51.100.2:7000".parse().unwrap(),
+            Transport::Stream,
+        );
+        append_tlv(
+            &mut h,
+            TLV_CONNECTION_ID,
+            &0x0123_4567_89ab_cdefu64.to_be_bytes(),
+        );
+        assert_eq!(h.len(), 28 + 11);
+        assert_eq!(
+            u16::from_be_bytes([h[14], h[15]]),
+            12 + 11,
+            "length counts the TLV"
+        );
+        assert_eq!(
+            &h[28..],
+            &[0xE0, 0, 8, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
+        );
+        // A second TLV lands after the first, and the length follows.
+        append_tlv(&mut h, 0xE1, b"x");
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 12 + 11 + 4);
+        assert_eq!(&h[39..], &[0xE1, 0, 1, b'x']);
+        // Too short to be a v2 header: nothing is appended.
+        let mut short = vec![0u8; 10];
+        append_tlv(&mut short, 0xE0, b"x");
+        assert_eq!(short.len(), 10);
     }
 
     #[test]

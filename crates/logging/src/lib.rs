@@ -16,6 +16,7 @@
 
 mod format;
 pub mod journald;
+mod syslog;
 mod writer;
 
 use std::io::{IsTerminal, Write};
@@ -28,6 +29,7 @@ use log::{LevelFilter, Log, Metadata, Record};
 use nix::sys::signal::{SigSet, SigmaskHow};
 
 pub use format::{priority, render, Format, Style};
+pub use syslog::{SyslogAddress, SyslogSettings};
 use writer::{DropReport, Queue};
 pub use writer::{Dropped, ACCESS_CAPACITY, BATCH_BYTES, OTHER_RESERVE, PIPE_BUF};
 
@@ -92,6 +94,8 @@ struct Shared {
     journald: bool,
     color: bool,
     queue: Queue,
+    /// Where every line also goes, as an RFC 5424 message; changeable at reload.
+    syslog: arc_swap::ArcSwapOption<SyslogSettings>,
 }
 
 impl Logger {
@@ -121,6 +125,7 @@ impl Logger {
             journald: settings.journald,
             color: settings.color,
             queue: Queue::new(access, reserve),
+            syslog: arc_swap::ArcSwapOption::empty(),
         });
         let for_writer = shared.clone();
         // The writer must never be the thread a process signal (SIGTERM, SIGHUP) is
@@ -133,8 +138,11 @@ impl Logger {
             .spawn(move || {
                 let mut report = DropReport::default();
                 let s = &for_writer;
-                s.queue
-                    .run(sink, |batch| s.report_drops(&mut report, batch));
+                s.queue.run(
+                    sink,
+                    |batch| s.report_drops(&mut report, batch),
+                    || s.syslog.load_full(),
+                );
             });
         previous.thread_set_mask().map_err(std::io::Error::from)?;
         let writer = spawned?;
@@ -184,6 +192,22 @@ impl Logger {
 
     pub fn dropped(&self) -> Dropped {
         self.shared.queue.dropped()
+    }
+
+    /// Sends every line to a syslog receiver too (`None`: stops). A new receiver takes
+    /// the lines logged from now on.
+    pub fn set_syslog(&self, settings: Option<SyslogSettings>) {
+        let same = self.shared.syslog.load().as_deref() == settings.as_ref();
+        if !same {
+            self.shared.syslog.store(settings.map(Arc::new));
+            self.shared.queue.wake_writer();
+        }
+    }
+
+    /// Syslog messages dropped since start: the receiver did not take them in time, or
+    /// went away with them.
+    pub fn syslog_dropped(&self) -> u64 {
+        self.shared.queue.syslog_dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -286,8 +310,13 @@ impl Log for Logger {
             return;
         }
         let mut line = s.queue.buffer();
-        render(&mut line, s.style(), record, SystemTime::now());
-        s.queue.push(line, access);
+        let (style, now) = (s.style(), SystemTime::now());
+        render(&mut line, style, record, now);
+        let split = line.len();
+        if let Some(settings) = s.syslog.load().as_deref() {
+            syslog::render(&mut line, settings, style.format, record, now);
+        }
+        s.queue.push_split(line, split, access);
     }
 
     fn flush(&self) {
@@ -360,6 +389,18 @@ pub fn flush(timeout: Duration) -> bool {
 /// Lines the installed logger dropped since start (zero without one).
 pub fn dropped() -> Dropped {
     GLOBAL.get().map(Logger::dropped).unwrap_or_default()
+}
+
+/// Points the installed logger's syslog output at `settings` (`None`: off).
+pub fn set_syslog(settings: Option<SyslogSettings>) {
+    if let Some(l) = GLOBAL.get() {
+        l.set_syslog(settings);
+    }
+}
+
+/// Syslog messages the installed logger dropped since start (zero without one).
+pub fn syslog_dropped() -> u64 {
+    GLOBAL.get().map_or(0, Logger::syslog_dropped)
 }
 
 #[cfg(test)]

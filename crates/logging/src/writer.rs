@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::syslog::{Outlet, SyslogSettings};
+
 /// Access-log lines the queue holds at most: about a second of a busy worker's
 /// connections, a few MB at worst.
 pub const ACCESS_CAPACITY: usize = 8192;
@@ -43,6 +45,8 @@ const LINGER: Duration = Duration::from_millis(1);
 /// How long an idle writer sleeps when nothing wakes it; bounds how late a drop
 /// warning can be.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer tries again while syslog messages wait for a slow receiver.
+const SYSLOG_RETRY: Duration = Duration::from_millis(20);
 
 /// Lines dropped because the queue was full, since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,15 +57,23 @@ pub struct Dropped {
     pub other: u64,
 }
 
+/// One record: its stderr line, then (from `split` on) its syslog message, if any.
+pub(crate) struct Line {
+    text: String,
+    split: usize,
+}
+
 pub(crate) struct Queue {
-    tx: Sender<String>,
-    rx: Receiver<String>,
+    tx: Sender<Line>,
+    rx: Receiver<Line>,
     /// Emptied line buffers, back from the writer.
     spare_tx: Sender<String>,
     spare_rx: Receiver<String>,
     access_capacity: usize,
     access_dropped: AtomicU64,
     other_dropped: AtomicU64,
+    /// Syslog messages dropped: the receiver did not take them in time.
+    pub(crate) syslog_dropped: AtomicU64,
     /// The writer is (about to be) parked and must be woken by the next line.
     sleeping: AtomicBool,
     /// The writer holds lines it took from the queue and has not written yet.
@@ -85,6 +97,7 @@ impl Queue {
             access_capacity,
             access_dropped: AtomicU64::new(0),
             other_dropped: AtomicU64::new(0),
+            syslog_dropped: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -121,7 +134,15 @@ impl Queue {
     }
 
     /// Offers a rendered line; never waits.
+    #[cfg(test)]
     pub(crate) fn push(&self, line: String, access: bool) {
+        let split = line.len();
+        self.push_split(line, split, access);
+    }
+
+    /// Offers a rendered line whose syslog message starts at `split`; never waits.
+    pub(crate) fn push_split(&self, text: String, split: usize, access: bool) {
+        let line = Line { text, split };
         if (access && self.access_full()) || self.tx.try_send(line).is_err() {
             self.count_drop(access);
             return;
@@ -132,6 +153,11 @@ impl Queue {
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
             self.wake();
         }
+    }
+
+    /// Has the writer look again now (a settings change).
+    pub(crate) fn wake_writer(&self) {
+        self.wake();
     }
 
     fn wake(&self) {
@@ -179,16 +205,30 @@ impl Queue {
     }
 
     /// The writer thread's loop. `extra` may append lines of its own (the drop warning)
-    /// to each batch before it is written.
-    pub(crate) fn run(&self, mut sink: Box<dyn Write + Send>, mut extra: impl FnMut(&mut String)) {
+    /// to each batch before it is written; `syslog` says where syslog messages go now.
+    pub(crate) fn run(
+        &self,
+        mut sink: Box<dyn Write + Send>,
+        mut extra: impl FnMut(&mut String),
+        syslog: impl Fn() -> Option<std::sync::Arc<SyslogSettings>>,
+    ) {
         let mut batch = String::with_capacity(BATCH_BYTES);
+        let mut outlet = Outlet::default();
         loop {
             self.busy.store(true, Ordering::SeqCst);
+            outlet.configure(syslog(), &self.syslog_dropped);
             let mut taken = 0usize;
             while batch.len() < BATCH_BYTES {
                 match self.rx.try_recv() {
-                    Ok(mut line) => {
-                        batch.push_str(&line);
+                    Ok(Line {
+                        text: mut line,
+                        split,
+                    }) => {
+                        let split = split.min(line.len());
+                        batch.push_str(&line[..split]);
+                        if split < line.len() {
+                            outlet.offer(&line[split..], &self.syslog_dropped);
+                        }
                         taken += 1;
                         if line.capacity() <= REUSE_CAPACITY {
                             line.clear();
@@ -204,6 +244,8 @@ impl Queue {
                 let _ = sink.write_all(chunk.as_bytes());
             }
             batch.clear();
+            // Never waits: a receiver that does not read costs queued messages, then drops.
+            let backlog = outlet.pump(&self.syslog_dropped);
             self.busy.store(false, Ordering::SeqCst);
             {
                 let _cycle = self.cycle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -220,7 +262,7 @@ impl Queue {
             self.sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if self.rx.is_empty() && !self.stop.load(Ordering::SeqCst) {
-                std::thread::park_timeout(IDLE_WAIT);
+                std::thread::park_timeout(if backlog { SYSLOG_RETRY } else { IDLE_WAIT });
             }
             self.sleeping.store(false, Ordering::SeqCst);
         }
@@ -335,7 +377,7 @@ mod tests {
                 other: 1
             }
         );
-        let queued: Vec<String> = q.rx.try_iter().collect();
+        let queued: Vec<String> = q.rx.try_iter().map(|l| l.text).collect();
         assert_eq!(queued, ["a1\n", "a2\n", "w1\n"]);
     }
 }

@@ -108,6 +108,7 @@ pub(crate) mod testing {
             },
             steering: Default::default(),
             lifecycle: Lifecycle::default(),
+            records: Default::default(),
         };
         let scheduler = Arc::new(Scheduler::for_listener(&settings));
         Arc::new(ListenerState::new(

@@ -232,6 +232,7 @@ fn run(path: &Path, workers: Option<usize>, log_format: Option<LogFormatArg>) ->
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
+    logging::apply_syslog(&config.records);
     let status = match control::run(config, path.to_path_buf(), workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

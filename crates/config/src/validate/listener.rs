@@ -92,6 +92,7 @@ pub(super) fn listener(
     covers_backends(errs, i, &tcp.source, &backends);
     let steering = steering(errs, i, rl, algorithm, &backends);
     let lifecycle = lifecycle(errs, i, rl, protocol, &mut backends);
+    let records = super::records::listener_records(errs, i, rl, protocol);
     tcp.tls_routing = tls_routing(errs, i, rl, algorithm, lifecycle.on_down).map(Box::new);
 
     if errs.count() != before {
@@ -112,6 +113,7 @@ pub(super) fn listener(
         },
         steering,
         lifecycle,
+        records,
     })
 }
 

@@ -13,6 +13,7 @@ mod lifecycle;
 mod listener;
 mod logging;
 mod per_source;
+mod records;
 mod routes;
 mod scalar;
 mod source;
@@ -30,6 +31,10 @@ use crate::model::{Config, Protocol, Workers};
 use crate::raw::{RawConfig, Scalar, ScalarKind};
 pub use lifecycle::{
     parse_duration, DEFAULT_ON_DOWN_SPREAD, MAX_ON_DOWN_SPREAD, MIN_MAX_CONNECTION_DURATION,
+};
+pub use records::{
+    DEFAULT_SYSLOG_APP_NAME, DEFAULT_SYSLOG_FACILITY, DEFAULT_SYSLOG_QUEUE_SIZE,
+    MIN_REPORT_INTERVAL,
 };
 pub use routes::{DEFAULT_TLS_INSPECT_TIMEOUT, MAX_TLS_INSPECT_TIMEOUT};
 use scalar::{absolute_path, boolean, choice, opt_duration, socket_addr, ZeroOk};
@@ -160,6 +165,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .audit_log
         .as_ref()
         .and_then(|s| absolute_path(&mut errs, "audit_log", s, None));
+    let records = records::output(&mut errs, &raw);
 
     let mut listeners = Vec::new();
     match &raw.listeners {
@@ -177,6 +183,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             if let Some(admin) = admin {
                 seen.admin_conflicts(&mut errs, admin);
             }
+            records::apply_level(&mut errs, records.level, list, &mut listeners);
         }
     }
 
@@ -192,6 +199,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             control,
             state_file,
             audit_log,
+            records,
             listeners,
         })
     } else {

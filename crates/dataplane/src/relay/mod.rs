@@ -160,6 +160,27 @@ pub(crate) struct RelayContext<'a> {
     /// Past this moment (`max_connection_duration` with its jitter) the link is closed
     /// as soon as it is quiet.
     pub(crate) max_age: Option<Instant>,
+    /// `connection_report_interval`: who is told how the link is doing, and how often.
+    /// `None` costs nothing: no timer is armed.
+    pub(crate) progress: Option<ProgressWatch<'a>>,
+}
+
+/// A link's progress, every `every`: bytes each way since it started and how long it has
+/// been idle.
+#[derive(Clone, Copy)]
+pub(crate) struct ProgressWatch<'a> {
+    pub(crate) every: Duration,
+    pub(crate) report: &'a dyn Fn(LinkProgress),
+}
+
+/// What [`ProgressWatch::report`] is told.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkProgress {
+    /// Client → backend since the connection started (before a live upgrade too).
+    pub(crate) bytes_in: u64,
+    /// Backend → client since the connection started.
+    pub(crate) bytes_out: u64,
+    pub(crate) idle: Duration,
 }
 
 /// Who watches a link's answer times, and for what.
@@ -188,6 +209,9 @@ struct Link<'a> {
     carry: [RefCell<Vec<u8>>; 2],
     first_eof: Cell<Option<EndReason>>,
     last_activity: Cell<Instant>,
+    /// Per direction (`Dir as usize`): read so far, for progress records; starts at what
+    /// the previous process forwarded.
+    so_far: [Cell<u64>; 2],
     counters: &'a WorkerCounters,
     answers: Option<AnswerWatch<'a>>,
     /// When client bytes went to the backend with no answer seen since.
@@ -300,6 +324,8 @@ impl Link<'_> {
     fn touch(&self, dir: Dir, n: usize) {
         let now = Instant::now();
         self.last_activity.set(now);
+        let so_far = &self.so_far[dir as usize];
+        so_far.set(so_far.get() + n as u64);
         match dir {
             Dir::ClientToBackend => self.counters.bytes_in.add(n as u64),
             Dir::BackendToClient => self.counters.bytes_out.add(n as u64),
@@ -328,6 +354,14 @@ impl Link<'_> {
                     }
                 }
             }
+        }
+    }
+
+    fn progress(&self) -> LinkProgress {
+        LinkProgress {
+            bytes_in: self.so_far[Dir::ClientToBackend as usize].get(),
+            bytes_out: self.so_far[Dir::BackendToClient as usize].get(),
+            idle: self.last_activity.get().elapsed(),
         }
     }
 
@@ -389,6 +423,7 @@ pub(crate) async fn relay(
                 .checked_sub(resumed.idle)
                 .unwrap_or_else(Instant::now),
         ),
+        so_far: [Cell::new(resumed.bytes_in), Cell::new(resumed.bytes_out)],
         counters: cx.counters,
         answers: cx.answers,
         asked_at: Cell::new(None),
@@ -437,6 +472,7 @@ pub(crate) async fn relay(
 /// drain cut and the upgrade freeze; never completes (the halves end the relay).
 async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infallible {
     let idle_timeout = cx.idle_timeout;
+    let mut next_report = cx.progress.map(|p| Instant::now() + p.every);
     let requested = loop {
         let deadline = link.last_activity.get() + idle_timeout;
         tokio::select! {
@@ -462,6 +498,12 @@ async fn watchdog(link: &Link<'_>, cx: &RelayContext<'_>) -> std::convert::Infal
             }
             _ = old_and_quiet(link, cx.max_age) => {
                 break Some((EndReason::MaxDuration, EndMode::Close));
+            }
+            () = at(next_report) => {
+                if let Some(p) = cx.progress {
+                    (p.report)(link.progress());
+                    next_report = next_report.map(|t| next_tick(t, p.every, Instant::now()));
+                }
             }
         }
     };
@@ -501,6 +543,25 @@ async fn unanswered<'a>(link: &Link<'a>) -> &'a BackendState {
             // Nothing asked, or this silence already counted: look again later.
             _ => tokio::time::sleep(timeout).await,
         }
+    }
+}
+
+/// The report after the one due at `due`: one `every` later, skipping the moments a
+/// late-running worker already missed, so a stalled worker does not catch up with a burst.
+fn next_tick(due: Instant, every: Duration, now: Instant) -> Instant {
+    let mut next = due + every;
+    if next <= now {
+        let missed = (now - next).as_nanos() / every.as_nanos().max(1) + 1;
+        next += every * u32::try_from(missed).unwrap_or(u32::MAX);
+    }
+    next
+}
+
+/// Completes at `moment`; never when there is none (no timer is armed).
+async fn at(moment: Option<Instant>) {
+    match moment {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -574,6 +635,8 @@ async fn forward_dir(link: &Link<'_>, dir: Dir, cx: &RelayContext<'_>) -> u64 {
             return forwarded;
         }
         forwarded += n;
+        let so_far = &link.so_far[dir as usize];
+        so_far.set(so_far.get() + n);
     }
     // Splice: a readiness gate, so a pipe is committed only once this direction has data.
     // Copy waits on its small parked buffer instead, one operation rather than a poll and
@@ -884,6 +947,24 @@ async fn drain_pipe<K: Unpin + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_reports_keep_their_rhythm_and_skip_what_was_missed() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_tick(t0, s(2), t0), t0 + s(2));
+        assert_eq!(next_tick(t0, s(2), t0 + s(1)), t0 + s(2), "on time");
+        assert_eq!(
+            next_tick(t0, s(2), t0 + s(2)),
+            t0 + s(4),
+            "exactly due: the next"
+        );
+        assert_eq!(
+            next_tick(t0, s(2), t0 + s(7)),
+            t0 + s(8),
+            "late: 4 and 6 skipped"
+        );
+    }
 
     #[test]
     fn a_leg_the_kernel_gave_up_on_timed_out_any_other_failure_is_a_reset() {

@@ -5,9 +5,10 @@
 use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol};
+use ringlb_config::{Algorithm, Forwarding, Listener, ProxyProtocol, RecordLevel};
 use ringlb_scheduler::{ActiveGuard, BackendState, Snapshot};
 use socket2::Socket;
 
@@ -22,7 +23,10 @@ use crate::listener::{is_allowed, Admission, ListenerState};
 use crate::outcome::{DenyReason, EndReason, Outcome, Record};
 use crate::per_source;
 use crate::proxy_protocol;
-use crate::relay::{self, AnswerWatch, Frozen, RelayContext, RelayEnd};
+use crate::records::{self, ConnId};
+use crate::relay::{
+    self, AnswerWatch, Frozen, LinkProgress, ProgressWatch, RelayContext, RelayEnd,
+};
 use crate::routes::TlsSeen;
 use crate::uring;
 
@@ -50,9 +54,11 @@ pub(super) async fn serve(
         return reject(client);
     };
     let started = Instant::now();
+    // `connection_records: all`: this connection's id, in its records and its PROXY header.
+    let id = (settings.records.level == RecordLevel::All).then(|| ctx.ids.next());
     let deny = |reason| {
         let waited = started.elapsed();
-        state.finish(counters, &Record::denied(peer, reason, waited))
+        state.finish_as(counters, &Record::denied(peer, reason, waited), id)
     };
     if !is_allowed(&settings, &peer) {
         deny(DenyReason::NotAllowed);
@@ -93,14 +99,15 @@ pub(super) async fn serve(
     // The snapshot this connection was balanced with; it also names the backend in the
     // access log, so no label is copied per connection.
     let snapshot = scheduler.snapshot();
-    let (backend, index, active) =
+    let connecting = Instant::now();
+    let (backend, index, active, attempts) =
         match connect_backend(&accounting, &snapshot, tcp, peer, &ctx).await {
             Ok(connected) => connected,
             Err(reason) => {
                 let waited = started.elapsed();
                 let mut record = Record::denied(peer, reason, waited);
                 record.tls = routed.as_ref().map(|r| &r.seen);
-                state.finish(counters, &record);
+                state.finish_as(counters, &record, id);
                 return reject(client);
             }
         };
@@ -112,14 +119,26 @@ pub(super) async fn serve(
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
     let backend = Rc::new(backend);
-    let header = proxy_header(settings.proxy_protocol, peer, || {
-        // The address this client actually reached (a wildcard bind has many).
+    // The address this client actually reached (a wildcard bind has many).
+    let local = || {
         client
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(state.bound)
-    });
+    };
+    if let Some(id) = id.filter(|_| state.access_log.load(Ordering::Relaxed)) {
+        records::log_established(&records::Established {
+            id,
+            listener: &state.name,
+            client: peer,
+            local: local(),
+            backend: label,
+            connect: connecting.elapsed(),
+            attempts,
+        });
+    }
+    let header = proxy_header(settings.proxy_protocol, peer, local, id);
     let (seen, first) = match routed {
         Some(r) => (Some(r.seen), r.first),
         None => (None, Vec::new()),
@@ -139,7 +158,7 @@ pub(super) async fn serve(
             outcome: Outcome::Ended(failed),
             tls: seen.as_ref(),
         };
-        state.finish(counters, &record);
+        state.finish_as(counters, &record, id);
         return;
     }
     let link = Established {
@@ -149,6 +168,7 @@ pub(super) async fn serve(
         label,
         owner: Some(active.state()),
         started,
+        id,
         tls: seen.as_ref(),
         preface,
     };
@@ -193,6 +213,8 @@ struct Established<'a> {
     /// a connection handed over in a live upgrade whose backend a reload had removed.
     owner: Option<&'a BackendState>,
     started: Instant,
+    /// `connection_records: all`: its id.
+    id: Option<ConnId>,
     /// What routing read of the ClientHello, for the access log.
     tls: Option<&'a TlsSeen>,
     /// Client bytes written to the backend before the relay (the ClientHello read to
@@ -210,6 +232,8 @@ struct RelaySettings {
     /// least_latency: answer times feed the backend's latency average.
     sample_latency: bool,
     response_timeout: Option<Duration>,
+    /// `connection_report_interval`.
+    report_interval: Option<Duration>,
 }
 
 impl RelaySettings {
@@ -233,6 +257,7 @@ impl RelaySettings {
             max_duration: listener.lifecycle.max_connection_duration,
             sample_latency: listener.algorithm == Algorithm::LeastLatency,
             response_timeout: listener.tcp().and_then(|tcp| tcp.liveness.response_timeout),
+            report_interval: listener.records.report_interval,
         }
     }
 }
@@ -255,6 +280,27 @@ async fn forward(
     let max_age = settings
         .max_duration
         .map(|max| link.started + jittered(max, ctx.random()));
+    let report = |p: LinkProgress| {
+        if let Some(id) = link.id.filter(|_| state.access_log.load(Ordering::Relaxed)) {
+            records::log_progress(&records::Progress {
+                id,
+                listener: &state.name,
+                client: link.peer,
+                backend: link.label,
+                age: link.started.elapsed(),
+                bytes_in: p.bytes_in,
+                bytes_out: p.bytes_out,
+                idle: p.idle,
+            });
+        }
+    };
+    let progress = link
+        .id
+        .and(settings.report_interval)
+        .map(|every| ProgressWatch {
+            every,
+            report: &report,
+        });
     loop {
         let cx = RelayContext {
             forwarding: settings.forwarding,
@@ -267,6 +313,7 @@ async fn forward(
             answers: link.owner.and_then(|backend| settings.answers(backend)),
             end: registered.as_ref().map(|r| &*r.request),
             max_age,
+            progress,
         };
         let end = relay::relay(
             Rc::clone(&link.client),
@@ -286,7 +333,7 @@ async fn forward(
                     outcome: Outcome::Ended(report.end),
                     tls: link.tls,
                 };
-                state.finish(counters, &record);
+                state.finish_as(counters, &record, link.id);
                 return;
             }
             RelayEnd::Frozen(frozen) => match hand_over(ctx, state, &link, frozen) {
@@ -377,6 +424,8 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
         started: Instant::now()
             .checked_sub(moved.age)
             .unwrap_or_else(Instant::now),
+        // The id does not travel with the connection: its records here carry a new one.
+        id: (settings.records.level == RecordLevel::All).then(|| ctx.ids.next()),
         tls: None,
         preface: 0,
     };
@@ -386,19 +435,24 @@ pub(crate) async fn resume(ctx: Rc<WorkerCtx>, accounting: Rc<Accounting>, moved
     remember_at_end(&snapshot, moved.client_addr, found);
 }
 
-/// `local` is asked only when a header is sent: it costs a getsockname.
+/// `local` is asked only when a header is sent: it costs a getsockname. A v2 header
+/// carries the connection id, when there is one.
 fn proxy_header(
     mode: ProxyProtocol,
     client: SocketAddr,
     local: impl FnOnce() -> SocketAddr,
+    id: Option<ConnId>,
 ) -> Option<Vec<u8>> {
     match mode {
         ProxyProtocol::None => None,
         ProxyProtocol::V1 => Some(proxy_protocol::v1(client, local())),
-        ProxyProtocol::V2 => Some(proxy_protocol::v2(
-            client,
-            local(),
-            proxy_protocol::Transport::Stream,
-        )),
+        ProxyProtocol::V2 => {
+            let mut header = proxy_protocol::v2(client, local(), proxy_protocol::Transport::Stream);
+            if let Some(id) = id {
+                let value = id.0.to_be_bytes();
+                proxy_protocol::append_tlv(&mut header, proxy_protocol::TLV_CONNECTION_ID, &value);
+            }
+            Some(header)
+        }
     }
 }

@@ -26,14 +26,15 @@ use crate::uring;
 /// with a single eligible backend this is the only retry there is). A backend that gave
 /// a definite answer (refused, unreachable, no local port toward it) is not asked again.
 /// The error says why the client is turned away: why the last attempt failed.
-/// On success: the connected socket, the backend's index in `snapshot`, its slot.
+/// On success: the connected socket, the backend's index in `snapshot`, its slot, and
+/// which attempt it was.
 pub(super) async fn connect_backend(
     accounting: &Accounting,
     snapshot: &Snapshot,
     settings: &TcpSettings,
     peer: SocketAddr,
     ctx: &WorkerCtx,
-) -> Result<(Socket, usize, ActiveGuard), DenyReason> {
+) -> Result<(Socket, usize, ActiveGuard, u32), DenyReason> {
     let name = &accounting.state.name;
     let client = peer.ip().to_canonical();
     let mut tried = Tried::new();
@@ -62,7 +63,7 @@ pub(super) async fn connect_backend(
                 if let Some(now) = sticky_now {
                     remember(accounting, ctx, snapshot, peer, (index, target), now);
                 }
-                return Ok((socket, index, active));
+                return Ok((socket, index, active, attempt));
             }
             Err(ConnectError::Backend(failure)) => {
                 // The passive health signal: the prober counts it toward `fall`.

@@ -665,6 +665,16 @@ pub fn render(registry: &Registry) -> String {
         "Other log lines (not the access log) dropped because the log queue was full.",
     );
     out.sample("ringlb_log_dropped_total", &[], dropped.other);
+    out.family(
+        "ringlb_syslog_dropped_total",
+        "counter",
+        "Log lines not delivered to the syslog receiver: its queue was full (the receiver did not keep up) or the connection broke with them.",
+    );
+    out.sample(
+        "ringlb_syslog_dropped_total",
+        &[],
+        ringlb_logging::syslog_dropped(),
+    );
 
     out.text
 }
@@ -986,6 +996,7 @@ mod tests {
             "ringlb_backend_priority{listener=\"web\",backend=\"127.0.0.1:9001\"} 0",
             "ringlb_access_log_dropped_total 0",
             "ringlb_log_dropped_total 0",
+            "ringlb_syslog_dropped_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

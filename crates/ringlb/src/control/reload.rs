@@ -185,6 +185,7 @@ impl ControlPlane {
             applied.log_level = Some(level);
         }
         applied.log_format = crate::logging::apply_format(new.log_format);
+        crate::logging::apply_syslog(&new.records);
         for Rename { from, to } in plan.rename {
             let name = to.name.clone();
             self.rename_listener(&from, to);
