@@ -199,15 +199,20 @@ def load(a):
     held = open_held(a, a.held)
     stop_at = time.monotonic() + a.duration
     lock = threading.Lock()
-    out = {"ok": 0, "failed": {}, "fail_times": [], "per_lb": {}, "per_lb_first_ms": {}}
+    # slow: connects that took over 0.9 s (a lost SYN is retransmitted after 1 s)
+    out = {"ok": 0, "failed": {}, "fail_times": [], "per_lb": {}, "per_lb_first_ms": {},
+           "slow": 0, "max_ms": 0}
 
     def connector():
         while time.monotonic() < stop_at:
             t0 = time.monotonic()
             try:
                 _, lb = one_connect(a.vip, a.port, (random.choice(a.ips), 0), a.timeout)
+                took = int((time.monotonic() - t0) * 1000)
                 with lock:
                     out["ok"] += 1
+                    out["max_ms"] = max(out["max_ms"], took)
+                    out["slow"] += took >= 900
                     out["per_lb"][lb] = out["per_lb"].get(lb, 0) + 1
                     out["per_lb_first_ms"].setdefault(lb, now_ms())
             except Exception as e:
