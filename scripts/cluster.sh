@@ -289,7 +289,6 @@ print(eval(sys.argv[2]))
 PY
 }
 
-lb_of_held() { echo "10.101.$1.2"; }
 
 # ---------------------------------------------------------------- scenarios
 
@@ -369,7 +368,7 @@ declare -A detail_l=() fp_l=()
 ends_of() { q "$1" "','.join(sorted('%s:%d' % (k, sum(1 for h in r['held'] if h[0] == lb($2) and h[2] == k)) for k in set(h[2] for h in r['held'] if h[0] == lb($2))))"; }
 
 scenario_drain() {
-    local i=1 t0 twd tgone deadline ok=1 own others refused failed moved cut open
+    local i=1 t0 twd tgone deadline ok=1 own others failed moved cut open stranded
     all_up || return 1
     load "$LOAD_S" drain
     sleep 1
@@ -412,7 +411,7 @@ scenario_add_back() {
 }
 
 scenario_upgrade() {
-    local i=2 ok=1 out minpaths lines
+    local i=2 ok=1 out lines changes withdrawn
     all_up || return 1
     load "$LOAD_S" upgrade
     sleep 1
@@ -487,7 +486,7 @@ scenario_host_loss_nobfd() { host_loss host_loss_nobfd off; }
 # The same kill -9 with a plain multipath route at the router (what BIRD installs), for
 # comparison: flows of the surviving LBs move too.
 scenario_ecmp_plain() {
-    local i=$N t0 twd survivors
+    local i=$N survivors
     all_up || return 1
     kill -TERM "$SYNCPID"; wait "$SYNCPID" 2>/dev/null || true
     ip netns exec "$P-router" "$SYNC" $VIP/32 --table 100 --group 1000 --plain 2>>"$WORK/sync.log" &
