@@ -30,6 +30,7 @@
 #   RINGLB_BIN=...  the ringlb binary (default target/$PROFILE/ringlb, built if needed)
 #   PROFILE=debug|release
 #   CLUSTER_KEEP=1  keep the work directory (configs, logs, reports)
+#   CLUSTER_BOUND=S stop and fail the run past S seconds (default 420 with QUICK, else 900)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -91,16 +92,30 @@ fi
 init_workdir ringlb-cluster
 NSS=()
 teardown() {
-    local ns pids=()
-    # Everything in our namespaces was started by this script; plus what PIDS lists.
+    local ns p pids=()
+    # Everything in our namespaces was started by this script (an upgraded ringlb is the
+    # child of the one it replaced); of PIDS, only those still our children: a PID of
+    # ours that has exited may already name another process on a busy box.
     for ns in "${NSS[@]}"; do
         for p in $(ip netns pids "$ns" 2>/dev/null); do pids+=("$p"); done
     done
-    stop_pids "${PIDS[@]}" "${pids[@]}"
+    for p in "${PIDS[@]}"; do
+        [ "$(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ')" = "$$" ] && pids+=("$p")
+    done
+    stop_pids "${pids[@]}"
     for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
     if [ "${CLUSTER_KEEP:-0}" = 1 ]; then echo "cluster: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap teardown EXIT
+
+# Every wait below is bounded; this bounds the whole run as well (a stuck run fails).
+BOUND=${CLUSTER_BOUND:-$([ "$QUICK" = 1 ] && echo 420 || echo 900)}
+(
+    for _ in $(seq "$BOUND"); do sleep 1; done
+    echo "cluster: still running after ${BOUND} s: stopping (FAIL)" >&2
+    kill -TERM $$
+) &
+PIDS+=($!)
 
 in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 
@@ -459,7 +474,7 @@ host_loss() {
         birdc -s "$WORK/bird-router.ctl" configure >/dev/null
         sleep 1; wait_paths "$N" 30 >/dev/null || true
     fi
-    load $((LOAD_S + 8)) "$name"
+    load $((LOAD_S + 8)) "$name" --timeout 3
     sleep 1
     t0=$(now_ms)
     in_ns "lb$i" nft -f - <<'EOF'
