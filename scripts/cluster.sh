@@ -293,10 +293,9 @@ load() {
 # q NAME PYEXPR: evaluate PYEXPR over the load report r of NAME (helpers: lb(i) is LB i's
 # address, held(pred), failed()).
 q() {
-    python3 - "$WORK/$1.json" "$2" "${3:-}" <<'PY'
+    python3 - "$WORK/$1.json" "$2" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-arg = sys.argv[3]
 def lb(i): return "10.101.%s.2" % i
 def held(pred=lambda h: True): return sum(1 for h in r["held"] if pred(h))
 def failed(): return sum(r["failed"].values())
