@@ -425,11 +425,12 @@ scenario_add_back() {
 }
 
 scenario_upgrade() {
-    local i=2 ok=1 out lines changes withdrawn
+    local i=2 ok=1 out lines alines changes withdrawn
     all_up || return 1
     load "$LOAD_S" upgrade
     sleep 1
     lines=$(wc -l <"$WORK/sync.log")
+    alines=$(wc -l <"$WORK/announce-lb$i.log")
     out=$(in_ns "lb$i" "$LB" upgrade --config "$WORK/lb$i.yaml" 2>&1) || { ok=0; }
     wait "$LOADPID" || true
     # The new process is the old one's child: found by the binary's name in lb2's namespace.
@@ -437,7 +438,7 @@ scenario_upgrade() {
         [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$(readlink -f "$LB")" ] && echo "$p"; done | head -1)
     PIDS+=("${LBPID[$i]}")
     changes=$(tail -n +$((lines + 1)) "$WORK/sync.log" | grep -c 'path(s)' || true)
-    withdrawn=$(grep -c withdraw "$WORK/announce-lb$i.log" || true)
+    withdrawn=$(tail -n +$((alines + 1)) "$WORK/announce-lb$i.log" | grep -c withdraw || true)
     [ "$(q upgrade "failed()")" = 0 ] && [ "$(q upgrade "held(lambda h: h[2] != 'open')")" = 0 ] \
         && [ "$changes" = 0 ] && [ "$withdrawn" = 0 ] || ok=0
     verdict $ok upgrade "ringlb upgrade on lb2: $(q upgrade "r['ok']") connects ok, $(q upgrade "failed()") failed; held: $(q upgrade "held(lambda h: h[2] != 'open')") of $(q upgrade "held()") ended ($(q upgrade "held(lambda h: h[0] == lb(2))") on lb2); route changes at the router: $changes; withdrawals by the agent: $withdrawn" "$(echo "$out" | tail -1)"
