@@ -421,7 +421,7 @@ scenario_add_back() {
     tfirst=$(q addback "r['per_lb_first_ms'].get(lb(1), 0) - $t0")
     others=$(q addback "held(lambda h: h[2] != 'open')")
     [ "$tpath" != -1 ] && [ "$others" = 0 ] && [ "$(q addback "failed()")" = 0 ] && [ "$tfirst" -gt 0 ] || ok=0
-    verdict $ok add_back "lb1 restarted: in the router's group after ${tpath} ms, first new connection on it after ${tfirst} ms ($(q addback "r['per_lb'].get(lb(1), 0)") of $(q addback "r['ok']") connects); held connections disturbed: $others of $(q addback "held()"), failed connects $(q addback "failed()")"
+    verdict $ok add_back "lb1 restarted: in the router's group ${tpath} ms after its ready, first new connection on it ${tfirst} ms after its start ($(q addback "r['per_lb'].get(lb(1), 0)") of $(q addback "r['ok']") connects); held connections disturbed: $others of $(q addback "held()"), failed connects $(q addback "failed()")"
 }
 
 scenario_upgrade() {
