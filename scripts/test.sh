@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test entry point: formatting, lints, every test, config checks, the monitoring
-# kit (promtool), bench smoke.
+# kit (promtool), bench smoke, the chaos suite and the several-hosts suite (quick runs).
 # Usage: scripts/test.sh                      (from anywhere inside the checkout)
 #        scripts/test.sh --check-skips FILE   (only check a skip log, see below)
 #
@@ -148,5 +148,10 @@ fi
 
 step "chaos suite, quick (faults on loopback: scripts/chaos.sh)"
 QUICK=1 scripts/chaos.sh
+
+# Needs root and BIRD 2: elsewhere it prints "SKIP: reason" and exits 0; with CI=true
+# that skip is a failure.
+step "several hosts, quick (BGP + ECMP in network namespaces: scripts/cluster.sh)"
+QUICK=1 scripts/cluster.sh
 
 step "all checks passed"

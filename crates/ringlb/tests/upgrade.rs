@@ -537,6 +537,15 @@ fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     path
 }
 
+/// An echo and a tagged backend, and a ringlb in front of them (`yaml`) that is ready.
+fn started() -> (EchoBackend, EchoBackend, Ringlb) {
+    let echo = EchoBackend::start();
+    let tagged = EchoBackend::tagged("t");
+    let lb = Ringlb::start(bin(), &yaml(echo.addr(), tagged.addr()));
+    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
+    (echo, tagged, lb)
+}
+
 /// `ringlb upgrade` exits 1 with the reason when the new binary exits at once or never
 /// answers (the old process keeps serving, a stream through it undisturbed), and 0 once a
 /// good binary serves (the control socket then answers from the new process).
@@ -547,11 +556,8 @@ fn ringlb_upgrade_reports_failure_and_success() {
         io_uring_available(),
         "io_uring is not available here"
     );
-    let echo = EchoBackend::start();
-    let tagged = EchoBackend::tagged("t");
-    let lb = Ringlb::start(bin(), &yaml(echo.addr(), tagged.addr()));
+    let (_echo, tagged, lb) = started();
     let mut successors = Successors(Vec::new());
-    assert!(lb.wait_for_log("ready:", WAIT), "ringlb did not start");
     let dir = std::env::temp_dir().join(format!("ringlb-upgrade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let s = stream(lb.listener_addr("copy"), 7, 500);
@@ -683,5 +689,69 @@ fn links_not_moved_within_shutdown_timeout_drain_in_the_old_process() {
     c.read_exact(&mut b).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(&b, b"new");
     drop(c);
+    drop(successors);
+}
+
+/// While a live upgrade runs, `/ready` answers 200 "ready" or 503 "handing over", never
+/// "starting": the new process shares the admin socket from its first moment, and a
+/// routing daemon following `/ready` must not withdraw the host for an upgrade
+/// (docs/scale-out.md).
+#[test]
+fn ready_never_says_starting_during_a_live_upgrade() {
+    skip_unless!(
+        Requirement::IoUring,
+        io_uring_available(),
+        "io_uring is not available here"
+    );
+    let (_echo, _tagged, lb) = started();
+    let mut successors = Successors(Vec::new());
+    let admin = lb.admin_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(http_get(admin, "/ready").map_err(|e| e.to_string()));
+                // Paces the poll; nothing waits on it.
+                thread::sleep(Duration::from_millis(2));
+            }
+            answers
+        })
+    };
+    let (code, out) = upgrade_cmd(lb.config_path(), None);
+    assert_eq!(code, 0, "{out}");
+    let new = successor(&lb, 0).unwrap_or_else(|| panic!("no `took over` line: {out}"));
+    successors.0.push(new);
+    assert!(
+        wait_until(WAIT, || !alive(lb.pid())),
+        "the old process did not exit"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let answers = poller
+        .join()
+        .unwrap_or_else(|_| panic!("the /ready poller panicked"));
+    let handing = answers
+        .iter()
+        .filter(|a| matches!(a, Ok((503, b)) if b.contains("handing over")))
+        .count();
+    // A request can fail (reset) when the old process exits with it accepted but not
+    // answered; an agent retries such a request (contrib/bgp/ringlb-announce). Every
+    // answer must say the host serves.
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|a| match a {
+            Ok((200, body)) => body.trim() != "ready",
+            Ok((503, body)) => !body.contains("handing over"),
+            Ok(_) => true,
+            Err(_) => false,
+        })
+        .collect();
+    eprintln!(
+        "/ready during the upgrade: {} requests, {handing} handing over, {failed} failed",
+        answers.len()
+    );
+    assert!(wrong.is_empty(), "{wrong:?}");
     drop(successors);
 }

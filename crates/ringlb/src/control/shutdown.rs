@@ -35,7 +35,13 @@ impl ControlPlane {
         if signal != Signal::SIGUSR2 {
             self.audit("shutdown", serde_json::json!({ "signal": signal.as_str() }));
         }
-        self.registry.readiness.set_phase(Phase::Draining);
+        // After a live upgrade this process still shares the admin socket with the new
+        // one while it drains what did not move: it goes on answering "handing over",
+        // since the host serves on. "draining" would make a routing daemon following
+        // /ready withdraw it.
+        if signal != Signal::SIGUSR2 {
+            self.registry.readiness.set_phase(Phase::Draining);
+        }
         // After a live upgrade (SIGUSR2) the service goes on in the new process, which
         // systemd now follows: a STOPPING=1 from here would stop the unit, and with it the
         // new process.

@@ -170,6 +170,12 @@ fn start(
     let socket_path = control_path::resolve(&path, config.control.as_deref())?;
     control_path::prepare_dir(&socket_path, config.control.is_none())?;
     let registry = Arc::new(Registry::default());
+    if inherited.is_some() {
+        // A successor shares its predecessor's admin socket: until it serves, its /ready
+        // says "handing over" as the predecessor's does. "starting" would make a routing
+        // daemon following /ready withdraw the host for every live upgrade.
+        registry.readiness.set_phase(Phase::HandingOver);
+    }
     let (request_tx, request_rx) = crossbeam_channel::unbounded();
     // The instance lock first: a second `run` of this file stops here, before it binds or
     // probes anything, naming the instance that serves it. A process started by a live
