@@ -588,6 +588,9 @@ fn ringlb_upgrade_reports_failure_and_success() {
 
     let (code, out) = upgrade_cmd(lb.config_path(), None);
     assert_eq!(code, 0, "{out}");
+    // The new process's `took over` line reaches our log reader a little after the
+    // command returns (its log writer thread, then the pipe).
+    wait_until(WAIT, || successor(&lb, 0).is_some());
     let new = successor(&lb, 0).unwrap_or_else(|| panic!("no `took over` line: {out}"));
     successors.0.push(new);
     assert!(out.contains(&new.to_string()), "{out}");
@@ -721,6 +724,9 @@ fn ready_never_says_starting_during_a_live_upgrade() {
     };
     let (code, out) = upgrade_cmd(lb.config_path(), None);
     assert_eq!(code, 0, "{out}");
+    // The new process's `took over` line reaches our log reader a little after the
+    // command returns (its log writer thread, then the pipe).
+    wait_until(WAIT, || successor(&lb, 0).is_some());
     let new = successor(&lb, 0).unwrap_or_else(|| panic!("no `took over` line: {out}"));
     successors.0.push(new);
     assert!(
