@@ -119,13 +119,17 @@ pub(super) async fn serve(
         .get(index)
         .map_or("-", |b| b.spec.label.as_str());
     let backend = Rc::new(backend);
-    // The address this client actually reached (a wildcard bind has many).
+    // The address this client actually reached (a wildcard bind has many): a getsockname,
+    // made at most once, and only when a record or a PROXY header needs it.
+    let reached = std::cell::OnceCell::new();
     let local = || {
-        client
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(state.bound)
+        *reached.get_or_init(|| {
+            client
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(state.bound)
+        })
     };
     if let Some(id) = id.filter(|_| state.access_log.load(Ordering::Relaxed)) {
         records::log_established(&records::Established {
