@@ -217,6 +217,15 @@ fn captured_hello(sni: &str) -> Vec<u8> {
 }
 
 /// One listener `tls` with `extra` keys, the default pool `default` and two routes.
+/// The backends of `routed_yaml`'s three pools, each answering with its pool's name.
+fn three_pools() -> (EchoBackend, EchoBackend, EchoBackend) {
+    (
+        EchoBackend::tagged("default"),
+        EchoBackend::tagged("pay"),
+        EchoBackend::tagged("bank-b"),
+    )
+}
+
 fn routed_yaml(extra: &str, default: SocketAddr, pay: SocketAddr, bank_b: SocketAddr) -> String {
     format!(
         "admin: 127.0.0.1:0\n\
@@ -356,11 +365,7 @@ fn a_hello_in_one_byte_segments_still_routes() {
         have_command("python3"),
         "needs python3's ssl to produce a real ClientHello"
     );
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let lb = Ringlb::start(
         bin(),
         &routed_yaml("", default.addr(), pay.addr(), bank_b.addr()),
@@ -375,11 +380,7 @@ fn a_hello_in_one_byte_segments_still_routes() {
 
 #[test]
 fn a_post_quantum_sized_hello_routes() {
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let lb = Ringlb::start(
         bin(),
         &routed_yaml("", default.addr(), pay.addr(), bank_b.addr()),
@@ -406,11 +407,7 @@ fn a_post_quantum_sized_hello_routes() {
 
 #[test]
 fn plain_text_goes_to_the_default_pool_or_is_closed_as_configured() {
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let mut lb = Ringlb::start(
         bin(),
         &routed_yaml("", default.addr(), pay.addr(), bank_b.addr()),
@@ -451,11 +448,7 @@ fn plain_text_goes_to_the_default_pool_or_is_closed_as_configured() {
 
 #[test]
 fn a_silent_client_times_out() {
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let close = routed_yaml(
         "    tls_inspect_timeout: 300ms\n    on_non_tls: close\n",
         default.addr(),
@@ -480,11 +473,7 @@ fn a_silent_client_times_out() {
 
 #[test]
 fn hellos_below_min_tls_version_are_closed() {
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let lb = Ringlb::start(
         bin(),
         &routed_yaml(
@@ -516,11 +505,7 @@ fn hellos_below_min_tls_version_are_closed() {
 
 #[test]
 fn a_reload_moves_a_name_to_another_pool() {
-    let (default, pay, bank_b) = (
-        EchoBackend::tagged("default"),
-        EchoBackend::tagged("pay"),
-        EchoBackend::tagged("bank-b"),
-    );
+    let (default, pay, bank_b) = three_pools();
     let mut lb = Ringlb::start(
         bin(),
         &routed_yaml("", default.addr(), pay.addr(), bank_b.addr()),
